@@ -1,0 +1,353 @@
+"""One interface for every lock board, implemented per protocol over a :class:`Bus`.
+
+Channels are numbered from 1, as on the boards' labels and in the vendors'
+documents. A reading gives every channel's door (and occupancy, where the board
+has sensors for it) from one bus transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import structlog
+
+from drivers import kerong, modbus
+from drivers.bus import Bus, Exchange, Priority
+from drivers.errors import BusError, EncodeError, ReplyTimeout, UnlockUnconfirmed
+from drivers.settings import BoardSettings, Cu16Settings, Cu48Settings, ModbusRelaySettings
+
+log = structlog.get_logger("lockerd.board")
+
+S = TypeVar("S", Cu48Settings, Cu16Settings, ModbusRelaySettings)
+
+
+class UnlockAck(enum.Enum):
+    """What an unlock returned. Neither means the door opened: only a reading says that."""
+
+    SENT = "sent"  # the board does not answer unlocks (Kerong)
+    ACKNOWLEDGED = "acknowledged"  # the board echoed the command (Modbus)
+
+
+@dataclass(frozen=True, slots=True)
+class DoorReading:
+    """Every channel's door of one board from one transaction; index 0 is channel 1."""
+
+    board: str
+    doors_open: tuple[bool, ...]
+    occupied: tuple[bool, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BoardInfo:
+    key: str
+    kind: str
+    address: int
+    channels: int
+    occupancy_sensors: bool
+    bus: str
+    online: bool
+
+
+class BoardRejected(BusError):
+    """The board answered with an error (a Modbus exception): a setting is wrong."""
+
+
+class Board(ABC, Generic[S]):
+    """A lock board at one address on one bus."""
+
+    def __init__(self, bus: Bus, settings: S) -> None:
+        self.bus = bus
+        self.settings = settings
+        self.key = f"{settings.kind}@{settings.address}"
+        self._log = log.bind(bus=bus.name, board=self.key)
+
+    @property
+    def channels(self) -> int:
+        return self.settings.channels
+
+    @property
+    def has_occupancy(self) -> bool:
+        return False
+
+    def describe(self) -> BoardInfo:
+        return BoardInfo(
+            key=self.key,
+            kind=self.settings.kind,
+            address=self.settings.address,
+            channels=self.channels,
+            occupancy_sensors=self.has_occupancy,
+            bus=self.bus.name,
+            online=self.bus.health_of(self.key).online,
+        )
+
+    async def probe(self) -> BoardInfo:
+        """Ask the board once; its description if it answers (raises otherwise)."""
+        await self.read()
+        return self.describe()
+
+    async def prepare(self) -> None:  # noqa: B027 - optional hook, empty by default
+        """Bring the board to a safe state (no relay energised); called at start and after
+        the board comes back online."""
+
+    @abstractmethod
+    async def read(self) -> DoorReading:
+        """Every channel's door (and occupancy) in one transaction."""
+
+    @abstractmethod
+    async def unlock(self, channel: int) -> UnlockAck:
+        """Pulse one lock. Never retried: on doubt, read the door and decide."""
+
+    def _check_channel(self, channel: int) -> None:
+        if not 1 <= channel <= self.channels:
+            raise EncodeError(f"board {self.key}: channel {channel} out of range 1..{self.channels}")
+
+    def _doors(self, raw: tuple[bool, ...]) -> tuple[bool, ...]:
+        open_bit = bool(self.settings.door_open_bit)
+        return tuple(bit == open_bit for bit in raw[: self.channels])
+
+    async def _unlock(self, exchange: Exchange[Any]) -> Any:
+        try:
+            return await self.bus.transact(exchange)
+        except ReplyTimeout as exc:
+            raise UnlockUnconfirmed(
+                f"board {self.key}: {exchange.what} sent, no acknowledgement; "
+                "read the door before trying again",
+                bus=self.bus.name,
+                board=self.key,
+            ) from exc
+
+
+class KerongCu48(Board[Cu48Settings]):
+    """Kerong KR-CU48: 48 locks, status of all in one 12-byte reply; unlocks unanswered."""
+
+    async def read(self) -> DoorReading:
+        address = self.settings.address
+        frame = await self.bus.transact(
+            Exchange(
+                board=self.key,
+                request=kerong.cu48_read_status(address).encode(),
+                priority=Priority.READ,
+                decoder=kerong.Cu48ReplyDecoder,
+                match=lambda f: f.address == address,
+                reply_len=kerong.CU48_STATUS_LEN,
+                what="status",
+            )
+        )
+        assert frame is not None
+        return DoorReading(self.key, self._doors(frame.bits()))
+
+    async def unlock(self, channel: int) -> UnlockAck:
+        self._check_channel(channel)
+        await self.bus.transact(
+            Exchange(
+                board=self.key,
+                request=kerong.cu48_unlock(self.settings.address, channel).encode(),
+                priority=Priority.UNLOCK,
+                what=f"unlock {channel}",
+            )
+        )
+        return UnlockAck.SENT
+
+
+class KerongCu16(Board[Cu16Settings]):
+    """Kerong KR-CU16: 16 locks and 16 infrared occupancy sensors in one 9-byte reply."""
+
+    @property
+    def has_occupancy(self) -> bool:
+        return self.settings.infrared
+
+    async def read(self) -> DoorReading:
+        address = self.settings.address
+        frame = await self.bus.transact(
+            Exchange(
+                board=self.key,
+                request=kerong.cu16_read_status(address).encode(),
+                priority=Priority.READ,
+                decoder=kerong.Cu16ReplyDecoder,
+                match=lambda f: f.board == address,
+                reply_len=kerong.CU16_STATUS_LEN,
+                what="status",
+            )
+        )
+        assert frame is not None
+        occupied = None
+        if self.settings.infrared:
+            occupied_bit = bool(self.settings.occupied_bit)
+            occupied = tuple(b == occupied_bit for b in frame.infrared_bits()[: self.channels])
+        return DoorReading(self.key, self._doors(frame.lock_bits()), occupied)
+
+    async def unlock(self, channel: int) -> UnlockAck:
+        self._check_channel(channel)
+        await self.bus.transact(
+            Exchange(
+                board=self.key,
+                request=kerong.cu16_unlock(self.settings.address, channel).encode(),
+                priority=Priority.UNLOCK,
+                what=f"unlock {channel}",
+            )
+        )
+        return UnlockAck.SENT
+
+
+class ModbusRelay(Board[ModbusRelaySettings]):
+    """A Modbus RTU relay + input board: locks on coils, door sensors on discrete inputs."""
+
+    RELAY_OFF_ATTEMPTS = 3
+
+    def _exchange(
+        self, request: bytes, function: int, priority: Priority, what: str, *, address: int = -1
+    ) -> Exchange[modbus.ModbusReply]:
+        device = self.settings.address
+
+        def match(reply: modbus.ModbusReply) -> bool:
+            if reply.device != device or reply.function != function:
+                return False
+            return reply.exception is not None or address < 0 or reply.address == address
+
+        reply_len = 5 + (self.channels + 7) // 8 if function <= 2 else 8
+        return Exchange(
+            board=self.key,
+            request=request,
+            priority=priority,
+            decoder=lambda: modbus.ModbusReplyDecoder(device),
+            match=match,
+            reply_len=reply_len,
+            what=what,
+        )
+
+    async def _call(self, exchange: Exchange[modbus.ModbusReply]) -> modbus.ModbusReply:
+        reply = await self.bus.transact(exchange)
+        assert reply is not None
+        if reply.exception is not None:
+            raise BoardRejected(
+                f"board {self.key}: {exchange.what} refused with Modbus exception "
+                f"{reply.exception} (2 = illegal address: check coil_base/input_base/"
+                "flash_base and channels; 1 = function not supported: try pulse='software')",
+                bus=self.bus.name,
+                board=self.key,
+            )
+        return reply
+
+    async def read(self) -> DoorReading:
+        s = self.settings
+        reply = await self._call(
+            self._exchange(
+                modbus.read_discrete_inputs(s.address, s.input_base, s.channels),
+                modbus.FC_READ_DISCRETE_INPUTS,
+                Priority.READ,
+                "read door inputs",
+            )
+        )
+        if len(reply.bits) < s.channels:
+            raise BoardRejected(
+                f"board {self.key}: {len(reply.bits)} inputs in reply, {s.channels} asked",
+                bus=self.bus.name,
+                board=self.key,
+            )
+        return DoorReading(self.key, self._doors(reply.bits))
+
+    async def read_relays(self) -> tuple[bool, ...]:
+        s = self.settings
+        reply = await self._call(
+            self._exchange(
+                modbus.read_coils(s.address, s.coil_base, s.channels),
+                modbus.FC_READ_COILS,
+                Priority.CONTROL,
+                "read relays",
+            )
+        )
+        return reply.bits[: s.channels]
+
+    async def prepare(self) -> None:
+        """All relays off, then read back: no lock may be left energised at start-up."""
+        s = self.settings
+        await self._call(
+            self._exchange(
+                modbus.write_coils(s.address, s.coil_base, [False] * s.channels),
+                modbus.FC_WRITE_COILS,
+                Priority.CONTROL,
+                "all relays off",
+                address=s.coil_base,
+            )
+        )
+        on = [i + 1 for i, bit in enumerate(await self.read_relays()) if bit]
+        if on:
+            raise BoardRejected(
+                f"board {self.key}: relays {on} still on after 'all off'; check the board",
+                bus=self.bus.name,
+                board=self.key,
+            )
+
+    async def unlock(self, channel: int) -> UnlockAck:
+        self._check_channel(channel)
+        if self.settings.pulse == "board":
+            return await self._flash(channel)
+        return await self._software_pulse(channel)
+
+    async def _flash(self, channel: int) -> UnlockAck:
+        s = self.settings
+        address = s.flash_base + channel - 1
+        units = s.pulse_ms // 100
+        if s.flash_function == modbus.FC_WRITE_COIL:
+            request = modbus.write_coil_value(s.address, address, units)
+        else:
+            request = modbus.write_register(s.address, address, units)
+        exchange = self._exchange(
+            request, s.flash_function, Priority.UNLOCK, f"unlock {channel}", address=address
+        )
+        await self._unlock(exchange)
+        return UnlockAck.ACKNOWLEDGED
+
+    async def _software_pulse(self, channel: int) -> UnlockAck:
+        s = self.settings
+        coil = s.coil_base + channel - 1
+        exchange = self._exchange(
+            modbus.write_coil(s.address, coil, True),
+            modbus.FC_WRITE_COIL,
+            Priority.UNLOCK,
+            f"unlock {channel}",
+            address=coil,
+        )
+        try:
+            await self._unlock(exchange)
+            await asyncio.sleep(s.pulse_ms / 1000)
+        finally:
+            # Whatever happened (even a timeout: the relay may have switched), the relay
+            # must go off. Off is safe to repeat, unlike an unlock.
+            await asyncio.shield(self._relay_off(coil, channel))
+        return UnlockAck.ACKNOWLEDGED
+
+    async def _relay_off(self, coil: int, channel: int) -> None:
+        s = self.settings
+        for attempt in range(1, self.RELAY_OFF_ATTEMPTS + 1):
+            with contextlib.suppress(BusError):
+                await self._call(
+                    self._exchange(
+                        modbus.write_coil(s.address, coil, False),
+                        modbus.FC_WRITE_COIL,
+                        Priority.UNLOCK,
+                        f"relay {channel} off",
+                        address=coil,
+                    )
+                )
+                return
+            self._log.warning("relay_off_failed", channel=channel, attempt=attempt)
+        self._log.error(
+            "relay_left_on",
+            channel=channel,
+            hint="the lock may stay energised; it is switched off when the board is prepared",
+        )
+
+
+def make_board(bus: Bus, settings: BoardSettings) -> Board[Any]:
+    """The driver for ``settings.kind``."""
+    if isinstance(settings, Cu48Settings):
+        return KerongCu48(bus, settings)
+    if isinstance(settings, Cu16Settings):
+        return KerongCu16(bus, settings)
+    return ModbusRelay(bus, settings)

@@ -1,0 +1,317 @@
+"""An RS-485 line of simulated boards, served on a real pseudo-terminal or on TCP.
+
+Every board on a line hears every byte, as on a real bus: each protocol present
+decodes the stream with its own incremental decoder (frames of other protocols
+are garbage to it), and the board whose address a frame carries answers it.
+Replies go back through the same pty or TCP connection, optionally delayed by
+the frames' wire time at the configured baud rate so timing behaves like the
+field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tty
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+
+from drivers import kerong, modbus
+from drivers.framing import StreamDecoder, wire_time
+from simulator.boards import BOARD_TYPES, SimBoard
+
+log = structlog.get_logger("lockerd.sim")
+
+Send = Callable[[bytes], None]
+
+
+def _request_len(request: Any) -> int:
+    """Wire length of a decoded request, for line-speed emulation."""
+    if isinstance(request, kerong.Cu48Request):
+        return kerong.CU48_REQUEST_LEN
+    if isinstance(request, kerong.Cu16Request):
+        return kerong.CU16_REQUEST_LEN
+    if isinstance(request, modbus.ModbusRequest) and request.function == modbus.FC_WRITE_COILS:
+        return 9 + (request.count + 7) // 8
+    return 8
+
+
+def _decoder_for(protocol: str) -> StreamDecoder[Any]:
+    if protocol == "kerong-cu48":
+        return kerong.Cu48RequestDecoder()
+    if protocol == "kerong-cu16":
+        return kerong.Cu16RequestDecoder()
+    return modbus.ModbusRequestDecoder()
+
+
+class SimLine:
+    """The boards of one bus and the rules of the wire between them and the master."""
+
+    def __init__(
+        self,
+        boards: Sequence[SimBoard],
+        *,
+        baudrate: int = 19200,
+        emulate_line_speed: bool = False,
+    ) -> None:
+        self.boards = list(boards)
+        seen: set[tuple[str, int]] = set()
+        for board in self.boards:
+            key = (board.protocol, board.address)
+            if key in seen:
+                raise ValueError(f"two {board.protocol} boards at address {board.address}")
+            seen.add(key)
+        self.baudrate = baudrate
+        self.emulate_line_speed = emulate_line_speed
+        self._decoders = {b.protocol: _decoder_for(b.protocol) for b in self.boards}
+        self.requests = 0
+
+    def board(self, address: int, kind: str | None = None) -> SimBoard:
+        for b in self.boards:
+            if b.address == address and (kind is None or b.kind == kind):
+                return b
+        raise KeyError(f"no simulated board at address {address}" + (f" ({kind})" if kind else ""))
+
+    def receive(self, data: bytes, send: Send) -> None:
+        """Bytes from the master; answers go to ``send``."""
+        for protocol, decoder in self._decoders.items():
+            for request in decoder.feed(data):
+                self.requests += 1
+                for board in self.boards:
+                    if board.protocol == protocol and board.addressed(request):
+                        self._answer(board, request, send)
+
+    def _answer(self, board: SimBoard, request: Any, send: Send) -> None:
+        faults = board.faults
+        if faults.dead:
+            return
+        reply = board.handle(request)
+        if reply is None or faults.no_reply:
+            return
+        if faults.corrupt_checksum:
+            reply = board.corrupt(reply)
+        delay = faults.late_reply_s
+        if self.emulate_line_speed:
+            delay += wire_time(_request_len(request) + len(reply), self.baudrate)
+        parts = [reply]
+        if faults.split_reply:
+            cut = max(1, len(reply) // 2)
+            parts = [reply[:cut], reply[cut:]]
+        if faults.garbage:
+            parts = [faults.garbage, *parts, faults.garbage]
+        loop = asyncio.get_running_loop()
+        if delay <= 0 and len(parts) == 1:
+            send(reply)
+            return
+        at = loop.time() + delay
+        for i, part in enumerate(parts):
+            pause = faults.split_pause_s * i if faults.split_reply else 0.0
+            loop.call_at(at + pause, send, part)
+
+
+class PtyPort:
+    """Serves a line on a pseudo-terminal; the driver opens :attr:`path` like a tty.
+
+    With ``link``, :attr:`path` is a symlink to the pty (as /dev/serial/by-id is to
+    /dev/ttyUSBn), so :meth:`vanish` and :meth:`reappear` can play an adapter that
+    is unplugged and comes back as another device.
+    """
+
+    def __init__(self, line: SimLine, *, link: str | None = None) -> None:
+        self.line = line
+        self.link = link
+        self.dropped_bytes = 0
+        self._master: int | None = None
+        self._slave: int | None = None
+        self._tty = ""
+
+    @property
+    def path(self) -> str:
+        return self.link or self._tty
+
+    @property
+    def url(self) -> str:
+        return self.path
+
+    async def start(self) -> str:
+        master, slave = os.openpty()
+        tty.setraw(slave)  # no echo, no line discipline: bytes pass as they are
+        os.set_blocking(master, False)
+        self._master, self._slave = master, slave
+        self._tty = os.ttyname(slave)
+        if self.link:
+            tmp = f"{self.link}.tmp{os.getpid()}"
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            os.symlink(self._tty, tmp)
+            os.replace(tmp, self.link)
+        asyncio.get_running_loop().add_reader(master, self._readable)
+        return self.path
+
+    def _readable(self) -> None:
+        if self._master is None:
+            return
+        try:
+            data = os.read(self._master, 65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # EIO: no slave open; we hold one, so only while closing
+            return
+        if data:
+            self.line.receive(data, self._send)
+
+    def _send(self, data: bytes) -> None:
+        if self._master is None:
+            return
+        try:
+            os.write(self._master, data)
+        except (BlockingIOError, OSError):
+            self.dropped_bytes += len(data)  # nobody reads the other end: bytes are lost
+
+    def vanish(self) -> None:
+        """The adapter is unplugged: the tty goes away (and the by-id link with it)."""
+        if self._master is not None:
+            asyncio.get_running_loop().remove_reader(self._master)
+            os.close(self._master)
+        if self._slave is not None:
+            os.close(self._slave)
+        self._master = self._slave = None
+        if self.link:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.link)
+
+    async def reappear(self) -> str:
+        """The adapter is plugged back in (as a new tty; the link points to it again)."""
+        self.vanish()
+        return await self.start()
+
+    async def close(self) -> None:
+        self.vanish()
+
+
+class _TcpConnection(asyncio.Protocol):
+    def __init__(self, port: TcpPort) -> None:
+        self._port = port
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self._port.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self._port.line.receive(data, self._send)
+
+    def _send(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._port.connections.discard(self)
+
+
+class TcpPort:
+    """Serves a line on TCP, as a serial-to-Ethernet gateway (e.g. Kerong KR-BU) does."""
+
+    def __init__(self, line: SimLine, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.line = line
+        self.host = host
+        self.port = port
+        self.connections: set[_TcpConnection] = set()
+        self._server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"tcp://{self.host}:{self.port}"
+
+    async def start(self) -> str:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _TcpConnection(self), self.host, self.port, reuse_address=True
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self.url
+
+    def vanish(self) -> None:
+        """The gateway goes away: listener closed, connections cut."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        self.connections.clear()
+
+    async def reappear(self) -> str:
+        self.vanish()
+        return await self.start()
+
+    async def close(self) -> None:
+        self.vanish()
+
+
+def parse_board(spec: str, **kw: Any) -> SimBoard:
+    """``KIND:ADDRESS[:CHANNELS]``, e.g. ``kerong-cu48:0`` or ``modbus-relay:1:8``."""
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or parts[0] not in BOARD_TYPES:
+        raise ValueError(
+            f"bad board {spec!r}: expected KIND:ADDRESS[:CHANNELS] with KIND one of "
+            + ", ".join(BOARD_TYPES)
+        )
+    try:
+        address = int(parts[1], 0)
+        channels = int(parts[2], 0) if len(parts) == 3 else None
+    except ValueError:
+        raise ValueError(f"bad board {spec!r}: ADDRESS and CHANNELS are numbers") from None
+    return BOARD_TYPES[parts[0]](address, channels, **kw)
+
+
+class Simulator:
+    """Boards on one line, served on a pty (default) or TCP: the scripting interface.
+
+    >>> async with Simulator([SimCu48(0)]) as sim:      # doctest: +SKIP
+    ...     bus_settings = BusSettings(port=sim.url)
+    ...     sim.board(0).close_door(3)
+    """
+
+    def __init__(
+        self,
+        boards: Sequence[SimBoard],
+        *,
+        baudrate: int = 19200,
+        emulate_line_speed: bool = False,
+        tcp: tuple[str, int] | None = None,
+        link: str | None = None,
+    ) -> None:
+        self.line = SimLine(boards, baudrate=baudrate, emulate_line_speed=emulate_line_speed)
+        self.port: PtyPort | TcpPort = (
+            TcpPort(self.line, *tcp) if tcp is not None else PtyPort(self.line, link=link)
+        )
+        self.url = ""
+
+    async def start(self) -> str:
+        self.url = await self.port.start()
+        return self.url
+
+    async def close(self) -> None:
+        await self.port.close()
+
+    async def __aenter__(self) -> Simulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def board(self, address: int, kind: str | None = None) -> SimBoard:
+        return self.line.board(address, kind)
+
+    def vanish(self) -> None:
+        self.port.vanish()
+
+    async def reappear(self) -> str:
+        self.url = await self.port.reappear()
+        return self.url
