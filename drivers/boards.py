@@ -62,13 +62,13 @@ class Board(ABC, Generic[S]):
 
     def __init__(self, bus: Bus, settings: S) -> None:
         self.bus = bus
-        self.settings = settings
+        self.settings: S = settings
         self.key = f"{settings.kind}@{settings.address}"
         self._log = log.bind(bus=bus.name, board=self.key)
 
     @property
     def channels(self) -> int:
-        return self.settings.channels
+        return int(self.settings.channels)
 
     @property
     def has_occupancy(self) -> bool:
@@ -112,7 +112,7 @@ class Board(ABC, Generic[S]):
 
     async def _unlock(self, exchange: Exchange[Any]) -> Any:
         try:
-            return await self.bus.transact(exchange)
+            reply = await self.bus.transact(exchange)
         except ReplyTimeout as exc:
             raise UnlockUnconfirmed(
                 f"board {self.key}: {exchange.what} sent, no acknowledgement; "
@@ -120,6 +120,11 @@ class Board(ABC, Generic[S]):
                 bus=self.bus.name,
                 board=self.key,
             ) from exc
+        self._check_reply(exchange, reply)
+        return reply
+
+    def _check_reply(self, exchange: Exchange[Any], reply: Any) -> None:  # noqa: B027
+        """Raise if the board answered with a refusal (protocols with error replies)."""
 
 
 class KerongCu48(Board[Cu48Settings]):
@@ -159,7 +164,7 @@ class KerongCu16(Board[Cu16Settings]):
 
     @property
     def has_occupancy(self) -> bool:
-        return self.settings.infrared
+        return bool(self.settings.infrared)
 
     async def read(self) -> DoorReading:
         address = self.settings.address
@@ -200,21 +205,34 @@ class ModbusRelay(Board[ModbusRelaySettings]):
     RELAY_OFF_ATTEMPTS = 3
 
     def _exchange(
-        self, request: bytes, function: int, priority: Priority, what: str, *, address: int = -1
+        self,
+        request: bytes,
+        function: int,
+        priority: Priority,
+        what: str,
+        *,
+        address: int = -1,
+        value: int = -1,
     ) -> Exchange[modbus.ModbusReply]:
+        """An exchange whose reply must come from our device, for the same function, and
+        (for writes) echo the same address and value; an exception reply also matches."""
         device = self.settings.address
 
         def match(reply: modbus.ModbusReply) -> bool:
             if reply.device != device or reply.function != function:
                 return False
-            return reply.exception is not None or address < 0 or reply.address == address
+            if reply.exception is not None:
+                return True
+            return (address < 0 or reply.address == address) and (
+                value < 0 or reply.value == value
+            )
 
         reply_len = 5 + (self.channels + 7) // 8 if function <= 2 else 8
         return Exchange(
             board=self.key,
             request=request,
             priority=priority,
-            decoder=lambda: modbus.ModbusReplyDecoder(device),
+            decoder=lambda: modbus.ModbusReplyDecoder(device, function),
             match=match,
             reply_len=reply_len,
             what=what,
@@ -223,6 +241,11 @@ class ModbusRelay(Board[ModbusRelaySettings]):
     async def _call(self, exchange: Exchange[modbus.ModbusReply]) -> modbus.ModbusReply:
         reply = await self.bus.transact(exchange)
         assert reply is not None
+        self._check_reply(exchange, reply)
+        return reply
+
+    def _check_reply(self, exchange: Exchange[Any], reply: Any) -> None:
+        assert isinstance(reply, modbus.ModbusReply)
         if reply.exception is not None:
             raise BoardRejected(
                 f"board {self.key}: {exchange.what} refused with Modbus exception "
@@ -231,7 +254,6 @@ class ModbusRelay(Board[ModbusRelaySettings]):
                 bus=self.bus.name,
                 board=self.key,
             )
-        return reply
 
     async def read(self) -> DoorReading:
         s = self.settings
@@ -300,7 +322,19 @@ class ModbusRelay(Board[ModbusRelaySettings]):
         exchange = self._exchange(
             request, s.flash_function, Priority.UNLOCK, f"unlock {channel}", address=address
         )
-        await self._unlock(exchange)
+        reply = await self._unlock(exchange)
+        if reply.value != units:
+            # Not a flash-on board: it took the value as something else (FC05: coil ON,
+            # latched). Switch that address off (always safe), and say what to change.
+            if s.flash_function == modbus.FC_WRITE_COIL:
+                await self._relay_off(address, channel)
+            raise BoardRejected(
+                f"board {self.key}: unlock {channel} echoed value {reply.value:#06x} for "
+                f"{units:#06x} at {address:#06x}: the board has no board-timed pulse "
+                "there; set pulse='software' (or the right flash_base)",
+                bus=self.bus.name,
+                board=self.key,
+            )
         return UnlockAck.ACKNOWLEDGED
 
     async def _software_pulse(self, channel: int) -> UnlockAck:
@@ -312,13 +346,20 @@ class ModbusRelay(Board[ModbusRelaySettings]):
             Priority.UNLOCK,
             f"unlock {channel}",
             address=coil,
+            value=modbus.COIL_ON,
         )
         try:
             await self._unlock(exchange)
+        except BoardRejected:
+            raise  # the board refused the write: the relay did not switch
+        except BaseException:
+            # a timeout or a cancel: the relay may have switched, so it must go off.
+            await asyncio.shield(self._relay_off(coil, channel))
+            raise
+        try:
             await asyncio.sleep(s.pulse_ms / 1000)
         finally:
-            # Whatever happened (even a timeout: the relay may have switched), the relay
-            # must go off. Off is safe to repeat, unlike an unlock.
+            # Off is safe to repeat, unlike an unlock; shielded so a cancel cannot skip it.
             await asyncio.shield(self._relay_off(coil, channel))
         return UnlockAck.ACKNOWLEDGED
 
@@ -333,6 +374,7 @@ class ModbusRelay(Board[ModbusRelaySettings]):
                         Priority.UNLOCK,
                         f"relay {channel} off",
                         address=coil,
+                        value=modbus.COIL_OFF,
                     )
                 )
                 return

@@ -47,7 +47,7 @@ from drivers.errors import (
     PortUnavailable,
     ReplyTimeout,
 )
-from drivers.framing import StreamDecoder, wire_time
+from drivers.framing import StreamDecoder, frame_silence, wire_time
 from drivers.settings import BusSettings
 
 F = TypeVar("F")
@@ -172,12 +172,14 @@ class Bus:
         self.name = name or settings.port
         self.health: dict[str, BoardHealth] = {}
         self.counters = BusCounters()
-        self._gap = settings.gap_ms / 1000
+        # never less than the 3.5 character silence that ends a frame (Modbus RTU)
+        self._gap = max(settings.gap_ms / 1000, frame_silence(settings.baudrate))
         self._timeout = settings.timeout_ms / 1000
         self._queue: asyncio.PriorityQueue[tuple[int, int, Any]] = asyncio.PriorityQueue()
         self._seq = itertools.count()
         self._link: _Link | None = None
         self._current: _InFlight | None = None
+        self._active: _Job | None = None
         self._quiet_until = 0.0
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
@@ -207,16 +209,20 @@ class Bus:
 
     async def close(self) -> None:
         self._closed = True
+        active = self._active  # the worker clears it as it unwinds
         if self._worker is not None:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
             self._worker = None
-        self._drop_link(BusClosed(f"bus {self.name} closed", bus=self.name))
+        closed = BusClosed(f"bus {self.name} closed", bus=self.name)
+        self._drop_link(closed)
+        jobs: list[Any] = [active] if active is not None else []
         while not self._queue.empty():
-            _, _, job = self._queue.get_nowait()
+            jobs.append(self._queue.get_nowait()[2])
+        for job in jobs:
             if isinstance(job, _Job) and not job.future.done():
-                job.future.set_exception(BusClosed(f"bus {self.name} closed", bus=self.name))
+                job.future.set_exception(closed)
 
     async def __aenter__(self) -> Bus:
         await self.start()
@@ -286,6 +292,7 @@ class Bus:
             assert isinstance(job, _Job)
             if job.future.done():  # the caller gave up while it waited
                 continue
+            self._active = job
             try:
                 result = await self._execute(job.exchange, job.future)
             except (ReplyTimeout, BoardOffline, PortUnavailable) as exc:
@@ -294,6 +301,8 @@ class Bus:
             else:
                 if not job.future.done():
                     job.future.set_result(result)
+            finally:
+                self._active = None
 
     async def _execute(self, ex: Exchange[Any], future: asyncio.Future[Any]) -> Any:
         loop = asyncio.get_running_loop()
@@ -343,8 +352,7 @@ class Bus:
             link.transport.write(ex.request)
             self.counters.tx_bytes += len(ex.request)
             self._quiet_until = max(self._quiet_until, tx_done + self._gap)
-            self._record_ok(health, 0.0, started)
-            return None
+            return None  # an unanswered write says nothing about the board's health
         waiter: asyncio.Future[Any] = loop.create_future()
         inflight = _InFlight(ex, ex.decoder(), waiter)
         self._current = inflight
@@ -404,6 +412,8 @@ class Bus:
     async def _open(self) -> None:
         loop = asyncio.get_running_loop()
         port = self.settings.port
+        transport: asyncio.BaseTransport
+        link: asyncio.BaseProtocol
         try:
             if port.startswith("tcp://"):
                 host, _, tcp_port = port.removeprefix("tcp://").rpartition(":")
@@ -419,7 +429,8 @@ class Bus:
                     baudrate=self.settings.baudrate,
                     exclusive=True,
                 )
-                transport.serial.reset_input_buffer()
+                if transport.serial is not None:
+                    transport.serial.reset_input_buffer()  # bytes from before we owned it
         except serial.SerialException as exc:
             if "exclusively lock" in str(exc):
                 raise PortBusy(
@@ -433,6 +444,7 @@ class Bus:
                 f"bus {self.name}: cannot open {port}: {exc or 'timed out'}", bus=self.name
             ) from exc
         assert isinstance(link, _Link)
+        assert isinstance(transport, asyncio.Transport)
         link.transport = transport  # connection_made may still be pending (call_soon)
         self._link = link
         self.counters.opens += 1

@@ -30,6 +30,10 @@ class StreamDecoder(Protocol[F_co]):
 
     def feed(self, data: bytes) -> Sequence[F_co]: ...
 
+    def flush(self) -> int:
+        """Drop a partial frame (the line fell silent); the number of bytes dropped."""
+        ...
+
 
 def unpack_bits(data: bytes, count: int, *, lsb_first: bool = True) -> tuple[bool, ...]:
     """Bits of ``data`` as booleans, byte 0 first; within a byte LSB first by default."""
@@ -58,3 +62,11 @@ def pack_bits(bits: Sequence[bool], nbytes: int, *, lsb_first: bool = True) -> b
 def wire_time(nbytes: int, baudrate: int, bits_per_char: int = 10) -> float:
     """Seconds the bytes take on the line (8N1 = 10 bits a character)."""
     return nbytes * bits_per_char / baudrate
+
+
+def frame_silence(baudrate: int) -> float:
+    """Silence that ends a frame on a serial line: 3.5 character times, and a fixed
+    1.75 ms above 19200 baud (Modbus over serial line, 2.5.1.1)."""
+    if baudrate > 19200:
+        return 0.00175
+    return wire_time(1, baudrate) * 3.5

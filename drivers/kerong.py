@@ -156,7 +156,10 @@ class Cu16Status:
 
 def _cu48_address(address: int) -> int:
     if not 0 <= address <= CU48_BROADCAST:
-        raise EncodeError(f"CU48 address {address} out of range 0..{CU48_MAX_ADDRESS}")
+        raise EncodeError(
+            f"CU48 address {address} out of range 0..{CU48_MAX_ADDRESS} "
+            f"({CU48_BROADCAST} = every board)"
+        )
     return address
 
 
@@ -206,9 +209,11 @@ _INVALID: Final = 0
 class _SealedFrameDecoder(ABC, Generic[F]):
     """Incremental decoder for ``STX ... ETX SUM`` frames.
 
-    Accepts bytes in any chunking. Garbage before, between or inside frames is
-    skipped and counted; after a bad candidate it resynchronises on the next STX,
-    so one good frame after garbage is always found. Never raises on input.
+    Accepts bytes in any chunking. Garbage is skipped and counted: garbage without
+    an STX byte never costs a frame, and after a bad candidate the decoder
+    resynchronises on the next STX. (Garbage crafted to look like a frame header
+    can still hide the frame it overlaps; the line recovers at the next frame, and
+    the bus's reply matching rejects any fake that decodes.) Never raises on input.
     """
 
     __slots__ = ("_buf", "stats")
@@ -216,6 +221,13 @@ class _SealedFrameDecoder(ABC, Generic[F]):
     def __init__(self) -> None:
         self._buf = bytearray()
         self.stats = DecoderStats()
+
+    def flush(self) -> int:
+        """Drop a partial frame (the line fell silent); the number of bytes dropped."""
+        dropped = len(self._buf)
+        self.stats.discarded_bytes += dropped
+        self._buf.clear()
+        return dropped
 
     @abstractmethod
     def _length(self, buf: bytearray, start: int) -> int:
@@ -296,7 +308,9 @@ class Cu16ReplyDecoder(_SealedFrameDecoder[Cu16Status]):
     def _length(self, buf: bytearray, start: int) -> int:
         if len(buf) - start < 3:
             return _NEED_MORE
-        return CU16_STATUS_LEN if buf[start + 2] == CU16_REPLY_STATUS else _INVALID
+        # replies carry the board in the high nibble and 0 in the low one
+        ok = buf[start + 2] == CU16_REPLY_STATUS and buf[start + 1] & 0x0F == 0
+        return CU16_STATUS_LEN if ok else _INVALID
 
     def _parse(self, raw: bytes) -> Cu16Status:
         return Cu16Status(raw[1] >> 4, raw[3:5], raw[5:7])

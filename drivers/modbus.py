@@ -57,7 +57,7 @@ MAX_READ_BITS: Final = 2000
 MAX_WRITE_BITS: Final = 1968
 
 
-class _WriteCoilRaw(ModbusPDU):  # type: ignore[misc]
+class _WriteCoilRaw(ModbusPDU):
     """FC05 with its 16-bit value kept as it is.
 
     The stock class folds any value into ON/OFF, but boards with a board-timed
@@ -203,6 +203,7 @@ class ModbusRequest:
     count: int = 0
     value: int = 0
     bits: tuple[bool, ...] = ()
+    valid: bool = True  # False: well framed, but its fields contradict each other
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,17 +219,22 @@ class ModbusReply:
     bits: tuple[bool, ...] = ()
 
 
-def _as_request(device: int, pdu: ModbusPDU) -> ModbusRequest | None:
+def _as_request(device: int, pdu: ModbusPDU, body: bytes) -> ModbusRequest:
     fc = int(pdu.function_code)
     if fc in (FC_READ_COILS, FC_READ_DISCRETE_INPUTS):
         return ModbusRequest(device, fc, address=pdu.address, count=pdu.count)
-    if fc == FC_WRITE_COIL:
+    if isinstance(pdu, _WriteCoilRaw):
         return ModbusRequest(device, fc, address=pdu.address, value=pdu.value)
     if fc == FC_WRITE_REGISTER:
         return ModbusRequest(device, fc, address=pdu.address, value=int(pdu.registers[0]))
     if fc == FC_WRITE_COILS:
         bits = tuple(bool(b) for b in pdu.bits)
-        return ModbusRequest(device, fc, address=pdu.address, count=len(bits), bits=bits)
+        count = int.from_bytes(body[4:6], "big")
+        # the byte count must match the quantity (the spec's exception 03 otherwise)
+        valid = body[6] == (count + 7) // 8 and len(bits) == count
+        return ModbusRequest(
+            device, fc, address=pdu.address, count=count, bits=bits, valid=valid
+        )
     # any other function a board may be asked: keep the code so it can refuse it
     return ModbusRequest(device, fc, address=getattr(pdu, "address", 0))
 
@@ -241,7 +247,7 @@ def _as_reply(device: int, pdu: ModbusPDU) -> ModbusReply | None:
     fc = int(pdu.function_code)
     if fc in (FC_READ_COILS, FC_READ_DISCRETE_INPUTS):
         return ModbusReply(device, fc, bits=tuple(bool(b) for b in pdu.bits))
-    if fc == FC_WRITE_COIL:
+    if isinstance(pdu, _WriteCoilRaw):
         return ModbusReply(device, fc, address=pdu.address, value=pdu.value)
     if fc == FC_WRITE_REGISTER:
         return ModbusReply(device, fc, address=pdu.address, value=int(pdu.registers[0]))
@@ -250,78 +256,92 @@ def _as_reply(device: int, pdu: ModbusPDU) -> ModbusReply | None:
     return None
 
 
+MAX_RTU_FRAME: Final = 256  # Modbus over serial line spec, 2.5.1.1
+
+
 class _RtuDecoder:
     """Incremental RTU decoder: frames with a good CRC out of any chunking and garbage.
 
     A candidate starts at any byte; its function code gives its length (pymodbus's
-    table). A candidate with a bad CRC or an unknown function is dropped one byte
-    at a time, so a good frame right after garbage is still found.
+    table). A candidate with a bad CRC, an unknown function or a length beyond the
+    256-byte RTU maximum is dropped one byte at a time, so garbage that cannot start
+    a frame costs nothing.
+
+    Without timing, a stream is ambiguous: a frame can hide inside the data of a
+    longer one. So the decoder never guesses: it waits for the longer candidate to
+    complete (at most 256 bytes). RTU resolves the ambiguity with 3.5 character
+    times of silence between frames; whoever knows the timing calls :meth:`flush`
+    at such a silence (the bus uses one decoder per transaction; the simulator
+    flushes when its line has been idle that long).
     """
 
-    __slots__ = ("_buf", "_device", "_is_server", "_pdus", "stats")
+    __slots__ = ("_buf", "_device", "_function", "_pdus", "stats")
 
-    def __init__(self, *, is_server: bool, device: int | None = None) -> None:
+    def __init__(
+        self, *, is_server: bool, device: int | None = None, function: int | None = None
+    ) -> None:
         self._buf = bytearray()
         self._device = device
-        self._is_server = is_server
+        self._function = function
         self._pdus = _SERVER_PDUS if is_server else _CLIENT_PDUS
         self.stats = DecoderStats()
 
-    def _candidate(self, pos: int) -> tuple[int, ModbusPDU | None]:
-        """Frame size and PDU at ``pos``: (size, pdu) for a good frame, (0, None) when
-        more bytes are needed, (-1, None) when no frame starts here."""
+    def flush(self) -> int:
+        """Drop a partial frame (the line fell silent); the number of bytes dropped."""
+        dropped = len(self._buf)
+        self.stats.discarded_bytes += dropped
+        self._buf.clear()
+        return dropped
+
+    def _candidate(self, pos: int) -> tuple[int, bytes]:
+        """(size, body) of a good frame at ``pos``; (0, b"") when more bytes are
+        needed; (-1, b"") when no frame starts here."""
         buf = self._buf
         dev = buf[pos]
         if (self._device is not None and dev != self._device) or dev > 247:
-            return -1, None
-        head = bytes(buf[pos : pos + 8])
+            return -1, b""
+        if self._function is not None and buf[pos + 1] & 0x7F != self._function:
+            return -1, b""
+        head = bytes(buf[pos : pos + 12])
         try:
             cls = self._pdus.lookupPduClass(head)
             size = int(cls.calculateRtuFrameSize(head)) if cls is not None else -1
         except ModbusException:
             size = -1
+        if size > MAX_RTU_FRAME or (size == 0 and len(head) == 12):
+            size = -1  # longer than any RTU frame, or a header we cannot size
         if size < 0:
-            return -1, None
+            return -1, b""
         if size == 0 or len(buf) - pos < size:
-            return 0, None
+            return 0, b""
         body = bytes(buf[pos : pos + size - 2])
         if bytes(buf[pos + size - 2 : pos + size]) != crc(body):
+            # complete and wrong: counted once, since the scan never comes back here
             self.stats.reject(f"bad CRC in {bytes(buf[pos : pos + size]).hex(' ')}")
-            return -1, None
-        try:
-            pdu = self._pdus.decode(body[1:])
-        except (ModbusException, struct.error, IndexError, ValueError):
-            pdu = None
-        if pdu is None:
-            self.stats.reject(f"undecodable PDU {body.hex(' ')}")
-            return -1, None
-        return size, pdu
+            return -1, b""
+        return size, body
 
-    def _frames(self) -> list[tuple[int, ModbusPDU]]:
+    def _frames(self) -> list[tuple[int, ModbusPDU, bytes]]:
         buf = self._buf
-        out: list[tuple[int, ModbusPDU]] = []
+        out: list[tuple[int, ModbusPDU, bytes]] = []
         pos = 0
         while len(buf) - pos >= 4:
-            size, pdu = self._candidate(pos)
-            if size < 0:
+            size, body = self._candidate(pos)
+            if size == 0:
+                break  # wait for more bytes
+            pdu = None
+            if size > 0:
+                try:
+                    pdu = self._pdus.decode(body[1:])
+                except (ModbusException, struct.error, IndexError, ValueError):
+                    pdu = None
+                if pdu is None:
+                    self.stats.reject(f"undecodable PDU {body.hex(' ')}")
+            if pdu is None:
                 pos += 1
                 self.stats.discarded_bytes += 1
                 continue
-            if pdu is None:
-                # An incomplete candidate may be garbage that claims a long frame (a
-                # byte count of 0xF0, say). If a complete good frame starts later in
-                # what we have, the candidate was garbage: skip to that frame.
-                for later in range(pos + 1, len(buf) - 3):
-                    later_size, later_pdu = self._candidate(later)
-                    if later_pdu is not None:
-                        self.stats.discarded_bytes += later - pos
-                        pos = later
-                        size, pdu = later_size, later_pdu
-                        break
-                else:
-                    break  # wait for more bytes
-            assert pdu is not None
-            out.append((buf[pos], pdu))
+            out.append((buf[pos], pdu, body))
             self.stats.frames += 1
             pos += size
         del buf[:pos]
@@ -329,14 +349,19 @@ class _RtuDecoder:
 
 
 class ModbusReplyDecoder(_RtuDecoder):
-    """Driver side: replies from ``device`` (or any device if ``None``)."""
+    """Driver side: replies from ``device`` to ``function`` (either may be ``None`` = any).
 
-    def __init__(self, device: int | None = None) -> None:
-        super().__init__(is_server=False, device=device)
+    Exception replies to ``function`` (``function | 0x80``) are replies too.
+    """
+
+    def __init__(self, device: int | None = None, function: int | None = None) -> None:
+        super().__init__(is_server=False, device=device, function=function)
 
     def feed(self, data: bytes) -> list[ModbusReply]:
         self._buf += data
-        return [r for dev, pdu in self._frames() if (r := _as_reply(dev, pdu)) is not None]
+        return [
+            r for dev, pdu, _ in self._frames() if (r := _as_reply(dev, pdu)) is not None
+        ]
 
 
 class ModbusRequestDecoder(_RtuDecoder):
@@ -347,4 +372,4 @@ class ModbusRequestDecoder(_RtuDecoder):
 
     def feed(self, data: bytes) -> list[ModbusRequest]:
         self._buf += data
-        return [r for dev, pdu in self._frames() if (r := _as_request(dev, pdu)) is not None]
+        return [_as_request(dev, pdu, body) for dev, pdu, body in self._frames()]

@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 
 from drivers import kerong, modbus
-from drivers.framing import StreamDecoder, wire_time
+from drivers.framing import StreamDecoder, frame_silence, wire_time
 from simulator.boards import BOARD_TYPES, SimBoard
 
 log = structlog.get_logger("lockerd.sim")
@@ -67,6 +67,8 @@ class SimLine:
         self.baudrate = baudrate
         self.emulate_line_speed = emulate_line_speed
         self._decoders = {b.protocol: _decoder_for(b.protocol) for b in self.boards}
+        self._silence = frame_silence(baudrate)
+        self._last_rx = 0.0
         self.requests = 0
 
     def board(self, address: int, kind: str | None = None) -> SimBoard:
@@ -76,7 +78,16 @@ class SimLine:
         raise KeyError(f"no simulated board at address {address}" + (f" ({kind})" if kind else ""))
 
     def receive(self, data: bytes, send: Send) -> None:
-        """Bytes from the master; answers go to ``send``."""
+        """Bytes from the master; answers go to ``send``.
+
+        As on a real line, a silence of 3.5 character times ends any frame in
+        progress: a partial frame before it is dropped, not glued to what follows.
+        """
+        now = asyncio.get_running_loop().time()
+        if now - self._last_rx >= self._silence:
+            for decoder in self._decoders.values():
+                decoder.flush()
+        self._last_rx = now
         for protocol, decoder in self._decoders.items():
             for request in decoder.feed(data):
                 self.requests += 1
