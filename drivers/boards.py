@@ -64,6 +64,7 @@ class Board(ABC, Generic[S]):
         self.bus = bus
         self.settings: S = settings
         self.key = f"{settings.kind}@{settings.address}"
+        self._unlocks: dict[int, Exchange[Any]] = {}
         self._log = log.bind(bus=bus.name, board=self.key)
 
     @property
@@ -102,6 +103,22 @@ class Board(ABC, Generic[S]):
     async def unlock(self, channel: int) -> UnlockAck:
         """Pulse one lock. Never retried: on doubt, read the door and decide."""
 
+    def _unlock_exchange(self, channel: int) -> Exchange[Any]:
+        """The unanswered unlock of ``channel`` (Kerong), built once per channel."""
+        exchange = self._unlocks.get(channel)
+        if exchange is None:
+            self._check_channel(channel)
+            exchange = self._unlocks[channel] = Exchange(
+                board=self.key,
+                request=self._encode_unlock(channel),
+                priority=Priority.UNLOCK,
+                what=f"unlock {channel}",
+            )
+        return exchange
+
+    def _encode_unlock(self, channel: int) -> bytes:
+        raise NotImplementedError(f"{type(self).__name__} does not unlock without a reply")
+
     def _check_channel(self, channel: int) -> None:
         if not 1 <= channel <= self.channels:
             raise EncodeError(f"board {self.key}: channel {channel} out of range 1..{self.channels}")
@@ -130,33 +147,31 @@ class Board(ABC, Generic[S]):
 class KerongCu48(Board[Cu48Settings]):
     """Kerong KR-CU48: 48 locks, status of all in one 12-byte reply; unlocks unanswered."""
 
-    async def read(self) -> DoorReading:
-        address = self.settings.address
-        frame = await self.bus.transact(
-            Exchange(
-                board=self.key,
-                request=kerong.cu48_read_status(address).encode(),
-                priority=Priority.READ,
-                decoder=kerong.Cu48ReplyDecoder,
-                match=lambda f: f.address == address,
-                reply_len=kerong.CU48_STATUS_LEN,
-                what="status",
-            )
+    def __init__(self, bus: Bus, settings: Cu48Settings) -> None:
+        super().__init__(bus, settings)
+        address = settings.address
+        # the status request never changes: built once, not on every poll
+        self._status = Exchange(
+            board=self.key,
+            request=kerong.cu48_read_status(address).encode(),
+            priority=Priority.READ,
+            decoder=kerong.Cu48ReplyDecoder,
+            match=lambda f: f.address == address,
+            reply_len=kerong.CU48_STATUS_LEN,
+            what="status",
         )
+
+    async def read(self) -> DoorReading:
+        frame = await self.bus.transact(self._status)
         assert frame is not None
         return DoorReading(self.key, self._doors(frame.bits()))
 
     async def unlock(self, channel: int) -> UnlockAck:
-        self._check_channel(channel)
-        await self.bus.transact(
-            Exchange(
-                board=self.key,
-                request=kerong.cu48_unlock(self.settings.address, channel).encode(),
-                priority=Priority.UNLOCK,
-                what=f"unlock {channel}",
-            )
-        )
+        await self.bus.transact(self._unlock_exchange(channel))
         return UnlockAck.SENT
+
+    def _encode_unlock(self, channel: int) -> bytes:
+        return kerong.cu48_unlock(self.settings.address, channel).encode()
 
 
 class KerongCu16(Board[Cu16Settings]):
@@ -166,19 +181,21 @@ class KerongCu16(Board[Cu16Settings]):
     def has_occupancy(self) -> bool:
         return bool(self.settings.infrared)
 
-    async def read(self) -> DoorReading:
-        address = self.settings.address
-        frame = await self.bus.transact(
-            Exchange(
-                board=self.key,
-                request=kerong.cu16_read_status(address).encode(),
-                priority=Priority.READ,
-                decoder=kerong.Cu16ReplyDecoder,
-                match=lambda f: f.board == address,
-                reply_len=kerong.CU16_STATUS_LEN,
-                what="status",
-            )
+    def __init__(self, bus: Bus, settings: Cu16Settings) -> None:
+        super().__init__(bus, settings)
+        address = settings.address
+        self._status = Exchange(
+            board=self.key,
+            request=kerong.cu16_read_status(address).encode(),
+            priority=Priority.READ,
+            decoder=kerong.Cu16ReplyDecoder,
+            match=lambda f: f.board == address,
+            reply_len=kerong.CU16_STATUS_LEN,
+            what="status",
         )
+
+    async def read(self) -> DoorReading:
+        frame = await self.bus.transact(self._status)
         assert frame is not None
         occupied = None
         if self.settings.infrared:
@@ -187,16 +204,11 @@ class KerongCu16(Board[Cu16Settings]):
         return DoorReading(self.key, self._doors(frame.lock_bits()), occupied)
 
     async def unlock(self, channel: int) -> UnlockAck:
-        self._check_channel(channel)
-        await self.bus.transact(
-            Exchange(
-                board=self.key,
-                request=kerong.cu16_unlock(self.settings.address, channel).encode(),
-                priority=Priority.UNLOCK,
-                what=f"unlock {channel}",
-            )
-        )
+        await self.bus.transact(self._unlock_exchange(channel))
         return UnlockAck.SENT
+
+    def _encode_unlock(self, channel: int) -> bytes:
+        return kerong.cu16_unlock(self.settings.address, channel).encode()
 
 
 class ModbusRelay(Board[ModbusRelaySettings]):
@@ -255,16 +267,18 @@ class ModbusRelay(Board[ModbusRelaySettings]):
                 board=self.key,
             )
 
+    def __init__(self, bus: Bus, settings: ModbusRelaySettings) -> None:
+        super().__init__(bus, settings)
+        self._status = self._exchange(
+            modbus.read_discrete_inputs(settings.address, settings.input_base, settings.channels),
+            modbus.FC_READ_DISCRETE_INPUTS,
+            Priority.READ,
+            "read door inputs",
+        )
+
     async def read(self) -> DoorReading:
         s = self.settings
-        reply = await self._call(
-            self._exchange(
-                modbus.read_discrete_inputs(s.address, s.input_base, s.channels),
-                modbus.FC_READ_DISCRETE_INPUTS,
-                Priority.READ,
-                "read door inputs",
-            )
-        )
+        reply = await self._call(self._status)
         if len(reply.bits) < s.channels:
             raise BoardRejected(
                 f"board {self.key}: {len(reply.bits)} inputs in reply, {s.channels} asked",

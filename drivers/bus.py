@@ -5,7 +5,9 @@ gateway) and is the only thing that writes to it. Callers hand it
 :class:`Exchange` objects (a request, and how to recognise its reply) and await
 the reply. The bus guarantees:
 
-- exactly one request in flight, ever (RS-485 is half duplex with one master);
+- exactly one request in flight, ever (RS-485 is half duplex with one master):
+  callers take turns through a priority mutex and each runs its own transaction,
+  so an idle bus costs no task switch;
 - unlocks go before control writes, which go before polls;
 - a configurable silence (``gap_ms``) after the last byte on the line before the
   next request, counting the wire time of frames still being clocked out;
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import itertools
 import random
 from collections.abc import Callable
@@ -121,17 +124,68 @@ class BoardHealth:
         }
 
 
-@dataclass(slots=True, eq=False)
-class _Job:
-    exchange: Exchange[Any]
-    future: asyncio.Future[Any]
+@dataclass(slots=True)
+class Timing:
+    """When the last answered transaction happened, on the loop's clock (seconds).
+
+    ``written`` is just before the request was handed to the port, ``sent`` just
+    after, ``first_byte`` when the first byte of the reply reached the bus,
+    ``matched`` when the reply was complete and matched. ``first_byte - written``
+    is the port, the line and the board; the rest is our own cost (see
+    bench/bus_bench.py).
+    """
+
+    written: float = 0.0
+    sent: float = 0.0  # the port took the bytes (the write call returned)
+    first_byte: float = 0.0
+    matched: float = 0.0
 
 
 @dataclass(slots=True, eq=False)
 class _InFlight:
+    """The transaction on the wire, waiting for its reply."""
+
     exchange: Exchange[Any]
     decoder: StreamDecoder[Any]
     waiter: asyncio.Future[Any]
+    timing: Timing
+
+
+class _PriorityMutex:
+    """One holder at a time; waiters served by (priority, arrival).
+
+    Uncontended, :meth:`acquire` returns at once without a task switch.
+    """
+
+    def __init__(self) -> None:
+        self._held = False
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+
+    @property
+    def waiting(self) -> int:
+        return sum(1 for _, _, f in self._waiters if not f.done())
+
+    async def acquire(self, priority: int) -> None:
+        if not self._held and not self._waiters:
+            self._held = True
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (priority, next(self._seq), fut))
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # granted, then cancelled before it ran: pass it on
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            _, _, fut = heapq.heappop(self._waiters)
+            if not fut.done():
+                fut.set_result(None)  # ownership passes; _held stays True
+                return
+        self._held = False
 
 
 @dataclass(slots=True)
@@ -161,9 +215,6 @@ class _Link(asyncio.Protocol):
         self._bus._on_lost(self, exc)
 
 
-_LINK_LOST = object()
-
-
 class Bus:
     """The single owner of one serial line; see the module docstring."""
 
@@ -175,11 +226,11 @@ class Bus:
         # never less than the 3.5 character silence that ends a frame (Modbus RTU)
         self._gap = max(settings.gap_ms / 1000, frame_silence(settings.baudrate))
         self._timeout = settings.timeout_ms / 1000
-        self._queue: asyncio.PriorityQueue[tuple[int, int, Any]] = asyncio.PriorityQueue()
-        self._seq = itertools.count()
+        self._turn = _PriorityMutex()
         self._link: _Link | None = None
         self._current: _InFlight | None = None
-        self._active: _Job | None = None
+        self._lost = asyncio.Event()
+        self.last_timing: Timing | None = None
         self._quiet_until = 0.0
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
@@ -192,7 +243,7 @@ class Bus:
     async def start(self) -> None:
         """Start the worker; returns at once (the port opens in the background)."""
         if self._worker is None:
-            self._worker = asyncio.create_task(self._serve(), name=f"bus {self.name}")
+            self._worker = asyncio.create_task(self._keep_open(), name=f"bus {self.name} port")
 
     async def wait_open(self, timeout: float) -> bool:
         """Wait until the port is open; ``False`` if it is not within ``timeout``."""
@@ -208,21 +259,15 @@ class Bus:
         return self._link is not None
 
     async def close(self) -> None:
+        """Close the port. The transaction on the wire and every waiting caller get
+        :class:`BusClosed`."""
         self._closed = True
-        active = self._active  # the worker clears it as it unwinds
         if self._worker is not None:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
             self._worker = None
-        closed = BusClosed(f"bus {self.name} closed", bus=self.name)
-        self._drop_link(closed)
-        jobs: list[Any] = [active] if active is not None else []
-        while not self._queue.empty():
-            jobs.append(self._queue.get_nowait()[2])
-        for job in jobs:
-            if isinstance(job, _Job) and not job.future.done():
-                job.future.set_exception(closed)
+        self._drop_link(BusClosed(f"bus {self.name} closed", bus=self.name))
 
     async def __aenter__(self) -> Bus:
         await self.start()
@@ -238,6 +283,16 @@ class Bus:
         Raises :class:`ReplyTimeout`, :class:`BoardOffline`, :class:`PortUnavailable`
         or :class:`BusClosed`.
         """
+        self._check_usable(exchange)
+        await self._turn.acquire(exchange.priority)
+        try:
+            self._check_usable(exchange)  # things may have changed while it waited
+            result: F | None = await self._execute(exchange)
+            return result
+        finally:
+            self._turn.release()
+
+    def _check_usable(self, exchange: Exchange[Any]) -> None:
         if self._closed:
             raise BusClosed(f"bus {self.name} closed", bus=self.name, board=exchange.board)
         if self._port_down_since is not None:
@@ -247,9 +302,6 @@ class Bus:
                 bus=self.name,
                 board=exchange.board,
             )
-        future: asyncio.Future[F | None] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((exchange.priority, next(self._seq), _Job(exchange, future)))
-        return await future
 
     def health_of(self, board: str) -> BoardHealth:
         health = self.health.get(board)
@@ -268,12 +320,13 @@ class Bus:
             "rx_bytes": self.counters.rx_bytes,
             "tx_bytes": self.counters.tx_bytes,
             "stray_bytes": self.counters.stray_bytes,
-            "queued": self._queue.qsize(),
+            "waiting": self._turn.waiting,
             "boards": [h.snapshot() for h in self.health.values()],
         }
 
     # ------------------------------------------------------------------ worker
-    async def _serve(self) -> None:
+    async def _keep_open(self) -> None:
+        """Open the port, and reopen it with jittered exponential backoff when lost."""
         backoff = self.settings.reopen_min_s
         while True:
             if self._link is None:
@@ -286,25 +339,10 @@ class Bus:
                     await asyncio.sleep(delay)
                     continue
                 backoff = self.settings.reopen_min_s
-            _, _, job = await self._queue.get()
-            if job is _LINK_LOST:
-                continue
-            assert isinstance(job, _Job)
-            if job.future.done():  # the caller gave up while it waited
-                continue
-            self._active = job
-            try:
-                result = await self._execute(job.exchange, job.future)
-            except (ReplyTimeout, BoardOffline, PortUnavailable) as exc:
-                if not job.future.done():
-                    job.future.set_exception(exc)
-            else:
-                if not job.future.done():
-                    job.future.set_result(result)
-            finally:
-                self._active = None
+            self._lost.clear()
+            await self._lost.wait()
 
-    async def _execute(self, ex: Exchange[Any], future: asyncio.Future[Any]) -> Any:
+    async def _execute(self, ex: Exchange[Any]) -> Any:
         loop = asyncio.get_running_loop()
         health = self.health_of(ex.board)
         attempts = self.settings.read_attempts if ex.priority is Priority.READ else 1
@@ -321,8 +359,6 @@ class Bus:
             attempts = 1  # a probe of an offline board costs one timeout, no more
             health.next_probe_at = now + self.settings.offline_probe_s
         for attempt in range(1, attempts + 1):
-            if future.done():
-                return None
             try:
                 return await self._once(ex, health)
             except ReplyTimeout as exc:
@@ -348,15 +384,19 @@ class Bus:
         health.requests += 1
         started = loop.time()
         tx_done = started + wire_time(len(ex.request), baud)
+        timing = Timing(written=started)
         if ex.decoder is None:
             link.transport.write(ex.request)
+            timing.sent = loop.time()
             self.counters.tx_bytes += len(ex.request)
             self._quiet_until = max(self._quiet_until, tx_done + self._gap)
+            self.last_timing = timing
             return None  # an unanswered write says nothing about the board's health
         waiter: asyncio.Future[Any] = loop.create_future()
-        inflight = _InFlight(ex, ex.decoder(), waiter)
+        inflight = _InFlight(ex, ex.decoder(), waiter, timing)
         self._current = inflight
         link.transport.write(ex.request)
+        timing.sent = loop.time()
         self.counters.tx_bytes += len(ex.request)
         self._quiet_until = max(self._quiet_until, tx_done + self._gap)
         budget = self._timeout + wire_time(len(ex.request) + ex.reply_len, baud)
@@ -374,7 +414,8 @@ class Bus:
         finally:
             self._current = None
             health.bad_frames += inflight.decoder.stats.bad_frames
-        self._record_ok(health, loop.time() - started, started)
+        self.last_timing = inflight.timing
+        self._record_ok(health, inflight.timing.matched - started, started)
         return frame
 
     # ------------------------------------------------------------------ health
@@ -470,25 +511,22 @@ class Bus:
             )
         else:
             self._log.debug("bus_port_still_unavailable", error=str(exc))
-        # nothing waiting in the queue can be served now: fail it fast
-        while not self._queue.empty():
-            _, _, job = self._queue.get_nowait()
-            if isinstance(job, _Job) and not job.future.done():
-                job.future.set_exception(
-                    PortUnavailable(str(exc), bus=self.name, board=job.exchange.board)
-                )
 
     def _on_data(self, link: _Link, data: bytes) -> None:
         if link is not self._link:
             return
+        now = asyncio.get_running_loop().time()
         self.counters.rx_bytes += len(data)
-        self._quiet_until = asyncio.get_running_loop().time() + self._gap
+        self._quiet_until = now + self._gap
         cur = self._current
         if cur is None or cur.waiter.done():
             self.counters.stray_bytes += len(data)
             return
+        if not cur.timing.first_byte:
+            cur.timing.first_byte = now
         for frame in cur.decoder.feed(data):
             if not cur.waiter.done() and cur.exchange.match(frame):
+                cur.timing.matched = now
                 cur.waiter.set_result(frame)
             else:
                 health = self.health_of(cur.exchange.board)
@@ -512,7 +550,7 @@ class Bus:
         self._port_down_since = asyncio.get_running_loop().time()
         self._port_error = reason
         self._opened.clear()
-        self._queue.put_nowait((-1, next(self._seq), _LINK_LOST))
+        self._lost.set()
 
     def _drop_link(self, error: Exception) -> None:
         link, self._link = self._link, None

@@ -321,6 +321,25 @@ class _RtuDecoder:
             return -1, b""
         return size, body
 
+    def _decode(self, body: bytes) -> ModbusPDU | None:
+        """The PDU of a CRC-checked frame body (device id first), or ``None``.
+
+        Instantiates the class directly rather than through ``DecodePDU.decode``,
+        which formats every PDU for a debug log on the hot path.
+        """
+        try:
+            cls = self._pdus.lookupPduClass(body)
+            if cls is None:
+                return None
+            if cls is ExceptionResponse:
+                pdu: ModbusPDU = ExceptionResponse(body[1] & 0x7F)
+            else:
+                pdu = cls()
+            pdu.decode(body[2:])
+        except (ModbusException, struct.error, IndexError, ValueError):
+            return None
+        return pdu
+
     def _frames(self) -> list[tuple[int, ModbusPDU, bytes]]:
         buf = self._buf
         out: list[tuple[int, ModbusPDU, bytes]] = []
@@ -331,10 +350,7 @@ class _RtuDecoder:
                 break  # wait for more bytes
             pdu = None
             if size > 0:
-                try:
-                    pdu = self._pdus.decode(body[1:])
-                except (ModbusException, struct.error, IndexError, ValueError):
-                    pdu = None
+                pdu = self._decode(body)
                 if pdu is None:
                     self.stats.reject(f"undecodable PDU {body.hex(' ')}")
             if pdu is None:
