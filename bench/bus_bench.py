@@ -23,10 +23,11 @@ import time
 import tty
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from drivers.boards import Board, make_board
-from drivers.bus import Bus
+from drivers.bus import Bus, Timing
 from drivers.framing import frame_silence, wire_time
 from drivers.settings import BusSettings, Cu16Settings, Cu48Settings, ModbusRelaySettings
 from lockerd.logs import configure
@@ -85,11 +86,15 @@ async def idle_samples(
         if i < warmup:
             continue
         calls.append(t1 - t0)
-        tm = bus.last_timing
+        tm = _last_timing(bus)  # set by the transaction (mypy cannot see that through await)
         assert tm is not None
         after_port = tm.first_byte or tm.sent  # a reply's first byte, or the write's return
         own.append((tm.written - t0) + (t1 - after_port))
     return calls, own
+
+
+def _last_timing(bus: Bus) -> Timing | None:
+    return bus.last_timing
 
 
 def pty_floor(request_len: int, reply_len: int, n: int) -> list[float]:
@@ -247,6 +252,7 @@ def rss_of_driver_process(seconds: float) -> list[Figure]:
     """Peak RSS of a child process that drives 10 buses x 10 boards for ``seconds``."""
     out = subprocess.run(
         [sys.executable, "-m", "bench.rss_child", str(seconds)],
+        cwd=Path(__file__).resolve().parent.parent,
         check=True,
         capture_output=True,
         text=True,

@@ -23,7 +23,7 @@ from drivers.settings import BoardSettings, Cu16Settings, Cu48Settings, ModbusRe
 
 log = structlog.get_logger("lockerd.board")
 
-S = TypeVar("S", Cu48Settings, Cu16Settings, ModbusRelaySettings)
+S = TypeVar("S", bound=Cu48Settings | Cu16Settings | ModbusRelaySettings)
 
 
 class UnlockAck(enum.Enum):
@@ -64,7 +64,6 @@ class Board(ABC, Generic[S]):
         self.bus = bus
         self.settings: S = settings
         self.key = f"{settings.kind}@{settings.address}"
-        self._unlocks: dict[int, Exchange[Any]] = {}
         self._log = log.bind(bus=bus.name, board=self.key)
 
     @property
@@ -91,7 +90,7 @@ class Board(ABC, Generic[S]):
         await self.read()
         return self.describe()
 
-    async def prepare(self) -> None:  # noqa: B027 - optional hook, empty by default
+    async def prepare(self) -> None:
         """Bring the board to a safe state (no relay energised); called at start and after
         the board comes back online."""
 
@@ -103,25 +102,11 @@ class Board(ABC, Generic[S]):
     async def unlock(self, channel: int) -> UnlockAck:
         """Pulse one lock. Never retried: on doubt, read the door and decide."""
 
-    def _unlock_exchange(self, channel: int) -> Exchange[Any]:
-        """The unanswered unlock of ``channel`` (Kerong), built once per channel."""
-        exchange = self._unlocks.get(channel)
-        if exchange is None:
-            self._check_channel(channel)
-            exchange = self._unlocks[channel] = Exchange(
-                board=self.key,
-                request=self._encode_unlock(channel),
-                priority=Priority.UNLOCK,
-                what=f"unlock {channel}",
-            )
-        return exchange
-
-    def _encode_unlock(self, channel: int) -> bytes:
-        raise NotImplementedError(f"{type(self).__name__} does not unlock without a reply")
-
     def _check_channel(self, channel: int) -> None:
         if not 1 <= channel <= self.channels:
-            raise EncodeError(f"board {self.key}: channel {channel} out of range 1..{self.channels}")
+            raise EncodeError(
+                f"board {self.key}: channel {channel} out of range 1..{self.channels}"
+            )
 
     def _doors(self, raw: tuple[bool, ...]) -> tuple[bool, ...]:
         open_bit = bool(self.settings.door_open_bit)
@@ -140,18 +125,48 @@ class Board(ABC, Generic[S]):
         self._check_reply(exchange, reply)
         return reply
 
-    def _check_reply(self, exchange: Exchange[Any], reply: Any) -> None:  # noqa: B027
+    def _check_reply(self, exchange: Exchange[Any], reply: Any) -> None:
         """Raise if the board answered with a refusal (protocols with error replies)."""
 
 
-class KerongCu48(Board[Cu48Settings]):
+K = TypeVar("K", bound=Cu48Settings | Cu16Settings)
+
+
+class _KerongBoard(Board[K]):
+    """What Kerong boards share: a fixed status request, and unlocks without a reply."""
+
+    def __init__(self, bus: Bus, settings: K) -> None:
+        super().__init__(bus, settings)
+        self._unlocks: dict[int, Exchange[Any]] = {}
+        # the status request never changes: built once, not on every poll
+        self._status = self._status_exchange()
+
+    @abstractmethod
+    def _status_exchange(self) -> Exchange[Any]: ...
+
+    @abstractmethod
+    def _encode_unlock(self, channel: int) -> bytes: ...
+
+    async def unlock(self, channel: int) -> UnlockAck:
+        exchange = self._unlocks.get(channel)
+        if exchange is None:
+            self._check_channel(channel)
+            exchange = self._unlocks[channel] = Exchange(
+                board=self.key,
+                request=self._encode_unlock(channel),
+                priority=Priority.UNLOCK,
+                what=f"unlock {channel}",
+            )
+        await self.bus.transact(exchange)
+        return UnlockAck.SENT
+
+
+class KerongCu48(_KerongBoard[Cu48Settings]):
     """Kerong KR-CU48: 48 locks, status of all in one 12-byte reply; unlocks unanswered."""
 
-    def __init__(self, bus: Bus, settings: Cu48Settings) -> None:
-        super().__init__(bus, settings)
-        address = settings.address
-        # the status request never changes: built once, not on every poll
-        self._status = Exchange(
+    def _status_exchange(self) -> Exchange[Any]:
+        address = self.settings.address
+        return Exchange(
             board=self.key,
             request=kerong.cu48_read_status(address).encode(),
             priority=Priority.READ,
@@ -161,30 +176,25 @@ class KerongCu48(Board[Cu48Settings]):
             what="status",
         )
 
+    def _encode_unlock(self, channel: int) -> bytes:
+        return kerong.cu48_unlock(self.settings.address, channel).encode()
+
     async def read(self) -> DoorReading:
         frame = await self.bus.transact(self._status)
         assert frame is not None
         return DoorReading(self.key, self._doors(frame.bits()))
 
-    async def unlock(self, channel: int) -> UnlockAck:
-        await self.bus.transact(self._unlock_exchange(channel))
-        return UnlockAck.SENT
 
-    def _encode_unlock(self, channel: int) -> bytes:
-        return kerong.cu48_unlock(self.settings.address, channel).encode()
-
-
-class KerongCu16(Board[Cu16Settings]):
+class KerongCu16(_KerongBoard[Cu16Settings]):
     """Kerong KR-CU16: 16 locks and 16 infrared occupancy sensors in one 9-byte reply."""
 
     @property
     def has_occupancy(self) -> bool:
         return bool(self.settings.infrared)
 
-    def __init__(self, bus: Bus, settings: Cu16Settings) -> None:
-        super().__init__(bus, settings)
-        address = settings.address
-        self._status = Exchange(
+    def _status_exchange(self) -> Exchange[Any]:
+        address = self.settings.address
+        return Exchange(
             board=self.key,
             request=kerong.cu16_read_status(address).encode(),
             priority=Priority.READ,
@@ -194,6 +204,9 @@ class KerongCu16(Board[Cu16Settings]):
             what="status",
         )
 
+    def _encode_unlock(self, channel: int) -> bytes:
+        return kerong.cu16_unlock(self.settings.address, channel).encode()
+
     async def read(self) -> DoorReading:
         frame = await self.bus.transact(self._status)
         assert frame is not None
@@ -202,13 +215,6 @@ class KerongCu16(Board[Cu16Settings]):
             occupied_bit = bool(self.settings.occupied_bit)
             occupied = tuple(b == occupied_bit for b in frame.infrared_bits()[: self.channels])
         return DoorReading(self.key, self._doors(frame.lock_bits()), occupied)
-
-    async def unlock(self, channel: int) -> UnlockAck:
-        await self.bus.transact(self._unlock_exchange(channel))
-        return UnlockAck.SENT
-
-    def _encode_unlock(self, channel: int) -> bytes:
-        return kerong.cu16_unlock(self.settings.address, channel).encode()
 
 
 class ModbusRelay(Board[ModbusRelaySettings]):
@@ -235,9 +241,7 @@ class ModbusRelay(Board[ModbusRelaySettings]):
                 return False
             if reply.exception is not None:
                 return True
-            return (address < 0 or reply.address == address) and (
-                value < 0 or reply.value == value
-            )
+            return (address < 0 or reply.address == address) and (value < 0 or reply.value == value)
 
         reply_len = 5 + (self.channels + 7) // 8 if function <= 2 else 8
         return Exchange(

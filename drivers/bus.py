@@ -245,10 +245,10 @@ class Bus:
         if self._worker is None:
             self._worker = asyncio.create_task(self._keep_open(), name=f"bus {self.name} port")
 
-    async def wait_open(self, timeout: float) -> bool:
-        """Wait until the port is open; ``False`` if it is not within ``timeout``."""
+    async def wait_open(self, within: float) -> bool:
+        """Wait until the port is open; ``False`` if it is not within ``within`` seconds."""
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(within):
                 await self._opened.wait()
         except TimeoutError:
             return False
@@ -434,9 +434,7 @@ class Bus:
         health.last_error = error
         if health.online and health.consecutive_failures >= self.settings.offline_after:
             health.online = False
-            health.next_probe_at = (
-                asyncio.get_running_loop().time() + self.settings.offline_probe_s
-            )
+            health.next_probe_at = asyncio.get_running_loop().time() + self.settings.offline_probe_s
             self._log.error(
                 "board_offline",
                 board=health.board,
@@ -479,7 +477,9 @@ class Bus:
                     "own a bus (lockerctl talks to the daemon instead)",
                     bus=self.name,
                 ) from exc
-            raise PortUnavailable(f"bus {self.name}: cannot open {port}: {exc}", bus=self.name) from exc
+            raise PortUnavailable(
+                f"bus {self.name}: cannot open {port}: {exc}", bus=self.name
+            ) from exc
         except (OSError, TimeoutError) as exc:
             raise PortUnavailable(
                 f"bus {self.name}: cannot open {port}: {exc or 'timed out'}", bus=self.name
@@ -544,9 +544,7 @@ class Bus:
             error=reason,
             hint="adapter unplugged or gateway gone; reopening with backoff",
         )
-        self._drop_link(
-            PortUnavailable(f"bus {self.name}: port lost: {reason}", bus=self.name)
-        )
+        self._drop_link(PortUnavailable(f"bus {self.name}: port lost: {reason}", bus=self.name))
         self._port_down_since = asyncio.get_running_loop().time()
         self._port_error = reason
         self._opened.clear()

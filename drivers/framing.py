@@ -35,6 +35,23 @@ class StreamDecoder(Protocol[F_co]):
         ...
 
 
+class BufferedDecoder:
+    """Base of the stream decoders: the bytes not yet framed, and what was skipped."""
+
+    __slots__ = ("_buf", "stats")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self.stats = DecoderStats()
+
+    def flush(self) -> int:
+        """Drop a partial frame (the line fell silent); the number of bytes dropped."""
+        dropped = len(self._buf)
+        self.stats.discarded_bytes += dropped
+        self._buf.clear()
+        return dropped
+
+
 def unpack_bits(data: bytes, count: int, *, lsb_first: bool = True) -> tuple[bool, ...]:
     """Bits of ``data`` as booleans, byte 0 first; within a byte LSB first by default."""
     out: list[bool] = []

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
 
 from drivers.errors import EncodeError, FrameError
-from drivers.framing import DecoderStats
+from drivers.framing import BufferedDecoder
 
 STX: Final = 0x02
 ETX: Final = 0x03
@@ -206,7 +206,7 @@ _NEED_MORE: Final = -1
 _INVALID: Final = 0
 
 
-class _SealedFrameDecoder(ABC, Generic[F]):
+class _SealedFrameDecoder(BufferedDecoder, ABC, Generic[F]):
     """Incremental decoder for ``STX ... ETX SUM`` frames.
 
     Accepts bytes in any chunking. Garbage is skipped and counted: garbage without
@@ -216,18 +216,7 @@ class _SealedFrameDecoder(ABC, Generic[F]):
     the bus's reply matching rejects any fake that decodes.) Never raises on input.
     """
 
-    __slots__ = ("_buf", "stats")
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-        self.stats = DecoderStats()
-
-    def flush(self) -> int:
-        """Drop a partial frame (the line fell silent); the number of bytes dropped."""
-        dropped = len(self._buf)
-        self.stats.discarded_bytes += dropped
-        self._buf.clear()
-        return dropped
+    __slots__ = ()
 
     @abstractmethod
     def _length(self, buf: bytearray, start: int) -> int:
@@ -344,4 +333,6 @@ def decode_cu16_status(raw: bytes) -> Cu16Status:
     _check_sealed(raw, CU16_STATUS_LEN, "CU16 status reply")
     if raw[2] != CU16_REPLY_STATUS:
         raise FrameError(f"CU16 status reply: command {raw[2]:02x}, expected 35")
+    if raw[1] & 0x0F:
+        raise FrameError(f"CU16 status reply: address {raw[1]:02x} has a lock nibble")
     return Cu16Status(raw[1] >> 4, raw[3:5], raw[5:7])

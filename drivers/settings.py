@@ -21,25 +21,34 @@ class BusSettings(_Settings):
     port: str = Field(
         description="tty path (prefer /dev/serial/by-id/...) or tcp://HOST:PORT of a gateway",
     )
-    baudrate: int = Field(19200, gt=0, description="line speed, 8N1")
+    baudrate: int = Field(default=19200, gt=0, description="line speed, 8N1")
     gap_ms: float = Field(
-        5.0, ge=0, le=1000, description="silence enforced between a reply and the next request"
+        default=5.0,
+        ge=0,
+        le=1000,
+        description="silence enforced between a reply and the next request",
     )
     timeout_ms: float = Field(
-        100.0,
+        default=100.0,
         gt=0,
         le=10_000,
         description="how long a board may take to start answering, on top of the frames' wire time",
     )
-    read_attempts: int = Field(2, ge=1, le=10, description="tries of a read (unlocks: always 1)")
+    read_attempts: int = Field(
+        default=2, ge=1, le=10, description="tries of a read (unlocks: always 1)"
+    )
     offline_after: int = Field(
-        3, ge=1, description="consecutive failed requests after which a board is offline"
+        default=3, ge=1, description="consecutive failed requests after which a board is offline"
     )
     offline_probe_s: float = Field(
-        5.0, gt=0, description="how often an offline board is asked whether it is back"
+        default=5.0, gt=0, description="how often an offline board is asked whether it is back"
     )
-    reopen_min_s: float = Field(0.2, gt=0, description="first wait before reopening a lost port")
-    reopen_max_s: float = Field(10.0, gt=0, description="longest wait between reopen attempts")
+    reopen_min_s: float = Field(
+        default=0.2, gt=0, description="first wait before reopening a lost port"
+    )
+    reopen_max_s: float = Field(
+        default=10.0, gt=0, description="longest wait between reopen attempts"
+    )
 
     @field_validator("port")
     @classmethod
@@ -69,19 +78,22 @@ SensorBit = Literal[0, 1]
 class Cu48Settings(_Settings):
     kind: Literal["kerong-cu48"] = "kerong-cu48"
     address: int = Field(ge=0, le=9, description="board address 0..9 (DIP switches)")
-    channels: int = Field(48, ge=1, le=48)
+    channels: int = Field(default=48, ge=1, le=48)
     door_open_bit: SensorBit = Field(
-        0, description="raw hook-switch bit that means 'door open' (sources: 1 = closed; ADR 0004)"
+        default=0,
+        description="raw hook-switch bit that means 'door open' (sources: 1 = closed; ADR 0004)",
     )
 
 
 class Cu16Settings(_Settings):
     kind: Literal["kerong-cu16"] = "kerong-cu16"
     address: int = Field(ge=0, le=15, description="board address 0..15")
-    channels: int = Field(16, ge=1, le=16)
-    door_open_bit: SensorBit = Field(0, description="raw lock bit that means 'door open' (1 = closed)")
-    infrared: bool = Field(True, description="the board has infrared occupancy sensors")
-    occupied_bit: SensorBit = Field(1, description="raw infrared bit that means 'occupied'")
+    channels: int = Field(default=16, ge=1, le=16)
+    door_open_bit: SensorBit = Field(
+        default=0, description="raw lock bit that means 'door open' (1 = closed)"
+    )
+    infrared: bool = Field(default=True, description="the board has infrared occupancy sensors")
+    occupied_bit: SensorBit = Field(default=1, description="raw infrared bit that means 'occupied'")
 
 
 class ModbusRelaySettings(_Settings):
@@ -89,19 +101,21 @@ class ModbusRelaySettings(_Settings):
 
     kind: Literal["modbus-relay"] = "modbus-relay"
     address: int = Field(ge=1, le=247, description="Modbus device id (slave address)")
-    channels: int = Field(8, ge=1, le=64)
-    coil_base: int = Field(0, ge=0, le=0xFFFF, description="coil of channel 1")
-    input_base: int = Field(0, ge=0, le=0xFFFF, description="discrete input of channel 1")
-    door_open_bit: SensorBit = Field(1, description="input level that means 'door open'")
+    channels: int = Field(default=8, ge=1, le=64)
+    coil_base: int = Field(default=0, ge=0, le=0xFFFF, description="coil of channel 1")
+    input_base: int = Field(default=0, ge=0, le=0xFFFF, description="discrete input of channel 1")
+    door_open_bit: SensorBit = Field(default=1, description="input level that means 'door open'")
     pulse: Literal["board", "software"] = Field(
-        "board",
+        default="board",
         description="board: the board times the pulse (flash-on), safe across crashes; "
         "software: coil on, wait, coil off",
     )
-    pulse_ms: int = Field(500, ge=100, le=25_500, description="unlock pulse length")
-    flash_base: int = Field(0x0200, ge=0, le=0xFFFF, description="flash-on address of channel 1")
+    pulse_ms: int = Field(default=500, ge=100, le=25_500, description="unlock pulse length")
+    flash_base: int = Field(
+        default=0x0200, ge=0, le=0xFFFF, description="flash-on address of channel 1"
+    )
     flash_function: Literal[5, 6] = Field(
-        5, description="function code of the flash-on write (FC05 or FC06, board dependent)"
+        default=5, description="function code of the flash-on write (FC05 or FC06, board dependent)"
     )
 
     @model_validator(mode="after")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sys
 
+from lockerd.hwdemo import main as demo_main
+
 
 def main(argv: list[str] | None = None) -> int:
-    from lockerd.hwdemo import main as demo_main
-
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] != "demo":
         print("usage: lockerd demo", file=sys.stderr)

@@ -286,8 +286,10 @@ class SimModbusRelay(SimBoard):
         reply = self._handle(request)
         return None if request.device == 0 else reply
 
-    def _handle(self, r: modbus.ModbusRequest) -> bytes:
+    def _handle(self, r: modbus.ModbusRequest) -> bytes:  # noqa: PLR0911 - one per function
         dev, fc = self.address, r.function
+        if not r.valid:
+            return modbus.exception_reply(dev, fc, modbus.EX_ILLEGAL_VALUE)
         if fc == modbus.FC_READ_DISCRETE_INPUTS:
             if not self._in_range(self.input_base, r.address, r.count):
                 return modbus.exception_reply(dev, fc, modbus.EX_ILLEGAL_ADDRESS)

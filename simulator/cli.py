@@ -38,10 +38,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BOARD",
         help=f"KIND:ADDRESS[:CHANNELS], KIND one of {', '.join(BOARD_TYPES)}",
     )
-    p.add_argument("--tcp", metavar="HOST:PORT", help="serve on TCP (a serial gateway) instead of a pty")
-    p.add_argument("--baud", type=int, help="emulate this line speed (replies wait for their wire time)")
-    p.add_argument("--link", metavar="PATH", help="also make PATH a symlink to the pty (like /dev/serial/by-id)")
-    p.add_argument("--spring-delay", type=float, default=0.05, help="seconds from pulse to door open")
+    p.add_argument(
+        "--tcp", metavar="HOST:PORT", help="serve on TCP (a serial gateway) instead of a pty"
+    )
+    p.add_argument(
+        "--baud", type=int, help="emulate this line speed (replies wait for their wire time)"
+    )
+    p.add_argument(
+        "--link",
+        metavar="PATH",
+        help="also make PATH a symlink to the pty (like /dev/serial/by-id)",
+    )
+    p.add_argument(
+        "--spring-delay", type=float, default=0.05, help="seconds from pulse to door open"
+    )
     p.add_argument("--control", action="store_true", help="read scripting commands on stdin")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     return p

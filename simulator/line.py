@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 import tty
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -45,6 +46,17 @@ def _decoder_for(protocol: str) -> StreamDecoder[Any]:
     if protocol == "kerong-cu16":
         return kerong.Cu16RequestDecoder()
     return modbus.ModbusRequestDecoder()
+
+
+_TIMER_SLACK = 0.0015
+
+
+def _send_at(at: float, send: Send, data: bytes) -> None:
+    """Send ``data`` at loop time ``at`` precisely (a short blocking wait; simulator only)."""
+    remaining = at - asyncio.get_running_loop().time()
+    if remaining > 0:
+        time.sleep(remaining)
+    send(data)
 
 
 class SimLine:
@@ -120,7 +132,12 @@ class SimLine:
         at = loop.time() + delay
         for i, part in enumerate(parts):
             pause = faults.split_pause_s * i if faults.split_reply else 0.0
-            loop.call_at(at + pause, send, part)
+            if self.emulate_line_speed:
+                # the loop's timers wake up to 1 ms late (epoll's resolution): wake early
+                # and wait out the rest, so replies leave when the wire would deliver them
+                loop.call_at(at + pause - _TIMER_SLACK, _send_at, at + pause, send, part)
+            else:
+                loop.call_at(at + pause, send, part)
 
 
 class PtyPort:

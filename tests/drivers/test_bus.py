@@ -35,20 +35,26 @@ def opened(doors: tuple[bool, ...]) -> list[int]:
 # --------------------------------------------------------------------------- happy paths
 
 
-async def test_cu48_unlock_then_status_shows_the_door_open(make_sim: MakeSim, make_bus: MakeBus) -> None:
+async def test_cu48_unlock_then_status_shows_the_door_open(
+    make_sim: MakeSim, make_bus: MakeBus
+) -> None:
     sim = await make_sim([SimCu48(3, spring_delay_s=0.02)])
     bus = await make_bus(sim.url)
     board = make_board(bus, Cu48Settings(address=3))
     assert opened((await board.read()).doors_open) == []
     assert await board.unlock(17) is UnlockAck.SENT
-    reading = await until_result(board.read, lambda r: 17 in opened(r.doors_open), what="door 17 open")
+    reading = await until_result(
+        board.read, lambda r: 17 in opened(r.doors_open), what="door 17 open"
+    )
     assert opened(reading.doors_open) == [17]
     assert sim.board(3).unlocks_of(17) == 1
     sim.board(3).close_door(17)
     assert opened((await board.read()).doors_open) == []
 
 
-async def test_cu16_reads_doors_and_infrared_occupancy(make_sim: MakeSim, make_bus: MakeBus) -> None:
+async def test_cu16_reads_doors_and_infrared_occupancy(
+    make_sim: MakeSim, make_bus: MakeBus
+) -> None:
     sim = await make_sim([SimCu16(2, spring_delay_s=0)])
     bus = await make_bus(sim.url)
     board = make_board(bus, Cu16Settings(address=2))
@@ -90,7 +96,9 @@ async def test_modbus_flash_with_fc06(make_sim: MakeSim, make_bus: MakeBus) -> N
     assert opened((await board.read()).doors_open) == [4]
 
 
-async def test_modbus_software_pulse_leaves_the_relay_off(make_sim: MakeSim, make_bus: MakeBus) -> None:
+async def test_modbus_software_pulse_leaves_the_relay_off(
+    make_sim: MakeSim, make_bus: MakeBus
+) -> None:
     sim = await make_sim([SimModbusRelay(1, 8, spring_delay_s=0)])
     bus = await make_bus(sim.url)
     board = make_board(bus, ModbusRelaySettings(address=1, pulse="software", pulse_ms=100))
@@ -101,7 +109,9 @@ async def test_modbus_software_pulse_leaves_the_relay_off(make_sim: MakeSim, mak
     assert opened((await board.read()).doors_open) == [2]
 
 
-async def test_modbus_prepare_switches_off_a_relay_left_on(make_sim: MakeSim, make_bus: MakeBus) -> None:
+async def test_modbus_prepare_switches_off_a_relay_left_on(
+    make_sim: MakeSim, make_bus: MakeBus
+) -> None:
     """A crash during a software pulse can leave a lock energised: start-up clears it."""
     sim = await make_sim([SimModbusRelay(1, 8)])
     sim.board(1).relays[6] = True
@@ -111,7 +121,9 @@ async def test_modbus_prepare_switches_off_a_relay_left_on(make_sim: MakeSim, ma
     assert sim.board(1).relays == [False] * 8
 
 
-async def test_modbus_exception_reply_is_a_typed_error(make_sim: MakeSim, make_bus: MakeBus) -> None:
+async def test_modbus_exception_reply_is_a_typed_error(
+    make_sim: MakeSim, make_bus: MakeBus
+) -> None:
     sim = await make_sim([SimModbusRelay(1, 8)])
     bus = await make_bus(sim.url)
     board = make_board(bus, ModbusRelaySettings(address=1, channels=8, input_base=100))
@@ -120,7 +132,9 @@ async def test_modbus_exception_reply_is_a_typed_error(make_sim: MakeSim, make_b
 
 
 async def test_tcp_gateway_carries_the_same_frames(make_sim: MakeSim, make_bus: MakeBus) -> None:
-    sim = await make_sim([SimCu48(0, spring_delay_s=0), SimModbusRelay(1, spring_delay_s=0)], tcp=("127.0.0.1", 0))
+    sim = await make_sim(
+        [SimCu48(0, spring_delay_s=0), SimModbusRelay(1, spring_delay_s=0)], tcp=("127.0.0.1", 0)
+    )
     assert sim.url.startswith("tcp://127.0.0.1:")
     bus = await make_bus(sim.url)
     kerong = make_board(bus, Cu48Settings(address=0))
@@ -161,7 +175,9 @@ async def test_unlocks_jump_the_queue_of_polls(make_sim: MakeSim, make_bus: Make
 # --------------------------------------------------------------------------- faults
 
 
-async def test_no_reply_is_a_timeout_after_all_read_attempts(make_sim: MakeSim, make_bus: MakeBus) -> None:
+async def test_no_reply_is_a_timeout_after_all_read_attempts(
+    make_sim: MakeSim, make_bus: MakeBus
+) -> None:
     sim = await make_sim([SimCu48(0)])
     bus = await make_bus(sim.url, read_attempts=3)
     board = make_board(bus, Cu48Settings(address=0))
@@ -206,7 +222,9 @@ async def test_split_reply_and_garbage_between_frames(make_sim: MakeSim, make_bu
     await eventually(lambda: bus.counters.stray_bytes >= 8, what="trailing garbage dropped")
 
 
-async def test_jammed_lock_is_sent_but_the_door_stays_shut(make_sim: MakeSim, make_bus: MakeBus) -> None:
+async def test_jammed_lock_is_sent_but_the_door_stays_shut(
+    make_sim: MakeSim, make_bus: MakeBus
+) -> None:
     sim = await make_sim([SimCu48(0, spring_delay_s=0)])
     bus = await make_bus(sim.url)
     board = make_board(bus, Cu48Settings(address=0))
@@ -227,7 +245,9 @@ async def test_forced_open_shows_without_any_command(make_sim: MakeSim, make_bus
     assert sim.board(0).unlocks_of(30) == 0
 
 
-async def test_bouncing_sensor_reads_flicker_then_settle(make_sim: MakeSim, make_bus: MakeBus) -> None:
+async def test_bouncing_sensor_reads_flicker_then_settle(
+    make_sim: MakeSim, make_bus: MakeBus
+) -> None:
     sim = await make_sim([SimCu48(0, 4)])
     bus = await make_bus(sim.url)
     board = make_board(bus, Cu48Settings(address=0, channels=4))
@@ -269,7 +289,9 @@ async def test_a_late_reply_is_never_taken_for_another_boards_answer(
     assert bus.health_of(other_board.key).unmatched_frames == 1
 
 
-async def test_a_late_reply_after_a_timeout_is_dropped(make_sim: MakeSim, make_bus: MakeBus) -> None:
+async def test_a_late_reply_after_a_timeout_is_dropped(
+    make_sim: MakeSim, make_bus: MakeBus
+) -> None:
     sim = await make_sim([SimCu48(0, 8)])
     bus = await make_bus(sim.url, read_attempts=1)
     board = make_board(bus, Cu48Settings(address=0, channels=8))
@@ -316,7 +338,8 @@ async def test_a_dead_board_never_stalls_the_others(make_sim: MakeSim, make_bus:
     assert dead.refused_offline >= cycles - 10
     assert failures.count("BoardOffline") >= cycles - 10
     offline_logs = [e for e in logs if e["event"] == "board_offline"]
-    assert len(offline_logs) == 1 and offline_logs[0]["log_level"] == "error"
+    assert len(offline_logs) == 1
+    assert offline_logs[0]["log_level"] == "error"
 
 
 async def test_an_offline_board_comes_back_by_itself(make_sim: MakeSim, make_bus: MakeBus) -> None:
@@ -396,7 +419,9 @@ def _read_or_error(board: Any) -> Callable[[], Any]:
     return probe
 
 
-async def test_reconnect_to_a_tcp_gateway_that_restarts(make_sim: MakeSim, make_bus: MakeBus) -> None:
+async def test_reconnect_to_a_tcp_gateway_that_restarts(
+    make_sim: MakeSim, make_bus: MakeBus
+) -> None:
     sim = await make_sim([SimCu48(0, 8)], tcp=("127.0.0.1", 0))
     bus = await make_bus(sim.url)
     board = make_board(bus, Cu48Settings(address=0, channels=8))

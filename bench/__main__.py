@@ -1,0 +1,88 @@
+"""``python -m bench [--quick]``: run every benchmark, print the figures, write them down.
+
+Writes ``bench/results/latest.md`` (a table of every figure with its target and
+the machine it ran on) and ``bench/results/latest.json``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+from bench import bus_bench
+from bench.bus_bench import Figure
+from lockerd.logs import configure
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def machine() -> str:
+    cpu = "unknown cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{platform.node()}: {os.cpu_count()} cores, {cpu}, "
+        f"Python {platform.python_version()}, {platform.system()} {platform.release()}"
+    )
+
+
+def verdict(f: Figure) -> str:
+    if f.ok is None:
+        return ""
+    return "met" if f.ok else "NOT met"
+
+
+def write(figures: list[Figure], quick: bool) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "# Benchmark results",
+        "",
+        f"- when: {when}",
+        f"- machine: {machine()}",
+        f"- command: `./dev bench{' --quick' if quick else ''}` (python -m bench)",
+        "",
+        "| figure | value | unit | target | |",
+        "| --- | ---: | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {f.name} | {f.value:.3f} | {f.unit} | {f.target} | {verdict(f)} |" for f in figures
+    ]
+    out = RESULTS / "latest.md"
+    out.write_text("\n".join(lines) + "\n")
+    (RESULTS / "latest.json").write_text(
+        json.dumps(
+            {
+                "when": when,
+                "machine": machine(),
+                "quick": quick,
+                "figures": [f.__dict__ for f in figures],
+            },
+            indent=1,
+        )
+    )
+    return out
+
+
+def main() -> int:
+    quick = "--quick" in sys.argv[1:]
+    configure(level="warning", stream=sys.stderr)
+    figures = bus_bench.main(quick=quick)
+    width = max(len(f.name) for f in figures)
+    for f in figures:
+        print(f"{f.name:<{width}}  {f.value:>10.3f} {f.unit:<9} {f.target:<8} {verdict(f)}")
+    print(f"\nwritten to {write(figures, quick)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
