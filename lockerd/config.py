@@ -1,0 +1,357 @@
+"""The hub config: one TOML file, validated by pydantic, checked as a whole.
+
+:func:`load` returns a :class:`HubConfig` or raises :class:`ConfigInvalid`, which
+carries every problem found (not only the first), each with its place in the
+file (a path such as ``compartments[12].channel`` and, where it can be found, a
+line number) and a fix a technician understands.
+
+Bus and board settings are the models of :mod:`drivers.settings`, embedded as
+they are: one definition, one default, one error message per setting.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from drivers.settings import BoardSettings, BusSettings
+
+SizeClass = Literal["S", "M", "L", "XL"]
+SIZES: tuple[SizeClass, ...] = ("S", "M", "L", "XL")
+LABEL_RE = re.compile(r"^[A-Z]{1,3}[0-9]{1,3}$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BusConfig(BusSettings):
+    """A bus: its port settings (drivers.settings.BusSettings), a name and its boards."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$", description="short name, e.g. A")
+    boards: list[BoardSettings] = Field(min_length=1)
+
+
+class Compartment(_Model):
+    label: str = Field(description="what the public sees on the door, e.g. A07")
+    size: SizeClass
+    bus: str
+    board: int = Field(ge=0, le=247, description="the board's address on that bus")
+    channel: int = Field(ge=1, description="the lock/sensor channel on that board, from 1")
+    accessible: bool = Field(default=False, description="reachable from a wheelchair")
+
+    @field_validator("label")
+    @classmethod
+    def _label_shape(cls, value: str) -> str:
+        if not LABEL_RE.match(value):
+            raise ValueError("a label is 1-3 capital letters then 1-3 digits, e.g. A07")
+        return value
+
+
+class Timers(_Model):
+    open_confirm_s: float = Field(
+        default=3.0, gt=0, le=60, description="how long an opened door may take to be seen open"
+    )
+    left_open_alarm_s: float = Field(
+        default=120.0, gt=0, description="alarm when a door stays open longer than this"
+    )
+    pickup_window_h: float = Field(
+        default=72.0, gt=0, description="default time a stored parcel waits for its resident"
+    )
+    poll_interval_s: float = Field(
+        default=0.5, gt=0, le=10, description="door poll cycle of every board"
+    )
+    debounce_reads: int = Field(
+        default=2, ge=1, le=10, description="equal readings before a door change counts"
+    )
+
+
+class Throttle(_Model):
+    free_attempts: int = Field(
+        default=3, ge=1, description="wrong codes a terminal may enter before delays start"
+    )
+    base_delay_s: float = Field(default=2.0, gt=0, description="first delay after that")
+    max_delay_s: float = Field(default=300.0, gt=0, description="longest delay")
+    alarm_after: int = Field(
+        default=10, ge=1, description="wrong codes in the window that raise an alarm"
+    )
+    hub_wide_per_hour: int = Field(
+        default=60, ge=1, description="wrong codes per hour, all terminals together, before "
+        "the whole keypad slows down"
+    )
+    window_s: float = Field(default=3600.0, gt=0, description="how long wrong codes count")
+
+
+class Codes(_Model):
+    length: int = Field(default=8, ge=6, le=16, description="digits in a code")
+    key_file: str = Field(
+        default="keys/code-hmac.key",
+        description="HMAC key for code hashes, relative to state_dir unless absolute; "
+        "readable only by the daemon",
+    )
+    throttle: Throttle = Throttle()
+    fallback_to_larger: bool = Field(
+        default=True, description="a parcel may take a larger compartment when its size is full"
+    )
+
+
+class Paths(_Model):
+    state_dir: str = Field(default="/var/lib/lockerd", description="the store and keys")
+    socket: str = Field(default="/run/lockerd/api.sock", description="local API socket")
+    socket_group: str | None = Field(
+        default=None, description="group allowed to use the local API (lockerctl, kiosk)"
+    )
+
+
+class HubConfig(_Model):
+    hub_id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{2,62}$", description="e.g. hub-0042")
+    buses: list[BusConfig] = Field(min_length=1)
+    compartments: list[Compartment] = Field(min_length=1)
+    timers: Timers = Timers()
+    codes: Codes = Codes()
+    paths: Paths = Paths()
+    simulated: bool = Field(
+        default=False, description="buses are served by the built-in simulator (demo, tests)"
+    )
+
+    def key_path(self) -> Path:
+        key = Path(self.codes.key_file)
+        return key if key.is_absolute() else Path(self.paths.state_dir) / key
+
+
+# ======================================================================================
+# Problems, with places and fixes
+# ======================================================================================
+
+
+@dataclass(frozen=True)
+class Problem:
+    where: str  # a path such as compartments[12].channel
+    line: int | None
+    message: str
+    fix: str = ""
+
+    def render(self, file: str) -> str:
+        place = f"{file}:{self.line}" if self.line else file
+        text = f"{place}: {self.where}: {self.message}"
+        return f"{text}\n    fix: {self.fix}" if self.fix else text
+
+
+class ConfigInvalid(ValueError):
+    """The config cannot run a hub; :attr:`problems` says everything that is wrong."""
+
+    def __init__(self, file: str, problems: list[Problem]) -> None:
+        self.file = file
+        self.problems = problems
+        super().__init__(self.report())
+
+    def report(self) -> str:
+        head = f"{self.file}: {len(self.problems)} problem(s); the hub will not start"
+        return "\n".join([head, *(p.render(self.file) for p in self.problems)])
+
+
+_FIXES = {
+    "missing": "add this setting",
+    "extra_forbidden": "remove it, or check its spelling against config/example-hub.toml",
+    "literal_error": "use one of the values listed",
+    "union_tag_invalid": "kind is one of kerong-cu48, kerong-cu16, modbus-relay",
+    "string_pattern_mismatch": "see the pattern in the message",
+}
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("kerong-cu48", "kerong-cu16", "modbus-relay"):
+            continue  # pydantic's discriminator branch, not a place in the file
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+class _Lines:
+    """Finds the line of a place such as ``buses[1].boards[0].address`` in TOML text.
+
+    Understands ``[table]``, ``[[array.of.tables]]`` and ``key = value`` lines, and
+    arrays of inline tables written one ``{ ... }`` per line. Best effort: a place
+    it cannot find gets no line, never a wrong one.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.index: dict[str, int] = {}
+        counters: Counter[str] = Counter()
+        table = ""
+        inline_array: str | None = None
+        inline_count = 0
+        for number, raw in enumerate(text.splitlines(), start=1):
+            line = raw.split("#", 1)[0].strip()
+            if not line:
+                continue
+            if inline_array is not None:
+                if line.startswith("{"):
+                    item = f"{inline_array}[{inline_count}]"
+                    self.index.setdefault(item, number)
+                    for key in re.findall(r"([A-Za-z_][A-Za-z0-9_-]*)\s*=", line):
+                        self.index.setdefault(f"{item}.{key}", number)
+                    inline_count += 1
+                if line.startswith("]") or line.endswith("]") and not line.startswith("{"):
+                    inline_array = None
+                continue
+            if m := re.match(r"^\[\[\s*([A-Za-z0-9_.-]+)\s*\]\]$", line):
+                name = m.group(1)
+                parent, _, leaf = name.rpartition(".")
+                prefix = self._resolve(parent, counters) if parent else ""
+                key = f"{prefix}.{leaf}" if prefix else leaf
+                table = f"{key}[{counters[key]}]"
+                counters[key] += 1
+                self.index.setdefault(table, number)
+                continue
+            if m := re.match(r"^\[\s*([A-Za-z0-9_.-]+)\s*\]$", line):
+                table = m.group(1)
+                self.index.setdefault(table, number)
+                continue
+            if m := re.match(r"^([A-Za-z_][A-Za-z0-9_-]*)\s*=\s*(.*)$", line):
+                key = f"{table}.{m.group(1)}" if table else m.group(1)
+                self.index.setdefault(key, number)
+                if m.group(2).startswith("[") and not m.group(2).rstrip().endswith("]"):
+                    inline_array, inline_count = key, 0
+
+    def _resolve(self, dotted: str, counters: Counter[str]) -> str:
+        """``buses`` -> ``buses[<current>]`` for nested arrays of tables."""
+        out = ""
+        for part in dotted.split("."):
+            key = f"{out}.{part}" if out else part
+            out = f"{key}[{counters[key] - 1}]" if counters[key] else key
+        return out
+
+    def find(self, where: str) -> int | None:
+        probe = where
+        while probe:
+            if probe in self.index:
+                return self.index[probe]
+            shorter = re.sub(r"(\.[^.\[\]]+|\[\d+\])$", "", probe)
+            if shorter == probe:
+                return None
+            probe = shorter
+        return None
+
+
+def _structural(file: str, text: str, exc: ValidationError) -> list[Problem]:
+    lines = _Lines(text)
+    problems = []
+    for err in exc.errors(include_url=False):
+        where = _where(tuple(err["loc"]))
+        message = err["msg"]
+        if err["type"] == "missing":
+            message = "missing"
+        problems.append(Problem(where, lines.find(where), message, _FIXES.get(err["type"], "")))
+    return problems
+
+
+def _semantic(cfg: HubConfig, text: str) -> list[Problem]:
+    """What each part can't see alone: the parts against each other and the machine."""
+    lines = _Lines(text)
+    problems: list[Problem] = []
+
+    def add(where: str, message: str, fix: str) -> None:
+        problems.append(Problem(where, lines.find(where), message, fix))
+
+    bus_names = Counter(b.name for b in cfg.buses)
+    boards: dict[tuple[str, int], int] = {}
+    for i, bus in enumerate(cfg.buses):
+        if bus_names[bus.name] > 1:
+            add(f"buses[{i}].name", f"bus name {bus.name!r} is used twice", "name each bus once")
+        seen: dict[int, int] = {}
+        for j, board in enumerate(bus.boards):
+            if board.address in seen:
+                add(
+                    f"buses[{i}].boards[{j}].address",
+                    f"two boards at address {board.address} on bus {bus.name}",
+                    "each board on one bus needs its own address (DIP switches)",
+                )
+            seen[board.address] = j
+            boards[(bus.name, board.address)] = board.channels
+        ports = [b.port for b in cfg.buses]
+        if ports.count(bus.port) > 1:
+            add(f"buses[{i}].port", f"port {bus.port} is used by two buses",
+                "one bus per serial port; put every board of that line under one bus")
+    labels = Counter(c.label for c in cfg.compartments)
+    channels: dict[tuple[str, int, int], str] = {}
+    for k, comp in enumerate(cfg.compartments):
+        here = f"compartments[{k}]"
+        if labels[comp.label] > 1:
+            add(f"{here}.label", f"label {comp.label} is used twice", "give each door its own label")
+        if comp.bus not in bus_names:
+            add(f"{here}.bus", f"no bus named {comp.bus!r}",
+                f"use one of: {', '.join(sorted(bus_names))}")
+            continue
+        count = boards.get((comp.bus, comp.board))
+        if count is None:
+            add(f"{here}.board", f"no board at address {comp.board} on bus {comp.bus}",
+                "add the board under its bus, or correct the address")
+            continue
+        if comp.channel > count:
+            add(f"{here}.channel",
+                f"channel {comp.channel} is beyond the {count} channels of board "
+                f"{comp.board} on bus {comp.bus}",
+                "check the wiring sheet: channels count from 1")
+        key = (comp.bus, comp.board, comp.channel)
+        if key in channels:
+            add(f"{here}.channel",
+                f"{comp.label} and {channels[key]} are both on bus {comp.bus} board "
+                f"{comp.board} channel {comp.channel}",
+                "each door has its own lock channel")
+        else:
+            channels[key] = comp.label
+    if not cfg.simulated:
+        key = cfg.key_path()
+        if not key.exists():
+            add("codes.key_file", f"key file {key} does not exist",
+                f"create it with `lockerd keygen {key}` (mode 0600, owned by the daemon's user)")
+        elif key.stat().st_mode & 0o077:
+            add("codes.key_file", f"key file {key} is readable by others "
+                f"(mode {key.stat().st_mode & 0o777:o})", f"chmod 600 {key}")
+    return problems
+
+
+def parse(text: str, file: str = "<config>") -> HubConfig:
+    """Validate TOML text; every problem at once in :class:`ConfigInvalid`."""
+    try:
+        raw: dict[str, Any] = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"line (\d+)", str(exc))
+        raise ConfigInvalid(
+            file,
+            [Problem("(syntax)", int(m.group(1)) if m else None, f"not valid TOML: {exc}",
+                     "fix the syntax at that line (quotes, brackets, = between key and value)")],
+        ) from None
+    try:
+        cfg = HubConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigInvalid(file, _structural(file, text, exc)) from None
+    problems = _semantic(cfg, text)
+    if problems:
+        raise ConfigInvalid(file, problems)
+    return cfg
+
+
+def load(path: str | Path) -> HubConfig:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigInvalid(str(p), [Problem("(file)", None, f"cannot read: {exc.strerror}",
+                                             "check the path and permissions")]) from None
+    except UnicodeDecodeError:
+        raise ConfigInvalid(str(p), [Problem("(file)", None, "not UTF-8 text",
+                                             "save the file as UTF-8")]) from None
+    return parse(text, str(p))
+
