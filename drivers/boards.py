@@ -8,7 +8,6 @@ has sensors for it) from one bus transaction.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ import structlog
 
 from drivers import kerong, modbus
 from drivers.bus import Bus, Exchange, Priority
-from drivers.errors import BusError, EncodeError, ReplyTimeout, UnlockUnconfirmed
+from drivers.errors import BusError, EncodeError, ReplyTimeout, UnlockNotSent, UnlockUnconfirmed
 from drivers.settings import BoardSettings, Cu16Settings, Cu48Settings, ModbusRelaySettings
 
 log = structlog.get_logger("lockerd.board")
@@ -135,6 +134,8 @@ K = TypeVar("K", bound=Cu48Settings | Cu16Settings)
 class _KerongBoard(Board[K]):
     """What Kerong boards share: a fixed status request, and unlocks without a reply."""
 
+    UNLOCK_MAY_REPLY = 0  # bytes a board of this kind may send back to an unlock anyway
+
     def __init__(self, bus: Bus, settings: K) -> None:
         super().__init__(bus, settings)
         self._unlocks: dict[int, Exchange[Any]] = {}
@@ -155,7 +156,9 @@ class _KerongBoard(Board[K]):
                 board=self.key,
                 request=self._encode_unlock(channel),
                 priority=Priority.UNLOCK,
+                reply_len=self.UNLOCK_MAY_REPLY,
                 what=f"unlock {channel}",
+                precheck=self._status,
             )
         await self.bus.transact(exchange)
         return UnlockAck.SENT
@@ -187,6 +190,10 @@ class KerongCu48(_KerongBoard[Cu48Settings]):
 
 class KerongCu16(_KerongBoard[Cu16Settings]):
     """Kerong KR-CU16: 16 locks and 16 infrared occupancy sensors in one 9-byte reply."""
+
+    # sources disagree whether a CU16 answers an unlock (ADR 0004): keep the line free
+    # for a status reply, so the next request never collides with it
+    UNLOCK_MAY_REPLY = kerong.CU16_STATUS_LEN
 
     @property
     def has_occupancy(self) -> bool:
@@ -231,6 +238,7 @@ class ModbusRelay(Board[ModbusRelaySettings]):
         *,
         address: int = -1,
         value: int = -1,
+        precheck: bool = False,
     ) -> Exchange[modbus.ModbusReply]:
         """An exchange whose reply must come from our device, for the same function, and
         (for writes) echo the same address and value; an exception reply also matches."""
@@ -252,6 +260,7 @@ class ModbusRelay(Board[ModbusRelaySettings]):
             match=match,
             reply_len=reply_len,
             what=what,
+            precheck=self._status if precheck else None,
         )
 
     async def _call(self, exchange: Exchange[modbus.ModbusReply]) -> modbus.ModbusReply:
@@ -265,14 +274,33 @@ class ModbusRelay(Board[ModbusRelaySettings]):
         if reply.exception is not None:
             raise BoardRejected(
                 f"board {self.key}: {exchange.what} refused with Modbus exception "
-                f"{reply.exception} (2 = illegal address: check coil_base/input_base/"
-                "flash_base and channels; 1 = function not supported: try pulse='software')",
+                f"{reply.exception}: {self._hint(reply.function, reply.exception)}",
                 bus=self.bus.name,
                 board=self.key,
             )
 
+    def _hint(self, function: int, code: int) -> str:
+        """What a technician should change for exception ``code`` to ``function``."""
+        s = self.settings
+        if code == modbus.EX_ILLEGAL_FUNCTION:
+            if function in (s.flash_function,) and s.pulse == "board":
+                return "the board has no board-timed pulse: set pulse='software'"
+            return f"the board does not support function {function:#04x}"
+        if code == modbus.EX_ILLEGAL_ADDRESS:
+            field = {
+                modbus.FC_READ_DISCRETE_INPUTS: "input_base",
+                modbus.FC_READ_COILS: "coil_base",
+                modbus.FC_WRITE_COILS: "coil_base",
+            }.get(function, "flash_base" if s.pulse == "board" else "coil_base")
+            return f"address out of the board's range: check {field} and channels ({s.channels})"
+        if code == modbus.EX_ILLEGAL_VALUE:
+            return "value refused: check pulse_ms (board-timed pulses take 100 ms units)"
+        return "see the board's manual for this exception code"
+
     def __init__(self, bus: Bus, settings: ModbusRelaySettings) -> None:
         super().__init__(bus, settings)
+        self._relays = asyncio.Lock()  # prepare and unlock never interleave on one board
+        self._pulse_until = 0.0  # when the last board-timed pulse ends
         self._status = self._exchange(
             modbus.read_discrete_inputs(settings.address, settings.input_base, settings.channels),
             modbus.FC_READ_DISCRETE_INPUTS,
@@ -304,18 +332,34 @@ class ModbusRelay(Board[ModbusRelaySettings]):
         return reply.bits[: s.channels]
 
     async def prepare(self) -> None:
-        """All relays off, then read back: no lock may be left energised at start-up."""
+        """All relays off, then read back: no lock may be left energised at start-up.
+
+        Waits for a pulse in progress to end (it would be cut short). Boards without
+        FC0F get one FC05 per relay.
+        """
         s = self.settings
-        await self._call(
-            self._exchange(
-                modbus.write_coils(s.address, s.coil_base, [False] * s.channels),
-                modbus.FC_WRITE_COILS,
-                Priority.CONTROL,
-                "all relays off",
-                address=s.coil_base,
-            )
-        )
-        on = [i + 1 for i, bit in enumerate(await self.read_relays()) if bit]
+        async with self._relays:
+            pending = self._pulse_until - asyncio.get_running_loop().time()
+            if pending > 0:
+                await asyncio.sleep(pending)
+            try:
+                await self._call(
+                    self._exchange(
+                        modbus.write_coils(s.address, s.coil_base, [False] * s.channels),
+                        modbus.FC_WRITE_COILS,
+                        Priority.CONTROL,
+                        "all relays off",
+                        address=s.coil_base,
+                    )
+                )
+            except BoardRejected as exc:
+                if f"exception {modbus.EX_ILLEGAL_FUNCTION}" not in str(exc):
+                    raise
+                for channel in range(1, s.channels + 1):
+                    await self._write_relay_off(
+                        s.coil_base + channel - 1, channel, Priority.CONTROL
+                    )
+            on = [i + 1 for i, bit in enumerate(await self.read_relays()) if bit]
         if on:
             raise BoardRejected(
                 f"board {self.key}: relays {on} still on after 'all off'; check the board",
@@ -325,9 +369,10 @@ class ModbusRelay(Board[ModbusRelaySettings]):
 
     async def unlock(self, channel: int) -> UnlockAck:
         self._check_channel(channel)
-        if self.settings.pulse == "board":
-            return await self._flash(channel)
-        return await self._software_pulse(channel)
+        async with self._relays:
+            if self.settings.pulse == "board":
+                return await self._flash(channel)
+            return await self._software_pulse(channel)
 
     async def _flash(self, channel: int) -> UnlockAck:
         s = self.settings
@@ -338,14 +383,21 @@ class ModbusRelay(Board[ModbusRelaySettings]):
         else:
             request = modbus.write_register(s.address, address, units)
         exchange = self._exchange(
-            request, s.flash_function, Priority.UNLOCK, f"unlock {channel}", address=address
+            request,
+            s.flash_function,
+            Priority.UNLOCK,
+            f"unlock {channel}",
+            address=address,
+            precheck=True,
         )
         reply = await self._unlock(exchange)
+        self._pulse_until = asyncio.get_running_loop().time() + s.pulse_ms / 1000
         if reply.value != units:
             # Not a flash-on board: it took the value as something else (FC05: coil ON,
             # latched). Switch that address off (always safe), and say what to change.
             if s.flash_function == modbus.FC_WRITE_COIL:
                 await self._relay_off(address, channel)
+            self._pulse_until = 0.0
             raise BoardRejected(
                 f"board {self.key}: unlock {channel} echoed value {reply.value:#06x} for "
                 f"{units:#06x} at {address:#06x}: the board has no board-timed pulse "
@@ -365,42 +417,55 @@ class ModbusRelay(Board[ModbusRelaySettings]):
             f"unlock {channel}",
             address=coil,
             value=modbus.COIL_ON,
+            precheck=True,
         )
-        try:
-            await self._unlock(exchange)
-        except BoardRejected:
-            raise  # the board refused the write: the relay did not switch
-        except BaseException:
-            # a timeout or a cancel: the relay may have switched, so it must go off.
-            await asyncio.shield(self._relay_off(coil, channel))
-            raise
-        try:
-            await asyncio.sleep(s.pulse_ms / 1000)
-        finally:
-            # Off is safe to repeat, unlike an unlock; shielded so a cancel cannot skip it.
-            await asyncio.shield(self._relay_off(coil, channel))
+        async with self.bus.hold():  # a closing bus waits for the relay to go off
+            try:
+                await self._unlock(exchange)
+            except (BoardRejected, UnlockNotSent):
+                raise  # refused, or never sent: the relay did not switch
+            except BaseException:
+                # a timeout or a cancel: the relay may have switched, so it must go off.
+                await asyncio.shield(self._relay_off(coil, channel))
+                raise
+            try:
+                await asyncio.sleep(s.pulse_ms / 1000)
+            finally:
+                # Off is safe to repeat, unlike an unlock; shielded so a cancel can't skip it.
+                await asyncio.shield(self._relay_off(coil, channel))
         return UnlockAck.ACKNOWLEDGED
 
-    async def _relay_off(self, coil: int, channel: int) -> None:
+    async def _write_relay_off(self, coil: int, channel: int, priority: Priority) -> None:
         s = self.settings
+        await self._call(
+            self._exchange(
+                modbus.write_coil(s.address, coil, False),
+                modbus.FC_WRITE_COIL,
+                priority,
+                f"relay {channel} off",
+                address=coil,
+                value=modbus.COIL_OFF,
+            )
+        )
+
+    async def _relay_off(self, coil: int, channel: int) -> None:
+        """Switch one relay off, trying a few times (off is safe to repeat)."""
+        error = ""
         for attempt in range(1, self.RELAY_OFF_ATTEMPTS + 1):
-            with contextlib.suppress(BusError):
-                await self._call(
-                    self._exchange(
-                        modbus.write_coil(s.address, coil, False),
-                        modbus.FC_WRITE_COIL,
-                        Priority.UNLOCK,
-                        f"relay {channel} off",
-                        address=coil,
-                        value=modbus.COIL_OFF,
-                    )
-                )
+            try:
+                # UNLOCK priority: it goes first, and is never refused for an offline board
+                await self._write_relay_off(coil, channel, Priority.UNLOCK)
+            except BusError as exc:
+                error = str(exc)
+                self._log.warning("relay_off_failed", channel=channel, attempt=attempt, error=error)
+            else:
                 return
-            self._log.warning("relay_off_failed", channel=channel, attempt=attempt)
         self._log.error(
-            "relay_left_on",
+            "relay_may_be_on",
             channel=channel,
-            hint="the lock may stay energised; it is switched off when the board is prepared",
+            error=error,
+            hint="the relay could not be confirmed off; it is switched off again when the "
+            "board is prepared (at start and when it comes back online)",
         )
 
 

@@ -3,39 +3,52 @@
 A :class:`Bus` owns one port (a tty, or ``tcp://host:port`` for a serial-over-TCP
 gateway) and is the only thing that writes to it. Callers hand it
 :class:`Exchange` objects (a request, and how to recognise its reply) and await
-the reply. The bus guarantees:
+the reply. The bus guarantees (ADR 0002):
 
 - exactly one request in flight, ever (RS-485 is half duplex with one master):
   callers take turns through a priority mutex and each runs its own transaction,
-  so an idle bus costs no task switch;
-- unlocks go before control writes, which go before polls;
-- a configurable silence (``gap_ms``) after the last byte on the line before the
-  next request, counting the wire time of frames still being clocked out;
+  so an idle bus costs no task switch; unlocks go before control writes, which
+  go before polls; each read attempt is a turn of its own, so an unlock never
+  waits behind a dead board's retries;
+- a silence (``gap_ms``, at least 3.5 characters) after the last byte on the line
+  before the next request, counting the wire time of frames still being clocked
+  out, the reply a cancelled caller was waiting for, and the reply a board may
+  send to a request that is not supposed to get one;
 - a per-request timeout that adds the frames' wire time at the line speed to
   the board's allowance (``timeout_ms``);
 - a reply is taken only if it decodes with a good checksum *and* matches the
-  request (address, command, length); anything else is counted and dropped, so a
-  late reply is never taken for the answer to the next request;
-- reads are retried (``read_attempts``); unlocks never are: the caller reads the
-  door and decides;
+  request; anything else is counted and dropped, so a late reply is never taken
+  for another board's or another command's answer;
+- reads are retried (``read_attempts``); unlocks never are. After any unanswered
+  request, an unlock is sent only once its board has answered a status read in
+  the same turn: on a stalled gateway it fails with :class:`UnlockNotSent` rather
+  than waiting in a buffer to open a door minutes later;
 - per-board health: after ``offline_after`` failed requests a board is offline,
   its reads fail at once (:class:`BoardOffline`) without using the wire, and it is
-  probed once every ``offline_probe_s``; so a dead board costs the others almost
-  no bus time. Its error is logged once, then at debug level until it recovers;
-- after an I/O error or an unplugged adapter the port is reopened with jittered
-  exponential backoff; meanwhile requests fail at once with
-  :class:`PortUnavailable`, they do not hang.
+  probed once every ``offline_probe_s``; its error is logged once, then at debug
+  level until it recovers. When every board of the bus falls silent, the bus
+  says so once (adapter, wiring or baud rate, not one board);
+- after an I/O error, an unplugged adapter or a dropped gateway the port is
+  reopened with jittered exponential backoff (also when a port opens and drops at
+  once), logged once per outage; meanwhile requests fail at once with
+  :class:`PortUnavailable`, they do not hang;
+- :meth:`close` drains: unlocks, control writes and multi-step holds (a
+  software-timed pulse) finish before the port closes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import heapq
 import itertools
 import random
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import socket
+import struct
+import termios
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Generic, TypeVar
 
@@ -49,6 +62,7 @@ from drivers.errors import (
     PortBusy,
     PortUnavailable,
     ReplyTimeout,
+    UnlockNotSent,
 )
 from drivers.framing import StreamDecoder, frame_silence, wire_time
 from drivers.settings import BusSettings
@@ -76,7 +90,9 @@ class Exchange(Generic[F]):
 
     ``decoder`` is ``None`` for requests the board does not answer (a Kerong
     unlock). ``reply_len`` is the reply's length in bytes, for the wire-time part
-    of the timeout. ``board`` names the board for health and logs.
+    of the timeout; for an unanswered request, the length of a reply the board
+    might send anyway (the line is kept free for it). ``board`` names the board
+    for health and logs.
     """
 
     board: str
@@ -86,6 +102,9 @@ class Exchange(Generic[F]):
     match: Callable[[F], bool] = _match_any
     reply_len: int = 0
     what: str = "request"
+    # an unlock's "is the path alive" check: run first, in the same turn, whenever the
+    # bus's last request went unanswered (see the module docstring)
+    precheck: Exchange[Any] | None = None
 
 
 @dataclass(slots=True)
@@ -100,7 +119,6 @@ class BoardHealth:
     timeouts: int = 0
     refused_offline: int = 0
     bad_frames: int = 0
-    unmatched_frames: int = 0
     last_latency_s: float = 0.0
     max_latency_s: float = 0.0
     last_ok_at: float | None = None
@@ -117,7 +135,6 @@ class BoardHealth:
             "timeouts": self.timeouts,
             "refused_offline": self.refused_offline,
             "bad_frames": self.bad_frames,
-            "unmatched_frames": self.unmatched_frames,
             "last_latency_ms": round(self.last_latency_s * 1000, 3),
             "max_latency_ms": round(self.max_latency_s * 1000, 3),
             "last_error": self.last_error,
@@ -149,6 +166,7 @@ class _InFlight:
     decoder: StreamDecoder[Any]
     waiter: asyncio.Future[Any]
     timing: Timing
+    echo_left: int = 0  # bytes of our own request an echoing adapter will send back
 
 
 class _PriorityMutex:
@@ -161,6 +179,8 @@ class _PriorityMutex:
         self._held = False
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
+        self.idle = asyncio.Event()
+        self.idle.set()
 
     @property
     def waiting(self) -> int:
@@ -169,6 +189,7 @@ class _PriorityMutex:
     async def acquire(self, priority: int) -> None:
         if not self._held and not self._waiters:
             self._held = True
+            self.idle.clear()
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiters, (priority, next(self._seq), fut))
@@ -186,6 +207,7 @@ class _PriorityMutex:
                 fut.set_result(None)  # ownership passes; _held stays True
                 return
         self._held = False
+        self.idle.set()
 
 
 @dataclass(slots=True)
@@ -194,7 +216,9 @@ class BusCounters:
     port_losses: int = 0
     rx_bytes: int = 0
     tx_bytes: int = 0
-    stray_bytes: int = field(default=0)
+    stray_bytes: int = 0
+    unmatched_frames: int = 0  # good frames that were not the awaited reply (late, foreign)
+    echo_bytes: int = 0
 
 
 class _Link(asyncio.Protocol):
@@ -203,6 +227,7 @@ class _Link(asyncio.Protocol):
     def __init__(self, bus: Bus) -> None:
         self._bus = bus
         self.transport: asyncio.Transport | None = None
+        self.closed = asyncio.Event()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -212,38 +237,52 @@ class _Link(asyncio.Protocol):
         self._bus._on_data(self, data)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.closed.set()
         self._bus._on_lost(self, exc)
 
 
 class Bus:
     """The single owner of one serial line; see the module docstring."""
 
+    DRAIN_S = 3.0
+
     def __init__(self, settings: BusSettings, *, name: str | None = None) -> None:
         self.settings = settings
         self.name = name or settings.port
+        self.is_tcp = settings.port.startswith("tcp://")
         self.health: dict[str, BoardHealth] = {}
         self.counters = BusCounters()
+        self.last_timing: Timing | None = None
         # never less than the 3.5 character silence that ends a frame (Modbus RTU)
         self._gap = max(settings.gap_ms / 1000, frame_silence(settings.baudrate))
         self._timeout = settings.timeout_ms / 1000
         self._turn = _PriorityMutex()
         self._link: _Link | None = None
         self._current: _InFlight | None = None
-        self._lost = asyncio.Event()
-        self.last_timing: Timing | None = None
         self._quiet_until = 0.0
-        self._worker: asyncio.Task[None] | None = None
-        self._closed = False
-        self._port_down_since: float | None = None
-        self._port_error = ""
+        self._keeper: asyncio.Task[None] | None = None
+        self._lost = asyncio.Event()
         self._opened = asyncio.Event()
+        self._closing = False
+        self._closed = False
+        self._holds = 0
+        self._holds_done = asyncio.Event()
+        self._holds_done.set()
+        self._ever_opened = False
+        self._proven = False  # the open link has answered a request
+        self._outage = False  # logged once per outage; ends when the port answers again
+        self._port_error = ""
+        self._port_down = True
+        self._last_unanswered = False  # the last request on the wire got no valid reply
+        self._silent_boards: set[str] = set()
+        self._bus_silent = False
         self._log = log.bind(bus=self.name)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        """Start the worker; returns at once (the port opens in the background)."""
-        if self._worker is None:
-            self._worker = asyncio.create_task(self._keep_open(), name=f"bus {self.name} port")
+        """Start keeping the port open; returns at once (it opens in the background)."""
+        if self._keeper is None:
+            self._keeper = asyncio.create_task(self._keep_open(), name=f"bus {self.name} port")
 
     async def wait_open(self, within: float) -> bool:
         """Wait until the port is open; ``False`` if it is not within ``within`` seconds."""
@@ -258,16 +297,42 @@ class Bus:
     def is_open(self) -> bool:
         return self._link is not None
 
-    async def close(self) -> None:
-        """Close the port. The transaction on the wire and every waiting caller get
-        :class:`BusClosed`."""
+    @contextlib.asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        """Keep :meth:`close` waiting while a multi-step operation that must finish runs
+        (a software-timed pulse must switch its relay off)."""
+        self._holds += 1
+        self._holds_done.clear()
+        try:
+            yield
+        finally:
+            self._holds -= 1
+            if self._holds == 0:
+                self._holds_done.set()
+
+    async def close(self, drain_s: float | None = None) -> None:
+        """Close the port after draining: polls are refused at once; unlocks, control
+        writes and holds get up to ``drain_s`` to finish. Then the transaction on the
+        wire and every waiting caller get :class:`BusClosed`."""
+        if self._closed:
+            return
+        self._closing = True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.DRAIN_S if drain_s is None else drain_s):
+                await self._holds_done.wait()
+                await self._turn.idle.wait()
         self._closed = True
-        if self._worker is not None:
-            self._worker.cancel()
+        if self._keeper is not None:
+            self._keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-            self._worker = None
+                await self._keeper
+            self._keeper = None
+        link = self._link
         self._drop_link(BusClosed(f"bus {self.name} closed", bus=self.name))
+        if link is not None:  # the tty is closed in an executor: wait for it
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2.0):
+                    await link.closed.wait()
 
     async def __aenter__(self) -> Bus:
         await self.start()
@@ -280,25 +345,72 @@ class Bus:
     async def transact(self, exchange: Exchange[F]) -> F | None:
         """Put ``exchange`` on the wire in its turn; its reply frame, or ``None`` if none is due.
 
-        Raises :class:`ReplyTimeout`, :class:`BoardOffline`, :class:`PortUnavailable`
-        or :class:`BusClosed`.
+        Raises :class:`ReplyTimeout`, :class:`BoardOffline`, :class:`PortUnavailable`,
+        :class:`UnlockNotSent` or :class:`BusClosed`.
         """
         self._check_usable(exchange)
-        await self._turn.acquire(exchange.priority)
+        health = self.health_of(exchange.board)
+        attempts = self._attempts(exchange, health)
+        for attempt in range(1, attempts + 1):
+            await self._turn.acquire(exchange.priority)
+            try:
+                self._check_usable(exchange)  # things may have changed while it waited
+                if exchange.precheck is not None and self._last_unanswered:
+                    await self._precheck(exchange)
+                result: F | None = await self._once(exchange, health)
+            except ReplyTimeout as exc:
+                if attempt == attempts:
+                    self._record_failure(health, str(exc))
+                    raise
+                self._log.debug(
+                    "bus_retry", board=exchange.board, what=exchange.what, attempt=attempt
+                )
+            else:
+                return result
+            finally:
+                self._turn.release()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _attempts(self, ex: Exchange[Any], health: BoardHealth) -> int:
+        """How many tries ``ex`` gets; raises :class:`BoardOffline` for a refused read."""
+        if ex.priority is Priority.UNLOCK:
+            return 1  # never retried; and an authorised open goes even to an offline board
+        if health.online:
+            return self.settings.read_attempts if ex.priority is Priority.READ else 1
+        now = asyncio.get_running_loop().time()
+        if now < health.next_probe_at:
+            health.refused_offline += 1
+            raise BoardOffline(
+                f"board {ex.board} on bus {self.name} is offline ({health.last_error}); "
+                f"next probe in {health.next_probe_at - now:.1f} s",
+                bus=self.name,
+                board=ex.board,
+            )
+        health.next_probe_at = now + self.settings.offline_probe_s
+        return 1  # a probe of an offline board costs one timeout, no more
+
+    async def _precheck(self, ex: Exchange[Any]) -> None:
+        """The last request went unanswered: make sure the board answers now, before an
+        unlock goes out, so the unlock cannot sit in a stalled link and fire later."""
+        assert ex.precheck is not None
         try:
-            self._check_usable(exchange)  # things may have changed while it waited
-            result: F | None = await self._execute(exchange)
-            return result
-        finally:
-            self._turn.release()
+            await self._once(ex.precheck, self.health_of(ex.board))
+        except ReplyTimeout as exc:
+            raise UnlockNotSent(
+                f"board {ex.board} on bus {self.name}: {ex.what} not sent: the board did not "
+                "answer a status read first (the bus had a request go unanswered); safe to "
+                "retry",
+                bus=self.name,
+                board=ex.board,
+            ) from exc
 
     def _check_usable(self, exchange: Exchange[Any]) -> None:
-        if self._closed:
+        if self._closed or (self._closing and exchange.priority is Priority.READ):
             raise BusClosed(f"bus {self.name} closed", bus=self.name, board=exchange.board)
-        if self._port_down_since is not None:
+        if self._port_down:
             raise PortUnavailable(
                 f"bus {self.name}: port {self.settings.port} is not open "
-                f"({self._port_error}); reopening in the background",
+                f"({self._port_error or 'not opened yet'}); reopening in the background",
                 bus=self.name,
                 board=exchange.board,
             )
@@ -314,88 +426,52 @@ class Bus:
             "bus": self.name,
             "port": self.settings.port,
             "open": self.is_open,
-            "port_error": self._port_error,
+            "port_error": "" if self.is_open else self._port_error,
+            "silent": self._bus_silent,
             "opens": self.counters.opens,
             "port_losses": self.counters.port_losses,
             "rx_bytes": self.counters.rx_bytes,
             "tx_bytes": self.counters.tx_bytes,
             "stray_bytes": self.counters.stray_bytes,
+            "unmatched_frames": self.counters.unmatched_frames,
             "waiting": self._turn.waiting,
             "boards": [h.snapshot() for h in self.health.values()],
         }
 
-    # ------------------------------------------------------------------ worker
-    async def _keep_open(self) -> None:
-        """Open the port, and reopen it with jittered exponential backoff when lost."""
-        backoff = self.settings.reopen_min_s
-        while True:
-            if self._link is None:
-                try:
-                    await self._open()
-                except PortUnavailable as exc:
-                    self._port_failed(exc)
-                    delay = backoff * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not crypto
-                    backoff = min(backoff * 2, self.settings.reopen_max_s)
-                    await asyncio.sleep(delay)
-                    continue
-                backoff = self.settings.reopen_min_s
-            self._lost.clear()
-            await self._lost.wait()
-
-    async def _execute(self, ex: Exchange[Any]) -> Any:
-        loop = asyncio.get_running_loop()
-        health = self.health_of(ex.board)
-        attempts = self.settings.read_attempts if ex.priority is Priority.READ else 1
-        if not health.online and ex.priority is Priority.READ:
-            now = loop.time()
-            if now < health.next_probe_at:
-                health.refused_offline += 1
-                raise BoardOffline(
-                    f"board {ex.board} on bus {self.name} is offline ({health.last_error}); "
-                    f"next probe in {health.next_probe_at - now:.1f} s",
-                    bus=self.name,
-                    board=ex.board,
-                )
-            attempts = 1  # a probe of an offline board costs one timeout, no more
-            health.next_probe_at = now + self.settings.offline_probe_s
-        for attempt in range(1, attempts + 1):
-            try:
-                return await self._once(ex, health)
-            except ReplyTimeout as exc:
-                if attempt == attempts:
-                    self._record_failure(health, str(exc))
-                    raise
-                self._log.debug(
-                    "bus_retry", board=ex.board, what=ex.what, attempt=attempt, error=str(exc)
-                )
-        raise AssertionError("unreachable")  # pragma: no cover
-
+    # ------------------------------------------------------------------ one transaction
     async def _once(self, ex: Exchange[Any], health: BoardHealth) -> Any:
-        link = self._link
-        if link is None or link.transport is None:
-            raise PortUnavailable(
-                f"bus {self.name}: port {self.settings.port} lost", bus=self.name, board=ex.board
-            )
         loop = asyncio.get_running_loop()
         wait = self._quiet_until - loop.time()
         if wait > 0:
             await asyncio.sleep(wait)
+        # the port may have gone, or the bus closed, while we kept the silence
+        self._check_usable(ex)
+        link = self._link
+        transport = link.transport if link is not None else None
+        if transport is None or transport.is_closing():
+            raise PortUnavailable(
+                f"bus {self.name}: port {self.settings.port} is closing",
+                bus=self.name,
+                board=ex.board,
+            )
         baud = self.settings.baudrate
         health.requests += 1
         started = loop.time()
         tx_done = started + wire_time(len(ex.request), baud)
         timing = Timing(written=started)
+        self.last_timing = timing
         if ex.decoder is None:
-            link.transport.write(ex.request)
+            transport.write(ex.request)
             timing.sent = loop.time()
             self.counters.tx_bytes += len(ex.request)
-            self._quiet_until = max(self._quiet_until, tx_done + self._gap)
-            self.last_timing = timing
+            hold = self._timeout + wire_time(ex.reply_len, baud) if ex.reply_len else 0.0
+            self._quiet_until = max(self._quiet_until, tx_done + hold + self._gap)
             return None  # an unanswered write says nothing about the board's health
         waiter: asyncio.Future[Any] = loop.create_future()
-        inflight = _InFlight(ex, ex.decoder(), waiter, timing)
+        echo = len(ex.request) if self.settings.local_echo else 0
+        inflight = _InFlight(ex, ex.decoder(), waiter, timing, echo)
         self._current = inflight
-        link.transport.write(ex.request)
+        transport.write(ex.request)
         timing.sent = loop.time()
         self.counters.tx_bytes += len(ex.request)
         self._quiet_until = max(self._quiet_until, tx_done + self._gap)
@@ -405,20 +481,51 @@ class Bus:
                 frame = await waiter
         except TimeoutError:
             health.timeouts += 1
+            self._unanswered(ex.board)
             raise ReplyTimeout(
                 f"board {ex.board} on bus {self.name}: no valid reply to {ex.what} "
                 f"within {budget * 1000:.0f} ms",
                 bus=self.name,
                 board=ex.board,
             ) from None
+        except asyncio.CancelledError:
+            # the caller gave up, the board may still answer: keep the line free for it
+            self._quiet_until = max(self._quiet_until, started + budget + self._gap)
+            raise
         finally:
             self._current = None
             health.bad_frames += inflight.decoder.stats.bad_frames
-        self.last_timing = inflight.timing
-        self._record_ok(health, inflight.timing.matched - started, started)
+        self._answered()
+        self._record_ok(health, timing.matched - started, started)
         return frame
 
     # ------------------------------------------------------------------ health
+    def _answered(self) -> None:
+        self._proven = True
+        self._last_unanswered = False
+        self._silent_boards.clear()
+        if self._bus_silent:
+            self._bus_silent = False
+            self._log.info("bus_answering")
+        if self._outage:
+            self._outage = False
+            self._log.info("bus_port_recovered", port=self.settings.port)
+
+    def _unanswered(self, board: str) -> None:
+        self._last_unanswered = True
+        self._silent_boards.add(board)
+        known = {b for b, h in self.health.items() if h.replies}
+        if not self._bus_silent and len(known) > 1 and known <= self._silent_boards:
+            self._bus_silent = True
+            self._log.error(
+                "bus_silent",
+                boards=sorted(self._silent_boards),
+                hint="every board on this bus stopped answering: check the adapter or "
+                "gateway, the A/B wires and termination, and the baud rate",
+            )
+            if self.is_tcp and self._link is not None:
+                self._reset_link("every board fell silent")
+
     def _record_ok(self, health: BoardHealth, latency: float, now: float) -> None:
         health.replies += 1
         health.consecutive_failures = 0
@@ -435,31 +542,51 @@ class Bus:
         if health.online and health.consecutive_failures >= self.settings.offline_after:
             health.online = False
             health.next_probe_at = asyncio.get_running_loop().time() + self.settings.offline_probe_s
-            self._log.error(
+            quiet = self._bus_silent  # the bus already said it; don't blame each board
+            (self._log.debug if quiet else self._log.error)(
                 "board_offline",
                 board=health.board,
                 failures=health.consecutive_failures,
                 error=error,
-                hint="check the board's power, address switches and bus wiring; "
-                "it is probed again every "
-                f"{self.settings.offline_probe_s:g} s",
+                hint="check the board's power, address switches and its bus wiring; "
+                f"it is probed again every {self.settings.offline_probe_s:g} s",
             )
         else:
             self._log.debug("board_request_failed", board=health.board, error=error)
 
     # ------------------------------------------------------------------ port
+    async def _keep_open(self) -> None:
+        """Open the port, and reopen it with jittered exponential backoff when it fails
+        to open or is lost. The backoff resets only when a link that answered is lost,
+        so a gateway that accepts and drops at once is not hammered."""
+        backoff = self.settings.reopen_min_s
+        while True:
+            try:
+                await self._open()
+            except PortUnavailable as exc:
+                self._port_failed(exc)
+            else:
+                self._lost.clear()
+                await self._lost.wait()
+                if self._proven:
+                    backoff = self.settings.reopen_min_s
+            delay = backoff * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not crypto
+            backoff = min(backoff * 2, self.settings.reopen_max_s)
+            await asyncio.sleep(delay)
+
     async def _open(self) -> None:
         loop = asyncio.get_running_loop()
         port = self.settings.port
         transport: asyncio.BaseTransport
         link: asyncio.BaseProtocol
         try:
-            if port.startswith("tcp://"):
+            if self.is_tcp:
                 host, _, tcp_port = port.removeprefix("tcp://").rpartition(":")
                 async with asyncio.timeout(max(self.settings.reopen_max_s, 1.0)):
                     transport, link = await loop.create_connection(
                         lambda: _Link(self), host.strip("[]"), int(tcp_port)
                     )
+                self._tune_tcp(transport)
             else:
                 transport, link = await serial_asyncio_fast.create_serial_connection(
                     loop,
@@ -468,8 +595,12 @@ class Bus:
                     baudrate=self.settings.baudrate,
                     exclusive=True,
                 )
-                if transport.serial is not None:
-                    transport.serial.reset_input_buffer()  # bytes from before we owned it
+                try:
+                    if transport.serial is not None:
+                        transport.serial.reset_input_buffer()  # bytes from before we owned it
+                except (OSError, serial.SerialException):
+                    transport.abort()
+                    raise
         except serial.SerialException as exc:
             if "exclusively lock" in str(exc):
                 raise PortBusy(
@@ -490,27 +621,70 @@ class Bus:
         self._link = link
         self.counters.opens += 1
         self._quiet_until = loop.time() + self._gap
-        if self._port_down_since is not None or self.counters.opens == 1:
+        self._last_unanswered = False
+        self._proven = False
+        if not self._ever_opened:
             self._log.info("bus_port_open", port=port, baudrate=self.settings.baudrate)
-        self._port_down_since = None
-        self._port_error = ""
+        else:
+            self._log.debug("bus_port_reopened", port=port)
+        self._ever_opened = True
+        self._port_down = False
         self._opened.set()
 
+    def _tune_tcp(self, transport: asyncio.BaseTransport) -> None:
+        """Find a dead gateway in seconds, not the kernel's default of minutes."""
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return
+        timeout_ms = int(max(1000.0, 4 * self.settings.timeout_ms))
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 5)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 2)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, timeout_ms)
+
+    def _reset_link(self, reason: str) -> None:
+        """Tear the TCP link down with a reset, so bytes queued towards the gateway are
+        discarded rather than delivered late; the keeper reconnects."""
+        link = self._link
+        transport = link.transport if link is not None else None
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        if link is not None:
+            self._on_lost(link, ConnectionResetError(f"reset by us: {reason}"))
+
+    def unsent_bytes(self) -> int:
+        """Bytes written to a TCP link that the gateway has not acknowledged yet."""
+        link = self._link
+        transport = link.transport if link is not None else None
+        if transport is None:
+            return 0
+        queued = transport.get_write_buffer_size()
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+                queued += struct.unpack("i", raw)[0]
+        return queued
+
     def _port_failed(self, exc: PortUnavailable) -> None:
-        first = self._port_down_since is None
-        if first:
-            self._port_down_since = asyncio.get_running_loop().time()
+        self._port_down = True
         self._port_error = str(exc)
         self._opened.clear()
-        if first:
-            self._log.error(
-                "bus_port_unavailable",
-                port=self.settings.port,
-                error=str(exc),
-                hint="check the adapter is plugged in and the path (prefer /dev/serial/by-id)",
-            )
-        else:
+        if self._outage:
             self._log.debug("bus_port_still_unavailable", error=str(exc))
+            return
+        self._outage = True
+        hint = (
+            "another process holds the port: stop it (only lockerd may own a bus)"
+            if isinstance(exc, PortBusy)
+            else "check the adapter is plugged in and the path (prefer /dev/serial/by-id), "
+            "or that the gateway is reachable"
+        )
+        self._log.error("bus_port_unavailable", port=self.settings.port, error=str(exc), hint=hint)
 
     def _on_data(self, link: _Link, data: bytes) -> None:
         if link is not self._link:
@@ -522,6 +696,13 @@ class Bus:
         if cur is None or cur.waiter.done():
             self.counters.stray_bytes += len(data)
             return
+        if cur.echo_left:  # an adapter that hears its own transmitter
+            skip = min(cur.echo_left, len(data))
+            cur.echo_left -= skip
+            self.counters.echo_bytes += skip
+            data = data[skip:]
+            if not data:
+                return
         if not cur.timing.first_byte:
             cur.timing.first_byte = now
         for frame in cur.decoder.feed(data):
@@ -529,26 +710,29 @@ class Bus:
                 cur.timing.matched = now
                 cur.waiter.set_result(frame)
             else:
-                health = self.health_of(cur.exchange.board)
-                health.unmatched_frames += 1
-                self._log.debug("bus_unmatched_frame", board=cur.exchange.board, frame=repr(frame))
+                self.counters.unmatched_frames += 1
+                self._log.debug("bus_unmatched_frame", during=cur.exchange.board, frame=repr(frame))
 
     def _on_lost(self, link: _Link, exc: Exception | None) -> None:
         if link is not self._link:
             return
         self.counters.port_losses += 1
         reason = str(exc) if exc else "closed by the other end"
+        self._drop_link(PortUnavailable(f"bus {self.name}: port lost: {reason}", bus=self.name))
+        self._port_down = True
+        self._port_error = reason
+        self._opened.clear()
+        self._lost.set()
+        if self._outage:
+            self._log.debug("bus_port_lost_again", error=reason)
+            return
+        self._outage = True
         self._log.error(
             "bus_port_lost",
             port=self.settings.port,
             error=reason,
             hint="adapter unplugged or gateway gone; reopening with backoff",
         )
-        self._drop_link(PortUnavailable(f"bus {self.name}: port lost: {reason}", bus=self.name))
-        self._port_down_since = asyncio.get_running_loop().time()
-        self._port_error = reason
-        self._opened.clear()
-        self._lost.set()
 
     def _drop_link(self, error: Exception) -> None:
         link, self._link = self._link, None

@@ -64,5 +64,12 @@ class UnlockUnconfirmed(BusError):
     """
 
 
+class UnlockNotSent(BusError):
+    """An unlock was not sent: the path to the board was not proven alive first.
+
+    Nothing was pulsed; it is safe to try again.
+    """
+
+
 class ConfigError(DriverError, ValueError):
     """A bus or board setting that cannot work (unknown kind, bad port URL, ...)."""

@@ -49,6 +49,11 @@ class BusSettings(_Settings):
     reopen_max_s: float = Field(
         default=10.0, gt=0, description="longest wait between reopen attempts"
     )
+    local_echo: bool = Field(
+        default=False,
+        description="the adapter hears its own transmitter (2-wire RS-485 without echo "
+        "suppression): drop our own request from what comes back",
+    )
 
     @field_validator("port")
     @classmethod
@@ -122,6 +127,9 @@ class ModbusRelaySettings(_Settings):
     def _pulse_units(self) -> ModbusRelaySettings:
         if self.pulse == "board" and self.pulse_ms % 100:
             raise ValueError("pulse_ms must be a multiple of 100 for a board-timed pulse")
+        for name in ("coil_base", "input_base", "flash_base"):
+            if getattr(self, name) + self.channels > 0x10000:
+                raise ValueError(f"{name} + channels goes past the last Modbus address 0xFFFF")
         return self
 
 

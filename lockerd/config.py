@@ -312,13 +312,14 @@ def _semantic(cfg: HubConfig, text: str) -> list[Problem]:
         else:
             channels[key] = comp.label
     if not cfg.simulated:
-        key = cfg.key_path()
-        if not key.exists():
-            add("codes.key_file", f"key file {key} does not exist",
-                f"create it with `lockerd keygen {key}` (mode 0600, owned by the daemon's user)")
-        elif key.stat().st_mode & 0o077:
-            add("codes.key_file", f"key file {key} is readable by others "
-                f"(mode {key.stat().st_mode & 0o777:o})", f"chmod 600 {key}")
+        key_file = cfg.key_path()
+        if not key_file.exists():
+            add("codes.key_file", f"key file {key_file} does not exist",
+                f"create it with `lockerd keygen {key_file}` "
+                "(mode 0600, owned by the daemon's user)")
+        elif key_file.stat().st_mode & 0o077:
+            add("codes.key_file", f"key file {key_file} is readable by others "
+                f"(mode {key_file.stat().st_mode & 0o777:o})", f"chmod 600 {key_file}")
     return problems
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from drivers.boards import Board, DoorReading, make_board
 from drivers.bus import Bus
-from drivers.errors import BusError
+from drivers.errors import DriverError
 from drivers.poll import BusPoller
 from drivers.settings import BusSettings, Cu48Settings, ModbusRelaySettings
 from lockerd.logs import configure
@@ -82,7 +82,7 @@ async def start_bus(
         raise SystemExit(f"bus {name}: could not open {url}")
     boards = [make_board(bus, s) for s in settings]
 
-    def failed(board: Board[Any], exc: BusError) -> None:
+    def failed(board: Board[Any], exc: DriverError) -> None:
         if type(exc).__name__ != "BoardOffline":
             say(f"  {exc}")
 
