@@ -82,8 +82,10 @@ class Throttle(_Model):
         default=10, ge=1, description="wrong codes in the window that raise an alarm"
     )
     hub_wide_per_hour: int = Field(
-        default=60, ge=1, description="wrong codes per hour, all terminals together, before "
-        "the whole keypad slows down"
+        default=60,
+        ge=1,
+        description="wrong codes per hour, all terminals together, before "
+        "the whole keypad slows down",
     )
     window_s: float = Field(default=3600.0, gt=0, description="how long wrong codes count")
 
@@ -202,7 +204,7 @@ class _Lines:
                     for key in re.findall(r"([A-Za-z_][A-Za-z0-9_-]*)\s*=", line):
                         self.index.setdefault(f"{item}.{key}", number)
                     inline_count += 1
-                if line.startswith("]") or line.endswith("]") and not line.startswith("{"):
+                if line.startswith("]") or (line.endswith("]") and not line.startswith("{")):
                     inline_array = None
                 continue
             if m := re.match(r"^\[\[\s*([A-Za-z0-9_.-]+)\s*\]\]$", line):
@@ -256,71 +258,109 @@ def _structural(file: str, text: str, exc: ValidationError) -> list[Problem]:
     return problems
 
 
-def _semantic(cfg: HubConfig, text: str) -> list[Problem]:
+class _Checker:
     """What each part can't see alone: the parts against each other and the machine."""
-    lines = _Lines(text)
-    problems: list[Problem] = []
 
-    def add(where: str, message: str, fix: str) -> None:
-        problems.append(Problem(where, lines.find(where), message, fix))
+    def __init__(self, cfg: HubConfig, text: str) -> None:
+        self.cfg = cfg
+        self.lines = _Lines(text)
+        self.problems: list[Problem] = []
+        self.boards: dict[tuple[str, int], int] = {}  # (bus, address) -> channels
 
-    bus_names = Counter(b.name for b in cfg.buses)
-    boards: dict[tuple[str, int], int] = {}
-    for i, bus in enumerate(cfg.buses):
-        if bus_names[bus.name] > 1:
-            add(f"buses[{i}].name", f"bus name {bus.name!r} is used twice", "name each bus once")
-        seen: dict[int, int] = {}
-        for j, board in enumerate(bus.boards):
-            if board.address in seen:
-                add(
-                    f"buses[{i}].boards[{j}].address",
-                    f"two boards at address {board.address} on bus {bus.name}",
-                    "each board on one bus needs its own address (DIP switches)",
+    def add(self, where: str, message: str, fix: str) -> None:
+        self.problems.append(Problem(where, self.lines.find(where), message, fix))
+
+    def run(self) -> list[Problem]:
+        self.buses()
+        self.compartments()
+        if not self.cfg.simulated:
+            self.key_file()
+        return self.problems
+
+    def buses(self) -> None:
+        names = Counter(b.name for b in self.cfg.buses)
+        ports = Counter(b.port for b in self.cfg.buses)
+        for i, bus in enumerate(self.cfg.buses):
+            if names[bus.name] > 1:
+                self.add(
+                    f"buses[{i}].name", f"bus name {bus.name!r} is used twice", "name each bus once"
                 )
-            seen[board.address] = j
-            boards[(bus.name, board.address)] = board.channels
-        ports = [b.port for b in cfg.buses]
-        if ports.count(bus.port) > 1:
-            add(f"buses[{i}].port", f"port {bus.port} is used by two buses",
-                "one bus per serial port; put every board of that line under one bus")
-    labels = Counter(c.label for c in cfg.compartments)
-    channels: dict[tuple[str, int, int], str] = {}
-    for k, comp in enumerate(cfg.compartments):
-        here = f"compartments[{k}]"
-        if labels[comp.label] > 1:
-            add(f"{here}.label", f"label {comp.label} is used twice", "give each door its own label")
-        if comp.bus not in bus_names:
-            add(f"{here}.bus", f"no bus named {comp.bus!r}",
-                f"use one of: {', '.join(sorted(bus_names))}")
-            continue
-        count = boards.get((comp.bus, comp.board))
-        if count is None:
-            add(f"{here}.board", f"no board at address {comp.board} on bus {comp.bus}",
-                "add the board under its bus, or correct the address")
-            continue
-        if comp.channel > count:
-            add(f"{here}.channel",
-                f"channel {comp.channel} is beyond the {count} channels of board "
-                f"{comp.board} on bus {comp.bus}",
-                "check the wiring sheet: channels count from 1")
-        key = (comp.bus, comp.board, comp.channel)
-        if key in channels:
-            add(f"{here}.channel",
-                f"{comp.label} and {channels[key]} are both on bus {comp.bus} board "
-                f"{comp.board} channel {comp.channel}",
-                "each door has its own lock channel")
-        else:
-            channels[key] = comp.label
-    if not cfg.simulated:
-        key_file = cfg.key_path()
+            if ports[bus.port] > 1:
+                self.add(
+                    f"buses[{i}].port",
+                    f"port {bus.port} is used by two buses",
+                    "one bus per serial port; put every board of that line under one bus",
+                )
+            for j, board in enumerate(bus.boards):
+                if (bus.name, board.address) in self.boards:
+                    self.add(
+                        f"buses[{i}].boards[{j}].address",
+                        f"two boards at address {board.address} on bus {bus.name}",
+                        "each board on one bus needs its own address (DIP switches)",
+                    )
+                self.boards[(bus.name, board.address)] = board.channels
+
+    def compartments(self) -> None:
+        bus_names = sorted({b.name for b in self.cfg.buses})
+        labels = Counter(c.label for c in self.cfg.compartments)
+        taken: dict[tuple[str, int, int], str] = {}
+        for k, comp in enumerate(self.cfg.compartments):
+            here = f"compartments[{k}]"
+            if labels[comp.label] > 1:
+                self.add(
+                    f"{here}.label",
+                    f"label {comp.label} is used twice",
+                    "give each door its own label",
+                )
+            if comp.bus not in bus_names:
+                self.add(
+                    f"{here}.bus",
+                    f"no bus named {comp.bus!r}",
+                    f"use one of: {', '.join(bus_names)}",
+                )
+                continue
+            count = self.boards.get((comp.bus, comp.board))
+            if count is None:
+                self.add(
+                    f"{here}.board",
+                    f"no board at address {comp.board} on bus {comp.bus}",
+                    "add the board under its bus, or correct the address",
+                )
+                continue
+            if comp.channel > count:
+                self.add(
+                    f"{here}.channel",
+                    f"channel {comp.channel} is beyond the {count} channels of board "
+                    f"{comp.board} on bus {comp.bus}",
+                    "check the wiring sheet: channels count from 1",
+                )
+            spot = (comp.bus, comp.board, comp.channel)
+            if spot in taken:
+                self.add(
+                    f"{here}.channel",
+                    f"{comp.label} and {taken[spot]} are both on bus {comp.bus} board "
+                    f"{comp.board} channel {comp.channel}",
+                    "each door has its own lock channel",
+                )
+            else:
+                taken[spot] = comp.label
+
+    def key_file(self) -> None:
+        key_file = self.cfg.key_path()
         if not key_file.exists():
-            add("codes.key_file", f"key file {key_file} does not exist",
+            self.add(
+                "codes.key_file",
+                f"key file {key_file} does not exist",
                 f"create it with `lockerd keygen {key_file}` "
-                "(mode 0600, owned by the daemon's user)")
+                "(mode 0600, owned by the daemon's user)",
+            )
         elif key_file.stat().st_mode & 0o077:
-            add("codes.key_file", f"key file {key_file} is readable by others "
-                f"(mode {key_file.stat().st_mode & 0o777:o})", f"chmod 600 {key_file}")
-    return problems
+            self.add(
+                "codes.key_file",
+                f"key file {key_file} is readable by others "
+                f"(mode {key_file.stat().st_mode & 0o777:o})",
+                f"chmod 600 {key_file}",
+            )
 
 
 def parse(text: str, file: str = "<config>") -> HubConfig:
@@ -331,14 +371,20 @@ def parse(text: str, file: str = "<config>") -> HubConfig:
         m = re.search(r"line (\d+)", str(exc))
         raise ConfigInvalid(
             file,
-            [Problem("(syntax)", int(m.group(1)) if m else None, f"not valid TOML: {exc}",
-                     "fix the syntax at that line (quotes, brackets, = between key and value)")],
+            [
+                Problem(
+                    "(syntax)",
+                    int(m.group(1)) if m else None,
+                    f"not valid TOML: {exc}",
+                    "fix the syntax at that line (quotes, brackets, = between key and value)",
+                )
+            ],
         ) from None
     try:
         cfg = HubConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigInvalid(file, _structural(file, text, exc)) from None
-    problems = _semantic(cfg, text)
+    problems = _Checker(cfg, text).run()
     if problems:
         raise ConfigInvalid(file, problems)
     return cfg
@@ -349,10 +395,16 @@ def load(path: str | Path) -> HubConfig:
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigInvalid(str(p), [Problem("(file)", None, f"cannot read: {exc.strerror}",
-                                             "check the path and permissions")]) from None
+        raise ConfigInvalid(
+            str(p),
+            [
+                Problem(
+                    "(file)", None, f"cannot read: {exc.strerror}", "check the path and permissions"
+                )
+            ],
+        ) from None
     except UnicodeDecodeError:
-        raise ConfigInvalid(str(p), [Problem("(file)", None, "not UTF-8 text",
-                                             "save the file as UTF-8")]) from None
+        raise ConfigInvalid(
+            str(p), [Problem("(file)", None, "not UTF-8 text", "save the file as UTF-8")]
+        ) from None
     return parse(text, str(p))
-

@@ -195,13 +195,19 @@ class SimCu48(SimBoard):
 
 
 class SimCu16(SimBoard):
+    """A KR-CU16. With ``answers_unlock`` it answers an unlock (0x31) with its one-board
+    status frame (0x35), as some public clients assume; by default it stays silent."""
+
     kind = "kerong-cu16"
     protocol = "kerong-cu16"
     max_channels = kerong.CU16_CHANNELS
 
-    def __init__(self, address: int, channels: int | None = None, **kw: Any) -> None:
+    def __init__(
+        self, address: int, channels: int | None = None, *, answers_unlock: bool = False, **kw: Any
+    ) -> None:
         kw.setdefault("door_open_bit", 0)
         super().__init__(address, channels, **kw)
+        self.answers_unlock = answers_unlock
 
     def addressed(self, request: Any) -> bool:
         assert isinstance(request, kerong.Cu16Request)
@@ -212,7 +218,8 @@ class SimCu16(SimBoard):
         if request.command == kerong.CU16_CMD_UNLOCK:
             if request.lock < self.channels:
                 self.release(request.lock + 1)
-            return None
+            # the board's sensors as they are right after the pulse starts
+            return self._status() if self.answers_unlock else None
         if request.command == kerong.CU16_CMD_UNLOCK_ALL:
             for ch in range(1, self.channels + 1):
                 self.release(ch)
@@ -220,6 +227,10 @@ class SimCu16(SimBoard):
         if request.command != kerong.CU16_CMD_STATUS:
             return None  # documented but not simulated: a real board would answer
         self.told.append(Told(self._now(), "status"))
+        return self._status()
+
+    def _status(self) -> bytes:
+        """The one-board status frame (0x35): lock bits, then infrared occupancy bits."""
         bits = self.sensor_bits() + [not self.door_open_bit] * (16 - self.channels)
         ir = self.occupied + [False] * (16 - self.channels)
         return kerong.Cu16Status(self.address, pack_bits(bits, 2), pack_bits(ir, 2)).encode()
@@ -257,6 +268,7 @@ class SimModbusRelay(SimBoard):
         self.flash_base = flash_base
         self.flash = flash
         self.relays = [False] * self.channels
+        self.refuse_functions: set[int] = set()  # answered with exception 1
 
     def addressed(self, request: Any) -> bool:
         assert isinstance(request, modbus.ModbusRequest)
@@ -288,6 +300,8 @@ class SimModbusRelay(SimBoard):
 
     def _handle(self, r: modbus.ModbusRequest) -> bytes:  # noqa: PLR0911 - one per function
         dev, fc = self.address, r.function
+        if fc in self.refuse_functions:  # a cheaper board without this function
+            return modbus.exception_reply(dev, fc, modbus.EX_ILLEGAL_FUNCTION)
         if not r.valid:
             return modbus.exception_reply(dev, fc, modbus.EX_ILLEGAL_VALUE)
         if fc == modbus.FC_READ_DISCRETE_INPUTS:

@@ -7,7 +7,11 @@ one per line, to play the people and the faults:
     open ADDR CH | close ADDR CH | parcel ADDR CH on|off
     fault ADDR dead|no-reply|corrupt-checksum|split-reply on|off
     fault ADDR late-reply SECONDS | fault ADDR garbage HEX | fault ADDR jammed|bouncing CH on|off
-    clear ADDR | told ADDR | vanish | reappear
+    clear ADDR | told ADDR | stats | vanish | reappear
+
+``stats`` answers the line's counts, e.g. ``requests=12 replies=10 collisions=0
+gap_violations=0 dropped=0``: a master that does not keep the half-duplex
+discipline (a request on top of a reply, or too soon after one) shows up there.
 """
 
 from __future__ import annotations
@@ -17,11 +21,12 @@ import asyncio
 import contextlib
 import signal
 import sys
+from typing import Any
 
 import structlog
 
 from lockerd.logs import configure
-from simulator.boards import BOARD_TYPES, SimBoard
+from simulator.boards import BOARD_TYPES, SimBoard, SimCu16
 from simulator.line import Simulator, parse_board
 
 log = structlog.get_logger("lockerd.sim")
@@ -52,6 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--spring-delay", type=float, default=0.05, help="seconds from pulse to door open"
     )
+    p.add_argument(
+        "--cu16-answers-unlock",
+        action="store_true",
+        help="kerong-cu16 boards answer an unlock with their status frame (0x35)",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="drop requests that collide with a reply on the line instead of answering them",
+    )
     p.add_argument("--control", action="store_true", help="read scripting commands on stdin")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     return p
@@ -74,6 +89,8 @@ async def apply_command(sim: Simulator, line: str) -> str:
         return "ok"
     if cmd == "reappear":
         return f"ok {await sim.reappear()}"
+    if cmd == "stats":
+        return sim.stats.summary()
     board: SimBoard = sim.board(int(args[0], 0))
     if cmd in ("open", "close"):
         (board.open_door if cmd == "open" else board.close_door)(int(args[1]))
@@ -118,8 +135,18 @@ async def _control(sim: Simulator) -> None:
             print(answer, flush=True)
 
 
+def build_boards(args: argparse.Namespace) -> list[SimBoard]:
+    boards = []
+    for spec in args.boards:
+        kw: dict[str, Any] = {"spring_delay_s": args.spring_delay}
+        if args.cu16_answers_unlock and spec.startswith(SimCu16.kind + ":"):
+            kw["answers_unlock"] = True
+        boards.append(parse_board(spec, **kw))
+    return boards
+
+
 async def serve(args: argparse.Namespace) -> None:
-    boards = [parse_board(spec, spring_delay_s=args.spring_delay) for spec in args.boards]
+    boards = build_boards(args)
     tcp = None
     if args.tcp:
         host, _, port = args.tcp.rpartition(":")
@@ -128,6 +155,7 @@ async def serve(args: argparse.Namespace) -> None:
         boards,
         baudrate=args.baud or 19200,
         emulate_line_speed=args.baud is not None,
+        strict=args.strict,
         tcp=tcp,
         link=args.link,
     )

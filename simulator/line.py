@@ -6,17 +6,28 @@ are garbage to it), and the board whose address a frame carries answers it.
 Replies go back through the same pty or TCP connection, optionally delayed by
 the frames' wire time at the configured baud rate so timing behaves like the
 field.
+
+The line also checks the master's half-duplex discipline (:attr:`SimLine.stats`):
+a request that starts while a reply is still pending or on the wire would
+collide with it on a real RS-485 line, and one that starts less than 3.5
+character times after the end of a reply runs into it (Modbus RTU framing).
+Both are counted; with ``strict=True`` a collided request is not answered, as a
+real board would have heard garbage.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import math
 import os
 import time
 import tty
+from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import structlog
 
@@ -49,6 +60,77 @@ def _decoder_for(protocol: str) -> StreamDecoder[Any]:
 
 
 _TIMER_SLACK = 0.0015
+# timers may fire a hair early (the loop's clock resolution) and floats round: a
+# request this close to the required silence is not a violation
+_CLOCK_TOLERANCE = 1e-6
+_KEPT_VIOLATIONS = 8
+
+ViolationKind = Literal["collision", "gap"]
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """A request that started too early, with its timings (loop clock, seconds).
+
+    ``collision``: it started while a reply was still pending (scheduled but not yet
+    fully written: the board's turnaround, or its bytes on the wire). ``gap``: it
+    started after the reply's last byte, but less than ``silence`` after it.
+    """
+
+    kind: ViolationKind
+    at: float  # when the request's first byte arrived
+    reply_end: float  # when the reply's last byte was (or is due to be) written
+    silence: float  # the silence the line requires after a frame
+    request: str = ""
+
+    @property
+    def gap(self) -> float:
+        """Seconds from the reply's end to the request's start (negative: overlapped)."""
+        return self.at - self.reply_end
+
+    def __str__(self) -> str:
+        ms = self.gap * 1000
+        if self.kind == "collision":
+            when = f"{-ms:.2f} ms before the end of a pending reply"
+        else:
+            when = f"{ms:.2f} ms after the end of a reply"
+        return (
+            f"{self.kind}: {self.request or 'request'} started at {self.at:.6f}, {when} "
+            f"(needs {self.silence * 1000:.2f} ms of silence after it)"
+        )
+
+
+@dataclass(slots=True)
+class LineStats:
+    """What the line saw of the master's half-duplex discipline; a correct master keeps
+    ``collisions`` and ``gap_violations`` at zero."""
+
+    requests: int = 0  # complete requests decoded from the master's bytes
+    replies: int = 0  # replies whose last byte was written back
+    collisions: int = 0  # requests started while a reply was pending or on the wire
+    gap_violations: int = 0  # requests started less than frame_silence after a reply
+    dropped: int = 0  # collided requests not answered (strict mode)
+    violations: deque[Violation] = field(default_factory=lambda: deque(maxlen=_KEPT_VIOLATIONS))
+
+    @property
+    def clean(self) -> bool:
+        return self.collisions == 0 and self.gap_violations == 0
+
+    def reset(self) -> None:
+        fresh = LineStats()
+        for name in self.__slots__:
+            setattr(self, name, getattr(fresh, name))
+
+    def summary(self) -> str:
+        """The counts on one line."""
+        return (
+            f"requests={self.requests} replies={self.replies} collisions={self.collisions} "
+            f"gap_violations={self.gap_violations} dropped={self.dropped}"
+        )
+
+    def __str__(self) -> str:
+        """The counts, then the last violations with their timings (for assert messages)."""
+        return "\n  ".join([self.summary(), *map(str, self.violations)])
 
 
 def _send_at(at: float, send: Send, data: bytes) -> None:
@@ -68,6 +150,7 @@ class SimLine:
         *,
         baudrate: int = 19200,
         emulate_line_speed: bool = False,
+        strict: bool = False,
     ) -> None:
         self.boards = list(boards)
         seen: set[tuple[str, int]] = set()
@@ -79,9 +162,22 @@ class SimLine:
         self.baudrate = baudrate
         self.emulate_line_speed = emulate_line_speed
         self._decoders = {b.protocol: _decoder_for(b.protocol) for b in self.boards}
+        self.strict = strict
+        self.stats = LineStats()
         self._silence = frame_silence(baudrate)
         self._last_rx = 0.0
-        self.requests = 0
+        # the request being received: when its first byte came, and what was then on the line
+        self._rx_start: float | None = None
+        self._rx_verdict: tuple[ViolationKind, float] | None = None
+        # replies scheduled but not fully written, the latest time one is due, and when
+        # the last byte of the latest written reply went out
+        self._pending = 0
+        self._pending_until = -math.inf
+        self._reply_end = -math.inf
+
+    @property
+    def requests(self) -> int:
+        return self.stats.requests
 
     def board(self, address: int, kind: str | None = None) -> SimBoard:
         for b in self.boards:
@@ -94,18 +190,70 @@ class SimLine:
 
         As on a real line, a silence of 3.5 character times ends any frame in
         progress: a partial frame before it is dropped, not glued to what follows.
+        A request is checked against the replies on the line as of its first byte,
+        however many chunks it arrives in.
         """
         now = asyncio.get_running_loop().time()
         if now - self._last_rx >= self._silence:
             for decoder in self._decoders.values():
                 decoder.flush()
+            self._rx_start = None
         self._last_rx = now
-        for protocol, decoder in self._decoders.items():
-            for request in decoder.feed(data):
-                self.requests += 1
-                for board in self.boards:
-                    if board.protocol == protocol and board.addressed(request):
-                        self._answer(board, request, send)
+        if self._rx_start is None:
+            self._rx_start, self._rx_verdict = now, self._check(now)
+        requests = [
+            (protocol, request)
+            for protocol, decoder in self._decoders.items()
+            for request in decoder.feed(data)
+        ]
+        if not requests:
+            return  # a request in progress (or garbage): judged when it completes
+        start, verdict = self._rx_start, self._rx_verdict
+        assert start is not None
+        self._rx_start = self._rx_verdict = None
+        for i, (protocol, request) in enumerate(requests):
+            if i:  # a further request in the same chunk started just now
+                start, verdict = now, self._check(now)
+            self.stats.requests += 1
+            if verdict is not None and self._violated(verdict, start, request) and self.strict:
+                self.stats.dropped += 1
+                continue  # the boards heard the request garbled by the reply
+            for board in self.boards:
+                if board.protocol == protocol and board.addressed(request):
+                    self._answer(board, request, send)
+
+    def _check(self, at: float) -> tuple[ViolationKind, float] | None:
+        """What a request starting at ``at`` runs into: (kind, end of the reply) or None."""
+        if self._pending:
+            return "collision", self._pending_until
+        if at - self._reply_end < self._silence - _CLOCK_TOLERANCE:
+            return "gap", self._reply_end
+        return None
+
+    def _violated(self, verdict: tuple[ViolationKind, float], at: float, request: Any) -> bool:
+        """Count a violation; whether the request collided."""
+        kind, reply_end = verdict
+        v = Violation(kind, at, reply_end, self._silence, repr(request))
+        if kind == "collision":
+            self.stats.collisions += 1
+        else:
+            self.stats.gap_violations += 1
+        self.stats.violations.append(v)
+        log.warning("sim_line_" + kind, detail=str(v), gap_ms=round(v.gap * 1000, 3))
+        return kind == "collision"
+
+    def _written(self, last: bool, send: Send, data: bytes) -> None:
+        """Write a part of a reply; after the last one, the reply is off the line."""
+        send(data)
+        if last:
+            self._pending -= 1
+            if not self._pending:
+                self._pending_until = -math.inf
+            self._reply_done()
+
+    def _reply_done(self) -> None:
+        self.stats.replies += 1
+        self._reply_end = max(self._reply_end, asyncio.get_running_loop().time())
 
     def _answer(self, board: SimBoard, request: Any, send: Send) -> None:
         faults = board.faults
@@ -127,17 +275,26 @@ class SimLine:
             parts = [faults.garbage, *parts, faults.garbage]
         loop = asyncio.get_running_loop()
         if delay <= 0 and len(parts) == 1:
-            send(reply)
+            send(reply)  # bytes go out at once: the reply is off the line now
+            self._reply_done()
             return
         at = loop.time() + delay
+        # the reply is pending until its last byte is written (with line speed emulated,
+        # ``at`` is when that byte would reach the master: request + reply wire time);
+        # trailing noise is not the board's answer, and a master cannot wait for it
+        last = len(parts) - (2 if faults.garbage else 1)
+        self._pending += 1
         for i, part in enumerate(parts):
             pause = faults.split_pause_s * i if faults.split_reply else 0.0
+            write = functools.partial(self._written, i == last, send)
+            if i <= last:
+                self._pending_until = max(self._pending_until, at + pause)
             if self.emulate_line_speed:
                 # the loop's timers wake up to 1 ms late (epoll's resolution): wake early
                 # and wait out the rest, so replies leave when the wire would deliver them
-                loop.call_at(at + pause - _TIMER_SLACK, _send_at, at + pause, send, part)
+                loop.call_at(at + pause - _TIMER_SLACK, _send_at, at + pause, write, part)
             else:
-                loop.call_at(at + pause, send, part)
+                loop.call_at(at + pause, write, part)
 
 
 class PtyPort:
@@ -311,10 +468,13 @@ class Simulator:
         *,
         baudrate: int = 19200,
         emulate_line_speed: bool = False,
+        strict: bool = False,
         tcp: tuple[str, int] | None = None,
         link: str | None = None,
     ) -> None:
-        self.line = SimLine(boards, baudrate=baudrate, emulate_line_speed=emulate_line_speed)
+        self.line = SimLine(
+            boards, baudrate=baudrate, emulate_line_speed=emulate_line_speed, strict=strict
+        )
         self.port: PtyPort | TcpPort = (
             TcpPort(self.line, *tcp) if tcp is not None else PtyPort(self.line, link=link)
         )
@@ -333,6 +493,11 @@ class Simulator:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    @property
+    def stats(self) -> LineStats:
+        """The line's request/reply counts and half-duplex violations (see :class:`LineStats`)."""
+        return self.line.stats
 
     def board(self, address: int, kind: str | None = None) -> SimBoard:
         return self.line.board(address, kind)

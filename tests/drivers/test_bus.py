@@ -128,7 +128,7 @@ async def test_modbus_exception_reply_is_a_typed_error(
     sim = await make_sim([SimModbusRelay(1, 8)])
     bus = await make_bus(sim.url)
     board = make_board(bus, ModbusRelaySettings(address=1, channels=8, input_base=100))
-    with pytest.raises(BoardRejected, match="exception 2: .*check input_base"):
+    with pytest.raises(BoardRejected, match=r"exception 2: .*check input_base"):
         await board.read()
 
 
@@ -159,6 +159,7 @@ async def test_concurrent_callers_each_get_their_own_boards_reply(
     for i, reading in enumerate(readings):
         assert reading.board == f"kerong-cu48@{i % 4}"
         assert opened(reading.doors_open) == [i % 4 + 1]
+    assert sim.stats.clean, sim.stats.summary()  # one request in flight, silence kept
 
 
 async def test_unlocks_jump_the_queue_of_polls(make_sim: MakeSim, make_bus: MakeBus) -> None:
@@ -338,6 +339,7 @@ async def test_a_dead_board_never_stalls_the_others(make_sim: MakeSim, make_bus:
     assert dead.requests <= 4 + elapsed_probes, dead
     assert dead.refused_offline >= cycles - 10
     assert failures.count("BoardOffline") >= cycles - 10
+    assert sim.stats.clean, sim.stats.summary()
     offline_logs = [e for e in logs if e["event"] == "board_offline"]
     assert len(offline_logs) == 1
     assert offline_logs[0]["log_level"] == "error"
@@ -397,7 +399,7 @@ async def test_after_an_unanswered_request_an_unlock_waits_for_proof_of_life(
     with pytest.raises(ReplyTimeout):
         await kerong_board.read()
     for board in (kerong_board, relay):
-        with pytest.raises(UnlockNotSent, match="not sent.*safe to retry"):
+        with pytest.raises(UnlockNotSent, match=r"not sent.*safe to retry"):
             await board.unlock(3)
     for s in sim.line.boards:
         assert s.unlocks_of(3) == 0

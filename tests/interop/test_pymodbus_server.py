@@ -210,7 +210,9 @@ async def test_read_beyond_the_server_map_is_rejected(
     served: Served = await tcp_server(device(coils=bits(16), inputs=bits(16)))
     _, board = await relay(make_bus, served, channels=24)
 
-    with pytest.raises(BoardRejected, match=r"exception 2: address out of the board's range") as exc_info:
+    with pytest.raises(
+        BoardRejected, match=r"exception 2: address out of the board's range"
+    ) as exc_info:
         await board.read()
 
     assert "read door inputs" in str(exc_info.value)

@@ -1,0 +1,153 @@
+"""The hub config: every problem at once, each with its place in the file and a fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lockerd.config import ConfigInvalid, Problem, load, parse
+
+ROOT = Path(__file__).resolve().parents[2]
+
+GOOD = """
+hub_id = "hub-0042"
+simulated = true
+compartments = [
+  { label = "A01", size = "S", bus = "A", board = 0, channel = 1 },
+  { label = "A02", size = "M", bus = "A", board = 0, channel = 2 },
+  { label = "B01", size = "XL", bus = "B", board = 1, channel = 1 },
+]
+
+[[buses]]
+name = "A"
+port = "/dev/serial/by-id/usb-FTDI-A"
+
+[[buses.boards]]
+kind = "kerong-cu48"
+address = 0
+channels = 24
+
+[[buses]]
+name = "B"
+port = "tcp://10.0.0.5:5000"
+baudrate = 9600
+
+[[buses.boards]]
+kind = "modbus-relay"
+address = 1
+channels = 8
+"""
+
+
+def problems(text: str) -> list[Problem]:
+    with pytest.raises(ConfigInvalid) as info:
+        parse(text, "hub.toml")
+    return info.value.problems
+
+
+def test_the_shipped_demo_hub_is_valid() -> None:
+    cfg = load(ROOT / "config" / "demo-hub.toml")
+    assert cfg.hub_id == "demo-hub"
+    assert len(cfg.compartments) == 60
+    assert {c.size for c in cfg.compartments} == {"S", "M", "L", "XL"}
+    assert [b.name for b in cfg.buses] == ["A", "B"]
+
+
+def test_a_good_config_parses_with_defaults() -> None:
+    cfg = parse(GOOD)
+    assert cfg.timers.poll_interval_s == 0.5
+    assert cfg.buses[1].boards[0].kind == "modbus-relay"
+    assert cfg.buses[0].gap_ms == 5.0  # the driver's own default, not a copy
+
+
+def test_every_cross_check_is_reported_at_once_with_lines_and_fixes() -> None:
+    text = GOOD.replace(
+        '{ label = "A02", size = "M", bus = "A", board = 0, channel = 2 }',
+        '{ label = "A01", size = "M", bus = "A", board = 0, channel = 1 }',
+    ).replace(
+        '{ label = "B01", size = "XL", bus = "B", board = 1, channel = 1 }',
+        '{ label = "B01", size = "XL", bus = "B", board = 1, channel = 9 }',
+    )
+    found = problems(text)
+    rendered = "\n".join(p.render("hub.toml") for p in found)
+    assert [p.where for p in found] == [
+        "compartments[0].label",
+        "compartments[1].label",
+        "compartments[1].channel",
+        "compartments[2].channel",
+    ]
+    assert "label A01 is used twice" in rendered
+    assert "A01 and A01 are both on bus A board 0 channel 1" in rendered
+    assert "channel 9 is beyond the 8 channels of board 1 on bus B" in rendered
+    assert "fix: check the wiring sheet" in rendered
+    assert found[3].line == 7  # the line of that compartment in the file
+
+
+@pytest.mark.parametrize(
+    ("change", "where", "words"),
+    [
+        (('kind = "modbus-relay"', 'kind = "modbus-rtu9"'), "buses[1].boards[0]", "kind"),
+        (
+            ("address = 0\n", "address = 12\n"),
+            "buses[0].boards[0].address",
+            "less than or equal to 9",
+        ),
+        (
+            ('bus = "B", board = 1', 'bus = "C", board = 1'),
+            "compartments[2].bus",
+            "no bus named 'C'",
+        ),
+        (
+            ('bus = "B", board = 1', 'bus = "B", board = 4'),
+            "compartments[2].board",
+            "no board at address 4",
+        ),
+        (('size = "XL"', 'size = "XXL"'), "compartments[2].size", "'S', 'M', 'L' or 'XL'"),
+        (('port = "tcp://10.0.0.5:5000"', 'port = "COM3"'), "buses[1].port", "absolute tty path"),
+        (('name = "B"', 'name = "A"'), "buses[1].name", "used twice"),
+        (('hub_id = "hub-0042"', 'hub_id = "Hub 42"'), "hub_id", "pattern"),
+        (
+            ("channels = 24", "channels = 24\nchanels = 3"),
+            "buses[0].boards[0].chanels",
+            "Extra inputs",
+        ),
+    ],
+)
+def test_each_mistake_names_its_place(change: tuple[str, str], where: str, words: str) -> None:
+    text = GOOD.replace(*change)
+    assert text != GOOD
+    found = problems(text)
+    assert any(p.where.startswith(where) and words in p.message for p in found), found
+    assert all(p.line is None or p.line > 0 for p in found)
+
+
+def test_a_syntax_error_gives_its_line() -> None:
+    (p,) = problems(GOOD.replace('name = "A"', 'name = "A'))
+    assert p.where == "(syntax)"
+    assert p.line == 11
+
+
+def test_a_missing_or_open_key_file_stops_a_real_hub(tmp_path: Path) -> None:
+    text = GOOD.replace("simulated = true", "simulated = false")
+    text += f'\n[paths]\nstate_dir = "{tmp_path}"\n'
+    (missing,) = problems(text)
+    assert missing.where == "codes.key_file"
+    assert "lockerd keygen" in missing.fix
+    key = tmp_path / "keys" / "code-hmac.key"
+    key.parent.mkdir()
+    key.write_bytes(b"k" * 32)
+    key.chmod(0o644)
+    (loose,) = problems(text)
+    assert "readable by others" in loose.message
+    key.chmod(0o600)
+    assert parse(text).key_path() == key
+
+
+def test_an_unreadable_file_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    with pytest.raises(ConfigInvalid, match="cannot read"):
+        load(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(b"\xff\xfe")
+    with pytest.raises(ConfigInvalid, match="not UTF-8"):
+        load(bad)
