@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from drivers.settings import BoardSettings, BusSettings
+from lockerd.codes import ThrottlePolicy
 
 SizeClass = Literal["S", "M", "L", "XL"]
 SIZES: tuple[SizeClass, ...] = ("S", "M", "L", "XL")
@@ -72,24 +73,6 @@ class Timers(_Model):
     )
 
 
-class Throttle(_Model):
-    free_attempts: int = Field(
-        default=3, ge=1, description="wrong codes a terminal may enter before delays start"
-    )
-    base_delay_s: float = Field(default=2.0, gt=0, description="first delay after that")
-    max_delay_s: float = Field(default=300.0, gt=0, description="longest delay")
-    alarm_after: int = Field(
-        default=10, ge=1, description="wrong codes in the window that raise an alarm"
-    )
-    hub_wide_per_hour: int = Field(
-        default=60,
-        ge=1,
-        description="wrong codes per hour, all terminals together, before "
-        "the whole keypad slows down",
-    )
-    window_s: float = Field(default=3600.0, gt=0, description="how long wrong codes count")
-
-
 class Codes(_Model):
     length: int = Field(default=8, ge=6, le=16, description="digits in a code")
     key_file: str = Field(
@@ -97,7 +80,7 @@ class Codes(_Model):
         description="HMAC key for code hashes, relative to state_dir unless absolute; "
         "readable only by the daemon",
     )
-    throttle: Throttle = Throttle()
+    throttle: ThrottlePolicy = ThrottlePolicy()
     fallback_to_larger: bool = Field(
         default=True, description="a parcel may take a larger compartment when its size is full"
     )
