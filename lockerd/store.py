@@ -1,0 +1,558 @@
+"""The durable store: one SQLite file, WAL, ``synchronous=FULL``, versioned migrations.
+
+Every state change commits in one transaction together with the events it causes
+(the outbox, with a gapless per-hub ``seq`` for the cloud link) and an audit line
+(who did what). Opening a door is recorded as an *intent* before the pulse and
+its *outcome* after the door monitor's verdict, so a crash in between is found at
+start-up and reconciled by reading the doors, never by pulsing again.
+
+A corrupt or unreadable file stops the daemon with :class:`StoreCorrupt`; it is
+never recreated. A full disk raises :class:`StoreFull`: the transaction is rolled
+back, nothing stored before is lost, and the caller decides (refuse the action,
+raise an alarm).
+
+The store is synchronous; the service runs it on one dedicated thread so a slow
+fsync never blocks the door monitor's loop.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lockerd import domain as d
+
+SCHEMA: list[str] = [
+    # 1: the hub
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
+    CREATE TABLE compartments (
+        label TEXT PRIMARY KEY,
+        size TEXT NOT NULL,
+        accessible INTEGER NOT NULL,
+        in_service INTEGER NOT NULL DEFAULT 1,
+        content TEXT NOT NULL DEFAULT 'empty',
+        parcel_id TEXT,
+        door_open INTEGER NOT NULL DEFAULT 0,
+        op_purpose TEXT,
+        op_parcel TEXT,
+        op_started REAL,
+        op_seen_open INTEGER,
+        op_actor TEXT
+    ) STRICT;
+    CREATE TABLE parcels (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        size TEXT NOT NULL,
+        state TEXT NOT NULL,
+        compartment TEXT,
+        deposit_from REAL NOT NULL,
+        deposit_until REAL NOT NULL,
+        collect_window_s REAL NOT NULL,
+        collect_until REAL,
+        accessible INTEGER NOT NULL,
+        has_recall INTEGER NOT NULL,
+        created REAL NOT NULL,
+        updated REAL NOT NULL
+    ) STRICT;
+    CREATE INDEX parcels_live ON parcels(state)
+        WHERE state NOT IN ('collected', 'recalled', 'cancelled');
+    CREATE UNIQUE INDEX parcels_in_compartment ON parcels(compartment)
+        WHERE state IN ('depositing', 'stored', 'collecting', 'expired', 'recalling');
+    CREATE TABLE codes (
+        hash TEXT PRIMARY KEY,
+        parcel_id TEXT NOT NULL REFERENCES parcels(id),
+        purpose TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX codes_parcel ON codes(parcel_id);
+    CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        type TEXT NOT NULL,
+        at REAL NOT NULL,
+        data TEXT NOT NULL
+    ) STRICT;
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        detail TEXT NOT NULL
+    ) STRICT;
+    CREATE TABLE intents (
+        id INTEGER PRIMARY KEY,
+        label TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        parcel_id TEXT,
+        actor TEXT NOT NULL,
+        created REAL NOT NULL,
+        outcome TEXT,
+        decided REAL
+    ) STRICT;
+    CREATE INDEX intents_open ON intents(label) WHERE outcome IS NULL;
+    CREATE TABLE inbox (
+        command_id TEXT PRIMARY KEY,
+        at REAL NOT NULL,
+        reply TEXT NOT NULL
+    ) STRICT;
+    """,
+]
+
+
+class StoreError(Exception):
+    """Base of the store's errors."""
+
+
+class StoreCorrupt(StoreError):
+    """The database file is damaged or not a lockerd database: stop, never recreate."""
+
+
+class StoreFull(StoreError):
+    """The disk is full: the change was rolled back; nothing stored before is lost."""
+
+
+class StoreConflict(StoreError):
+    """The change contradicts what is stored (a code already live, a duplicate id)."""
+
+
+@dataclass(frozen=True)
+class Intent:
+    id: int
+    label: str
+    purpose: d.Purpose
+    parcel_id: str | None
+    actor: str
+    created: float
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    seq: int
+    id: str
+    type: str
+    at: float
+    data: dict[str, Any]
+
+
+def _translate(exc: sqlite3.Error, path: Path) -> StoreError:
+    text = str(exc)
+    if isinstance(exc, sqlite3.OperationalError) and ("disk is full" in text or "full" in text):
+        return StoreFull(f"{path}: the disk is full ({text}); free space on the device")
+    if isinstance(exc, sqlite3.IntegrityError):
+        return StoreConflict(text)
+    if isinstance(exc, sqlite3.DatabaseError) and (
+        "malformed" in text or "not a database" in text or "corrupt" in text
+    ):
+        return StoreCorrupt(
+            f"{path} is damaged ({text}). lockerd will not start on it and never recreates "
+            "it: keep the file for analysis, restore the last backup, or move it away to "
+            "start an empty hub (its parcels would be lost)"
+        )
+    return StoreError(f"{path}: {text}")
+
+
+class Store:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        existed = self.path.exists()
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            if existed:
+                (check,) = self._db.execute("PRAGMA quick_check").fetchone()
+                if check != "ok":
+                    raise StoreCorrupt(
+                        f"{self.path} failed its integrity check ({check}). lockerd will not "
+                        "start on it and never recreates it: restore the last backup"
+                    )
+            self._migrate()
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+    # ------------------------------------------------------------------ schema
+    def _migrate(self) -> None:
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version > len(SCHEMA):
+            raise StoreCorrupt(
+                f"{self.path} has schema version {version}, newer than this lockerd "
+                f"({len(SCHEMA)}): run the newer lockerd, or restore a backup"
+            )
+        if (
+            version == 0
+            and self._db.execute(
+                "SELECT count(*) FROM sqlite_master WHERE type='table'"
+            ).fetchone()[0]
+        ):
+            raise StoreCorrupt(f"{self.path} is a database, but not lockerd's")
+        for number, script in enumerate(SCHEMA[version:], start=version + 1):
+            # statement by statement: executescript() would COMMIT first, and a migration
+            # and its version number must land together or not at all
+            with self.transaction() as db:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version={number}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic change; ``BEGIN IMMEDIATE`` so writers never deadlock."""
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from exc
+        try:
+            yield db
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise _translate(exc, self.path) from exc
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    # ------------------------------------------------------------------ meta
+    def get_meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _set_meta(self, db: sqlite3.Connection, key: str, value: str) -> None:
+        db.execute(
+            "INSERT INTO meta(key, value) VALUES(?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+            (key, value),
+        )
+
+    # ------------------------------------------------------------------ compartments
+    def sync_compartments(self, compartments: Iterable[d.Compartment]) -> None:
+        """Make the table match the config: add new doors, update size/accessible;
+        a door that holds a parcel is never dropped (the config must keep it)."""
+        wanted = {c.label: c for c in compartments}
+        with self.transaction() as db:
+            have = {r["label"] for r in db.execute("SELECT label FROM compartments")}
+            for label, c in wanted.items():
+                if label in have:
+                    db.execute(
+                        "UPDATE compartments SET size=?, accessible=? WHERE label=?",
+                        (c.size.value, int(c.accessible), label),
+                    )
+                else:
+                    db.execute(
+                        "INSERT INTO compartments(label, size, accessible) VALUES(?, ?, ?)",
+                        (label, c.size.value, int(c.accessible)),
+                    )
+            for label in have - wanted.keys():
+                row = db.execute(
+                    "SELECT parcel_id FROM compartments WHERE label=?", (label,)
+                ).fetchone()
+                if row["parcel_id"] is not None:
+                    raise StoreConflict(
+                        f"compartment {label} holds parcel {row['parcel_id']} but is no longer "
+                        "in the config: put it back, or empty it first"
+                    )
+                db.execute("DELETE FROM compartments WHERE label=?", (label,))
+
+    def compartments(self) -> list[d.Compartment]:
+        return [
+            _compartment(r) for r in self._db.execute("SELECT * FROM compartments ORDER BY label")
+        ]
+
+    def compartment(self, label: str) -> d.Compartment | None:
+        row = self._db.execute("SELECT * FROM compartments WHERE label=?", (label,)).fetchone()
+        return None if row is None else _compartment(row)
+
+    # ------------------------------------------------------------------ parcels and codes
+    def parcel(self, parcel_id: str) -> d.Parcel | None:
+        row = self._db.execute("SELECT * FROM parcels WHERE id=?", (parcel_id,)).fetchone()
+        return None if row is None else _parcel(row)
+
+    def code(self, code_hash: str) -> tuple[d.Parcel, d.Purpose] | None:
+        row = self._db.execute(
+            "SELECT p.*, c.purpose AS code_purpose FROM codes c JOIN parcels p "
+            "ON p.id = c.parcel_id WHERE c.hash=?",
+            (code_hash,),
+        ).fetchone()
+        return None if row is None else (_parcel(row), d.Purpose(row["code_purpose"]))
+
+    def parcels(self, states: Iterable[d.ParcelState] | None = None) -> list[d.Parcel]:
+        if states is None:
+            rows = self._db.execute("SELECT * FROM parcels ORDER BY created")
+        else:
+            wanted = [s.value for s in states]
+            marks = ",".join("?" * len(wanted))
+            rows = self._db.execute(
+                f"SELECT * FROM parcels WHERE state IN ({marks}) ORDER BY created",  # noqa: S608
+                wanted,
+            )
+        return [_parcel(r) for r in rows]
+
+    def add_parcel(
+        self,
+        parcel: d.Parcel,
+        codes: dict[d.Purpose, str],
+        *,
+        now: float,
+        actor: str,
+        events: Iterable[d.Event] = (),
+    ) -> None:
+        """A new reservation with its code hashes, atomically; a code hash already live
+        for another parcel is a :class:`StoreConflict` (nothing is stored)."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO parcels(id, kind, size, state, compartment, deposit_from, "
+                "deposit_until, collect_window_s, collect_until, accessible, has_recall, "
+                "created, updated) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (*_parcel_row(parcel), now, now),
+            )
+            for purpose, code_hash in codes.items():
+                db.execute(
+                    "INSERT INTO codes(hash, parcel_id, purpose) VALUES(?,?,?)",
+                    (code_hash, parcel.id, purpose.value),
+                )
+            self._record(db, events, now=now, actor=actor, action="reserve", target=parcel.id)
+
+    def set_codes(
+        self, parcel_id: str, codes: dict[d.Purpose, str], *, now: float, actor: str
+    ) -> None:
+        """Replace a parcel's codes of the given purposes (one live code per purpose)."""
+        with self.transaction() as db:
+            for purpose, code_hash in codes.items():
+                db.execute(
+                    "DELETE FROM codes WHERE parcel_id=? AND purpose=?", (parcel_id, purpose.value)
+                )
+                db.execute(
+                    "INSERT INTO codes(hash, parcel_id, purpose) VALUES(?,?,?)",
+                    (code_hash, parcel_id, purpose.value),
+                )
+            if d.Purpose.RECALL in codes:
+                db.execute(
+                    "UPDATE parcels SET has_recall=1, updated=? WHERE id=?", (now, parcel_id)
+                )
+            self._audit(
+                db,
+                now=now,
+                actor=actor,
+                action="set_codes",
+                target=parcel_id,
+                detail={"purposes": [p.value for p in codes]},
+            )
+
+    # ------------------------------------------------------------------ applying a change
+    def apply(
+        self,
+        change: d.Change,
+        *,
+        now: float,
+        actor: str,
+        action: str,
+        target: str,
+        intent: tuple[str, d.Purpose, str | None] | None = None,
+        resolve: tuple[int, str] | None = None,
+    ) -> int | None:
+        """Commit a domain change with its events (outbox), an audit line, and the
+        intent it opens or the intent outcome it records. Returns the new intent's id."""
+        if change.refused:
+            raise ValueError("a refused change is not applied")
+        with self.transaction() as db:
+            if change.parcel is not None:
+                self._save_parcel(db, change.parcel, now)
+            if change.compartment is not None:
+                self._save_compartment(db, change.compartment)
+            intent_id = None
+            if intent is not None:
+                label, purpose, parcel_id = intent
+                cur = db.execute(
+                    "INSERT INTO intents(label, purpose, parcel_id, actor, created) "
+                    "VALUES(?,?,?,?,?)",
+                    (label, purpose.value, parcel_id, actor, now),
+                )
+                intent_id = cur.lastrowid
+            if resolve is not None:
+                db.execute(
+                    "UPDATE intents SET outcome=?, decided=? WHERE id=? AND outcome IS NULL",
+                    (resolve[1], now, resolve[0]),
+                )
+            self._record(db, change.events, now=now, actor=actor, action=action, target=target)
+            return intent_id
+
+    def _save_parcel(self, db: sqlite3.Connection, p: d.Parcel, now: float) -> None:
+        db.execute(
+            "UPDATE parcels SET state=?, compartment=?, collect_until=?, has_recall=?, "
+            "updated=? WHERE id=?",
+            (p.state.value, p.compartment, p.collect_until, int(p.has_recall_code), now, p.id),
+        )
+        if p.state in d.FINAL:
+            db.execute("DELETE FROM codes WHERE parcel_id=?", (p.id,))  # spent: gone for good
+        elif p.state is not d.ParcelState.RESERVED:
+            db.execute(
+                "DELETE FROM codes WHERE parcel_id=? AND purpose=?", (p.id, d.Purpose.DEPOSIT.value)
+            )
+
+    def _save_compartment(self, db: sqlite3.Connection, c: d.Compartment) -> None:
+        op = c.operation
+        db.execute(
+            "UPDATE compartments SET in_service=?, content=?, parcel_id=?, door_open=?, "
+            "op_purpose=?, op_parcel=?, op_started=?, op_seen_open=?, op_actor=? WHERE label=?",
+            (
+                int(c.in_service),
+                c.content.value,
+                c.parcel_id,
+                int(c.door_open),
+                op.purpose.value if op else None,
+                op.parcel_id if op else None,
+                op.started_at if op else None,
+                int(op.seen_open) if op else None,
+                op.actor if op else None,
+                c.label,
+            ),
+        )
+
+    def _record(
+        self,
+        db: sqlite3.Connection,
+        events: Iterable[d.Event],
+        *,
+        now: float,
+        actor: str,
+        action: str,
+        target: str,
+    ) -> None:
+        evts = list(events)
+        if evts:
+            row = db.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
+            seq = int(row[0]) if row else 1
+            for e in evts:
+                db.execute(
+                    "INSERT INTO outbox(seq, id, type, at, data) VALUES(?,?,?,?,?)",
+                    (seq, str(uuid.uuid4()), e.type, now, json.dumps(e.data, sort_keys=True)),
+                )
+                seq += 1
+            self._set_meta(db, "next_seq", str(seq))
+        self._audit(
+            db,
+            now=now,
+            actor=actor,
+            action=action,
+            target=target,
+            detail={"events": [e.type for e in evts]},
+        )
+
+    def _audit(
+        self,
+        db: sqlite3.Connection,
+        *,
+        now: float,
+        actor: str,
+        action: str,
+        target: str,
+        detail: dict[str, Any],
+    ) -> None:
+        db.execute(
+            "INSERT INTO audit(at, actor, action, target, detail) VALUES(?,?,?,?,?)",
+            (now, actor, action, target, json.dumps(detail, sort_keys=True)),
+        )
+
+    # ------------------------------------------------------------------ intents, outbox, audit
+    def open_intents(self) -> list[Intent]:
+        return [
+            Intent(
+                r["id"],
+                r["label"],
+                d.Purpose(r["purpose"]),
+                r["parcel_id"],
+                r["actor"],
+                r["created"],
+            )
+            for r in self._db.execute("SELECT * FROM intents WHERE outcome IS NULL ORDER BY id")
+        ]
+
+    def outbox(self, after_seq: int = 0, limit: int = 1000) -> list[OutboxRow]:
+        return [
+            OutboxRow(r["seq"], r["id"], r["type"], r["at"], json.loads(r["data"]))
+            for r in self._db.execute(
+                "SELECT * FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
+            )
+        ]
+
+    def delete_outbox(self, seqs: Iterable[int]) -> None:
+        with self.transaction() as db:
+            db.executemany("DELETE FROM outbox WHERE seq=?", [(s,) for s in seqs])
+
+    def audit(self, limit: int = 100) -> list[dict[str, Any]]:
+        return [
+            {**dict(r), "detail": json.loads(r["detail"])}
+            for r in self._db.execute("SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,))
+        ]
+
+    def integrity_ok(self) -> bool:
+        return bool(self._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok")
+
+
+def _compartment(r: sqlite3.Row) -> d.Compartment:
+    op = None
+    if r["op_purpose"] is not None:
+        op = d.Operation(
+            d.Purpose(r["op_purpose"]),
+            r["op_parcel"],
+            r["op_started"],
+            bool(r["op_seen_open"]),
+            r["op_actor"] or "",
+        )
+    return d.Compartment(
+        r["label"],
+        d.Size(r["size"]),
+        bool(r["accessible"]),
+        bool(r["in_service"]),
+        d.Content(r["content"]),
+        r["parcel_id"],
+        op,
+        bool(r["door_open"]),
+    )
+
+
+def _parcel(r: sqlite3.Row) -> d.Parcel:
+    return d.Parcel(
+        r["id"],
+        d.Kind(r["kind"]),
+        d.Size(r["size"]),
+        d.ParcelState(r["state"]),
+        r["compartment"],
+        r["deposit_from"],
+        r["deposit_until"],
+        r["collect_window_s"],
+        r["collect_until"],
+        bool(r["accessible"]),
+        bool(r["has_recall"]),
+    )
+
+
+def _parcel_row(p: d.Parcel) -> tuple[Any, ...]:
+    return (
+        p.id,
+        p.kind.value,
+        p.size.value,
+        p.state.value,
+        p.compartment,
+        p.deposit_from,
+        p.deposit_until,
+        p.collect_window_s,
+        p.collect_until,
+        int(p.accessible),
+        int(p.has_recall_code),
+    )

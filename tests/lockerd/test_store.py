@@ -1,0 +1,203 @@
+"""The store on real SQLite files: atomic changes with their events, a gapless seq,
+intents, spent codes, and refusal to touch a damaged file."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from lockerd import domain as d
+from lockerd.store import Store, StoreConflict, StoreCorrupt, StoreFull
+
+NOW = 50_000.0
+COMPS = [d.Compartment("A01", d.Size.S), d.Compartment("A02", d.Size.M, accessible=True)]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    s = Store(tmp_path / "hub.db")
+    s.sync_compartments(COMPS)
+    return s
+
+
+def reserve(store: Store, pid: str = "P1", code: str = "h-dep", pickup: str = "h-pick") -> d.Parcel:
+    p = d.Parcel(pid, d.Kind.DELIVERY, d.Size.M, deposit_from=NOW - 10, deposit_until=NOW + 999)
+    store.add_parcel(
+        p,
+        {d.Purpose.DEPOSIT: code, d.Purpose.COLLECT: pickup},
+        now=NOW,
+        actor="cloud",
+        events=[d.Event("parcel_reserved", {"parcel": pid})],
+    )
+    return p
+
+
+def test_a_new_store_is_wal_with_full_sync_and_the_current_schema(tmp_path: Path) -> None:
+    s = Store(tmp_path / "hub.db")
+    db = sqlite3.connect(tmp_path / "hub.db")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert s._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert s.integrity_ok()
+
+
+def test_a_reservation_and_its_codes_land_together(store: Store) -> None:
+    reserve(store)
+    found = store.code("h-dep")
+    assert found is not None
+    assert found[0].id == "P1"
+    assert found[1] is d.Purpose.DEPOSIT
+    assert [r.type for r in store.outbox()] == ["parcel_reserved"]
+    assert store.audit(1)[0]["actor"] == "cloud"
+
+
+def test_a_code_already_live_elsewhere_is_refused_and_nothing_is_stored(store: Store) -> None:
+    reserve(store)
+    with pytest.raises(StoreConflict):
+        reserve(store, pid="P2", code="h-other", pickup="h-pick")  # same pickup hash
+    assert store.parcel("P2") is None
+    assert store.code("h-other") is None
+    assert len(store.outbox()) == 1
+
+
+def test_a_change_commits_with_its_events_and_seq_never_restarts(store: Store) -> None:
+    p = reserve(store)
+    comp = store.compartment("A02")
+    assert comp is not None
+    started = d.start(p, d.Purpose.DEPOSIT, comp, NOW)
+    intent = store.apply(
+        started,
+        now=NOW,
+        actor="terminal:1",
+        action="enter_code",
+        target="A02",
+        intent=("A02", d.Purpose.DEPOSIT, "P1"),
+    )
+    assert intent is not None
+    assert [i.label for i in store.open_intents()] == ["A02"]
+    stored = store.parcel("P1")
+    assert stored is not None
+    assert stored.state is d.ParcelState.DEPOSITING
+    assert store.code("h-dep") is None  # no longer usable once the parcel is in a compartment
+    seqs = [r.seq for r in store.outbox()]
+    assert seqs == [1, 2]
+    store.delete_outbox(seqs)  # delivered to the cloud
+    comp2 = store.compartment("A02")
+    assert comp2 is not None
+    opened = d.door_opened(comp2, NOW + 1)
+    store.apply(
+        opened,
+        now=NOW + 1,
+        actor="monitor",
+        action="door",
+        target="A02",
+        resolve=(intent, "opened"),
+    )
+    assert store.open_intents() == []
+    assert [r.seq for r in store.outbox()] == [3]  # gapless and monotonic, even after deletes
+
+
+def test_spent_codes_are_deleted(store: Store) -> None:
+    p = reserve(store)
+    comp = store.compartment("A02")
+    assert comp is not None
+    for change_fn in (lambda: d.start(p, d.Purpose.DEPOSIT, comp, NOW),):
+        store.apply(change_fn(), now=NOW, actor="t", action="a", target="A02")
+    c = store.compartment("A02")
+    assert c is not None
+    store.apply(d.door_opened(c, NOW), now=NOW, actor="m", action="door", target="A02")
+    c, par = store.compartment("A02"), store.parcel("P1")
+    assert c is not None
+    assert par is not None
+    store.apply(d.door_shut(c, par, NOW + 5), now=NOW + 5, actor="m", action="door", target="A02")
+    par = store.parcel("P1")
+    c = store.compartment("A02")
+    assert par is not None
+    assert c is not None
+    assert store.code("h-pick") is not None  # the pickup code is live now
+    store.apply(
+        d.start(par, d.Purpose.COLLECT, c, NOW + 9),
+        now=NOW + 9,
+        actor="t",
+        action="a",
+        target="A02",
+    )
+    c, par = store.compartment("A02"), store.parcel("P1")
+    assert c is not None
+    assert par is not None
+    store.apply(d.door_opened(c, NOW + 10), now=NOW + 10, actor="m", action="door", target="A02")
+    c = store.compartment("A02")
+    assert c is not None
+    store.apply(d.door_shut(c, par, NOW + 15), now=NOW + 15, actor="m", action="door", target="A02")
+    final = store.parcel("P1")
+    assert final is not None
+    assert final.state is d.ParcelState.COLLECTED
+    assert store.code("h-pick") is None  # spent: gone for good
+
+
+def test_everything_survives_a_reopen(tmp_path: Path) -> None:
+    s = Store(tmp_path / "hub.db")
+    s.sync_compartments(COMPS)
+    reserve(s)
+    s.close()
+    again = Store(tmp_path / "hub.db")
+    assert again.parcel("P1") is not None
+    assert [c.label for c in again.compartments()] == ["A01", "A02"]
+    assert [r.seq for r in again.outbox()] == [1]
+
+
+def test_a_full_disk_rolls_the_change_back_and_keeps_what_was_there(store: Store) -> None:
+    reserve(store)
+    pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+    store._db.execute(f"PRAGMA max_page_count={pages}")  # SQLite's own "disk is full"
+
+    def fill() -> None:
+        for i in range(200):
+            reserve(store, pid=f"X{i}", code=f"c{i}" * 40, pickup=f"p{i}" * 40)
+
+    with pytest.raises(StoreFull, match="disk is full"):
+        fill()
+    assert store.parcel("P1") is not None
+    assert store.integrity_ok()
+    store._db.execute("PRAGMA max_page_count=1073741823")
+    reserve(store, pid="P9", code="h9", pickup="h9p")  # works again once there is room
+
+
+def test_a_compartment_holding_a_parcel_cannot_vanish_from_the_config(store: Store) -> None:
+    p = reserve(store)
+    comp = store.compartment("A02")
+    assert comp is not None
+    store.apply(
+        d.start(p, d.Purpose.DEPOSIT, comp, NOW), now=NOW, actor="t", action="a", target="A02"
+    )
+    with pytest.raises(StoreConflict, match="A02 holds parcel P1"):
+        store.sync_compartments(COMPS[:1])
+    assert store.compartment("A02") is not None
+
+
+def test_a_damaged_file_stops_everything_and_is_never_recreated(tmp_path: Path) -> None:
+    path = tmp_path / "hub.db"
+    path.write_bytes(b"this is not a database at all" * 100)
+    with pytest.raises(StoreCorrupt, match="never recreates"):
+        Store(path)
+    assert path.read_bytes().startswith(b"this is not a database")
+
+
+def test_a_foreign_or_newer_database_is_refused(tmp_path: Path) -> None:
+    foreign = tmp_path / "other.db"
+    db = sqlite3.connect(foreign)
+    db.execute("CREATE TABLE x(y)")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreCorrupt, match="not lockerd's"):
+        Store(foreign)
+    newer = tmp_path / "newer.db"
+    Store(newer).close()
+    db = sqlite3.connect(newer)
+    db.execute("PRAGMA user_version=99")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreCorrupt, match="newer than this lockerd"):
+        Store(newer)
