@@ -103,8 +103,9 @@ def test_spent_codes_are_deleted(store: Store) -> None:
     p = reserve(store)
     comp = store.compartment("A02")
     assert comp is not None
-    for change_fn in (lambda: d.start(p, d.Purpose.DEPOSIT, comp, NOW),):
-        store.apply(change_fn(), now=NOW, actor="t", action="a", target="A02")
+    store.apply(
+        d.start(p, d.Purpose.DEPOSIT, comp, NOW), now=NOW, actor="t", action="a", target="A02"
+    )
     c = store.compartment("A02")
     assert c is not None
     store.apply(d.door_opened(c, NOW), now=NOW, actor="m", action="door", target="A02")
