@@ -399,7 +399,9 @@ class Store:
         )
         if p.state in d.FINAL:
             db.execute("DELETE FROM codes WHERE parcel_id=?", (p.id,))  # spent: gone for good
-        elif p.state is not d.ParcelState.RESERVED:
+        elif p.state not in (d.ParcelState.RESERVED, d.ParcelState.DEPOSITING):
+            # the deposit is confirmed: its code is spent. (While depositing the rules
+            # refuse it, and a jammed or abandoned deposit must be able to use it again.)
             db.execute(
                 "DELETE FROM codes WHERE parcel_id=? AND purpose=?", (p.id, d.Purpose.DEPOSIT.value)
             )

@@ -80,7 +80,8 @@ def test_a_change_commits_with_its_events_and_seq_never_restarts(store: Store) -
     stored = store.parcel("P1")
     assert stored is not None
     assert stored.state is d.ParcelState.DEPOSITING
-    assert store.code("h-dep") is None  # no longer usable once the parcel is in a compartment
+    assert store.code("h-dep") is not None  # kept until the deposit is confirmed ...
+    assert d.check_code(stored, d.Purpose.DEPOSIT, NOW) is d.Refusal.SPENT  # ... but refused
     seqs = [r.seq for r in store.outbox()]
     assert seqs == [1, 2]
     store.delete_outbox(seqs)  # delivered to the cloud
@@ -118,6 +119,7 @@ def test_spent_codes_are_deleted(store: Store) -> None:
     assert par is not None
     assert c is not None
     assert store.code("h-pick") is not None  # the pickup code is live now
+    assert store.code("h-dep") is None  # the deposit is confirmed: its code is spent
     store.apply(
         d.start(par, d.Purpose.COLLECT, c, NOW + 9),
         now=NOW + 9,
