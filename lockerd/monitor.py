@@ -1,0 +1,106 @@
+"""The door monitor's pure core: debouncing readings into door changes.
+
+A reading is every channel's raw door level from one board transaction (the bus
+poller, drivers/poll.py). A door *changes* only after ``debounce_reads`` equal
+readings in a row that differ from its stable state (a slammed door bounces for a
+read or two). A door that changes too often in a short window is *flapping*: a
+loose sensor cable or a failing switch; it is reported as a sensor fault once,
+and its changes keep being reported (a broken sensor must never block an open).
+
+The asynchronous monitor that maps channels to compartment labels and tells the
+service is built on this (lockerd.service).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from drivers.boards import DoorReading
+
+
+@dataclass(frozen=True, slots=True)
+class DoorChange:
+    board: str
+    channel: int  # from 1
+    is_open: bool
+    initial: bool = False  # the first stable reading after start (not a change on site)
+
+
+@dataclass(frozen=True, slots=True)
+class SensorFault:
+    board: str
+    channel: int
+    changes: int
+    window_s: float
+
+
+@dataclass(slots=True)
+class _Door:
+    stable: bool | None = None
+    candidate: bool | None = None
+    count: int = 0
+    changes: deque[float] = field(default_factory=deque)
+    flapping: bool = False
+
+
+class Debouncer:
+    def __init__(
+        self, debounce_reads: int = 2, *, flap_changes: int = 8, flap_window_s: float = 30.0
+    ) -> None:
+        if debounce_reads < 1:
+            raise ValueError("debounce_reads must be at least 1")
+        self.debounce_reads = debounce_reads
+        self.flap_changes = flap_changes
+        self.flap_window_s = flap_window_s
+        self._doors: dict[tuple[str, int], _Door] = {}
+
+    def feed(self, reading: DoorReading, now: float) -> tuple[list[DoorChange], list[SensorFault]]:
+        """Changes (and newly flapping sensors) that ``reading`` settles."""
+        changes: list[DoorChange] = []
+        faults: list[SensorFault] = []
+        for index, level in enumerate(reading.doors_open):
+            channel = index + 1
+            door = self._doors.setdefault((reading.board, channel), _Door())
+            if door.stable is None:
+                door.stable = level
+                changes.append(DoorChange(reading.board, channel, level, initial=True))
+                continue
+            if level == door.stable:
+                door.candidate, door.count = None, 0
+                continue
+            if level == door.candidate:
+                door.count += 1
+            else:
+                door.candidate, door.count = level, 1
+            if door.count < self.debounce_reads:
+                continue
+            door.stable, door.candidate, door.count = level, None, 0
+            changes.append(DoorChange(reading.board, channel, level))
+            fault = self._flap(door, reading.board, channel, now)
+            if fault is not None:
+                faults.append(fault)
+        return changes, faults
+
+    def _flap(self, door: _Door, board: str, channel: int, now: float) -> SensorFault | None:
+        door.changes.append(now)
+        while door.changes and door.changes[0] < now - self.flap_window_s:
+            door.changes.popleft()
+        if len(door.changes) >= self.flap_changes:
+            if not door.flapping:
+                door.flapping = True
+                return SensorFault(board, channel, len(door.changes), self.flap_window_s)
+        elif len(door.changes) <= self.flap_changes // 2:
+            door.flapping = False
+        return None
+
+    def forget(self, board: str) -> None:
+        """A board went offline: its doors start afresh when it is back (their first
+        reading is 'initial' again, so a change while it was away is not lost: the
+        service compares it with what the store believes)."""
+        for key in [k for k in self._doors if k[0] == board]:
+            del self._doors[key]
+
+    def is_open(self, board: str, channel: int) -> bool | None:
+        door = self._doors.get((board, channel))
+        return None if door is None else door.stable

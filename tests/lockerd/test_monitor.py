@@ -1,0 +1,63 @@
+"""Debouncing door readings: bounces are not changes, flapping sensors are faults."""
+
+from __future__ import annotations
+
+from drivers.boards import DoorReading
+from lockerd.monitor import Debouncer, DoorChange
+
+
+def reading(*doors: bool, board: str = "kerong-cu48@0") -> DoorReading:
+    return DoorReading(board, tuple(doors))
+
+
+def feed_all(deb: Debouncer, levels: list[bool], start: float = 0.0) -> list[DoorChange]:
+    out: list[DoorChange] = []
+    for i, level in enumerate(levels):
+        changes, _ = deb.feed(reading(level), start + i * 0.5)
+        out += changes
+    return out
+
+
+def test_the_first_reading_is_the_initial_state() -> None:
+    changes, _ = Debouncer(2).feed(reading(False, True), 0.0)
+    assert [(c.channel, c.is_open, c.initial) for c in changes] == [
+        (1, False, True),
+        (2, True, True),
+    ]
+
+
+def test_a_change_counts_after_two_equal_readings() -> None:
+    changes = feed_all(Debouncer(2), [False, True, True, True])
+    assert [(c.is_open, c.initial) for c in changes] == [(False, True), (True, False)]
+
+
+def test_a_bounce_is_not_a_change() -> None:
+    changes = feed_all(Debouncer(2), [False, True, False, False, True, False])
+    assert [c.is_open for c in changes if not c.initial] == []
+
+
+def test_debounce_of_one_reports_at_once() -> None:
+    changes = feed_all(Debouncer(1), [False, True, False])
+    assert [c.is_open for c in changes if not c.initial] == [True, False]
+
+
+def test_a_flapping_sensor_is_a_fault_once_and_its_changes_still_count() -> None:
+    deb = Debouncer(1, flap_changes=4, flap_window_s=10)
+    faults = []
+    changes = []
+    for i, level in enumerate([False, True, False, True, False, True, False]):
+        c, f = deb.feed(reading(level), i * 0.5)
+        changes += c
+        faults += f
+    assert len(faults) == 1
+    assert faults[0].changes == 4
+    assert len([c for c in changes if not c.initial]) == 6
+
+
+def test_a_board_back_from_offline_starts_afresh() -> None:
+    deb = Debouncer(2)
+    feed_all(deb, [False, False])
+    deb.forget("kerong-cu48@0")
+    assert deb.is_open("kerong-cu48@0", 1) is None
+    changes, _ = deb.feed(reading(True), 10.0)
+    assert changes == [DoorChange("kerong-cu48@0", 1, True, initial=True)]
