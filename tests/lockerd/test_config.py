@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from lockerd.cli import main
 from lockerd.config import ConfigInvalid, Problem, load, parse
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -151,3 +152,24 @@ def test_an_unreadable_file_is_a_problem_not_a_crash(tmp_path: Path) -> None:
     bad.write_bytes(b"\xff\xfe")
     with pytest.raises(ConfigInvalid, match="not UTF-8"):
         load(bad)
+
+
+def test_check_config_command_reports_and_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = ROOT / "config" / "demo-hub.toml"
+    assert main(["check-config", str(good)]) == 0
+    assert "ok: hub demo-hub, 2 bus(es), 3 board(s), 60 compartments" in capsys.readouterr().out
+    bad = tmp_path / "bad.toml"
+    bad.write_text(GOOD.replace("channel = 1 }", "channel = 99 }"))
+    assert main(["check-config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:5: compartments[0].channel: channel 99 is beyond the 24 channels" in err
+    assert "the hub will not start" in err
+
+
+def test_keygen_command_writes_a_private_key_once(tmp_path: Path) -> None:
+    key = tmp_path / "k" / "code.key"
+    assert main(["keygen", str(key)]) == 0
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert main(["keygen", str(key)]) == 1
