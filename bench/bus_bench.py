@@ -65,7 +65,7 @@ def percentile(samples: list[float], q: float) -> float:
 
 
 async def idle_samples(
-    bus: Bus, op: Callable[[], Awaitable[Any]], n: int, warmup: int = 50
+    bus: Bus, op: Callable[[], Awaitable[Any]], n: int, warmup: int = 50, idle_s: float = 0.008
 ) -> tuple[list[float], list[float]]:
     """One transaction at a time on an idle bus (no queue, no gap wait).
 
@@ -78,7 +78,7 @@ async def idle_samples(
     calls: list[float] = []
     own: list[float] = []
     for i in range(warmup + n):
-        await asyncio.sleep(0.008)  # longer than a frame + the silence: the bus is idle
+        await asyncio.sleep(idle_s)  # longer than a frame + the silence: the bus is idle
         bus.last_timing = None
         t0 = loop.time()
         await op()
@@ -154,7 +154,8 @@ async def bench_protocol(protocol: str, n: int) -> list[Figure]:
     figures: list[Figure] = []
     async with simulator(spec, "--spring-delay", "0") as url:
         # gap 0: the bus still keeps the 3.5-character silence at 19200 baud between frames
-        bus = Bus(BusSettings(port=url, baudrate=19200, gap_ms=0, timeout_ms=200))
+        # a board's allowance of 20 ms: the simulator answers in well under 1 ms
+        bus = Bus(BusSettings(port=url, baudrate=19200, gap_ms=0, timeout_ms=20))
         async with bus:
             assert await bus.wait_open(5)
             board: Board[Any] = make_board(bus, settings)
@@ -162,7 +163,10 @@ async def bench_protocol(protocol: str, n: int) -> list[Figure]:
                 ("status", board.read, status_len),
                 ("unlock", lambda: board.unlock(1), unlock_len),
             ):
-                calls, own = await idle_samples(bus, op, n)
+                # after an unlock that may get a reply (CU16), the bus keeps the line free
+                # for it (timeout + its wire time): idle longer than that
+                idle = 0.03 if protocol == "kerong-cu16" and what == "unlock" else 0.008
+                calls, own = await idle_samples(bus, op, n, idle_s=idle)
                 t0 = time.perf_counter()
                 for _ in range(n):
                     await op()

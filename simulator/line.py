@@ -244,16 +244,19 @@ class SimLine:
 
     def _written(self, last: bool, send: Send, data: bytes) -> None:
         """Write a part of a reply; after the last one, the reply is off the line."""
+        end = asyncio.get_running_loop().time()
         send(data)
         if last:
             self._pending -= 1
             if not self._pending:
                 self._pending_until = -math.inf
-            self._reply_done()
+            self._reply_done(end)
 
-    def _reply_done(self) -> None:
+    def _reply_done(self, end: float) -> None:
+        # ``end`` is read *before* the write: the write may wake the master on another
+        # core and delay us, and a late timestamp would report gaps that were not there
         self.stats.replies += 1
-        self._reply_end = max(self._reply_end, asyncio.get_running_loop().time())
+        self._reply_end = max(self._reply_end, end)
 
     def _answer(self, board: SimBoard, request: Any, send: Send) -> None:
         faults = board.faults
@@ -275,8 +278,9 @@ class SimLine:
             parts = [faults.garbage, *parts, faults.garbage]
         loop = asyncio.get_running_loop()
         if delay <= 0 and len(parts) == 1:
+            end = loop.time()
             send(reply)  # bytes go out at once: the reply is off the line now
-            self._reply_done()
+            self._reply_done(end)
             return
         at = loop.time() + delay
         # the reply is pending until its last byte is written (with line speed emulated,
