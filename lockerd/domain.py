@@ -435,6 +435,70 @@ def open_not_seen(compartment: Compartment, parcel: Parcel | None, now: float) -
     )
 
 
+def not_pulsed(compartment: Compartment, parcel: Parcel | None, now: float) -> Change:
+    """The unlock never went out (bus down, board refused): undo the operation as if
+    the code had not been typed; the compartment stays as it was."""
+    op = compartment.operation
+    if op is None or op.seen_open:
+        return Change()
+    comp = replace(compartment, operation=None)
+    new_parcel = None
+    if parcel is not None and op.purpose is Purpose.DEPOSIT:
+        comp = replace(comp, parcel_id=None)
+        new_parcel = replace(parcel, state=ParcelState.RESERVED, compartment=None)
+    elif parcel is not None and op.purpose is Purpose.COLLECT:
+        new_parcel = replace(parcel, state=ParcelState.STORED)
+    elif parcel is not None and op.purpose is Purpose.RECALL:
+        new_parcel = replace(parcel, state=ParcelState.EXPIRED)
+    return Change(
+        parcel=new_parcel,
+        compartment=comp,
+        events=(
+            Event(
+                "door_not_opened",
+                {
+                    "compartment": compartment.label,
+                    "purpose": op.purpose.value,
+                    "parcel": op.parcel_id,
+                },
+            ),
+        ),
+    )
+
+
+def interrupted(compartment: Compartment, parcel: Parcel | None, now: float) -> Change:
+    """At start-up: an operation was under way when the daemon stopped, and its door is
+    shut now. Whether it opened in between nobody knows, so it is never pulsed again
+    and nothing is assumed: the compartment needs a look (attention), a depositing
+    parcel is reserved again (its code works), a collected one stays where it was."""
+    op = compartment.operation
+    if op is None:
+        return Change()
+    comp = replace(compartment, operation=None, door_open=False, content=Content.UNKNOWN)
+    new_parcel = None
+    if parcel is not None and op.purpose is Purpose.DEPOSIT:
+        comp = replace(comp, parcel_id=None)
+        new_parcel = replace(parcel, state=ParcelState.RESERVED, compartment=None)
+    elif parcel is not None and op.purpose is Purpose.COLLECT:
+        new_parcel = replace(parcel, state=ParcelState.STORED)
+    elif parcel is not None and op.purpose is Purpose.RECALL:
+        new_parcel = replace(parcel, state=ParcelState.EXPIRED)
+    return Change(
+        parcel=new_parcel,
+        compartment=comp,
+        events=(
+            Event(
+                "open_interrupted",
+                {
+                    "compartment": compartment.label,
+                    "purpose": op.purpose.value,
+                    "parcel": op.parcel_id,
+                },
+            ),
+        ),
+    )
+
+
 def door_shut(
     compartment: Compartment,
     parcel: Parcel | None,

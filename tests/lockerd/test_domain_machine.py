@@ -137,6 +137,35 @@ class Hub(RuleBasedStateMachine):
         assert not change.compartment.in_service
         self.apply(change)
 
+    @precondition(
+        lambda self: any(c.operation and not c.operation.seen_open for c in self.comps.values())
+    )
+    @rule(data=st.data())
+    def pulse_never_went_out(self, data: st.DataObject) -> None:
+        label = self.pick(
+            data, [k for k, c in self.comps.items() if c.operation and not c.operation.seen_open]
+        )
+        comp = self.comps[label]
+        assert comp.operation is not None
+        pid = comp.operation.parcel_id
+        change = d.not_pulsed(comp, self.parcels.get(pid) if pid else None, self.now)
+        assert [e.type for e in change.events] == ["door_not_opened"]
+        self.apply(change)
+
+    @precondition(lambda self: any(c.operation and not c.door_open for c in self.comps.values()))
+    @rule(data=st.data())
+    def daemon_restarts_mid_operation(self, data: st.DataObject) -> None:
+        label = self.pick(
+            data, [k for k, c in self.comps.items() if c.operation and not c.door_open]
+        )
+        comp = self.comps[label]
+        assert comp.operation is not None
+        pid = comp.operation.parcel_id
+        change = d.interrupted(comp, self.parcels.get(pid) if pid else None, self.now)
+        assert change.compartment is not None
+        assert change.compartment.state is not d.CompartmentState.FREE  # someone must look
+        self.apply(change)
+
     @precondition(lambda self: not all(c.door_open for c in self.comps.values()))
     @rule(data=st.data())
     def forced_open(self, data: st.DataObject) -> None:

@@ -1,0 +1,414 @@
+"""The service: the single entry point for every action, whoever asks.
+
+keypad/kiosk, technician (lockerctl), cloud and door monitor all come here. For an
+open: decide in the domain, commit the change with its intent (store), pulse the
+lock (bus), wait for the door monitor to see the door open, commit the outcome.
+The decision and its commit are serialised by one lock; the pulse and the wait are
+not (the monitor needs the lock to report the door). The store runs on a thread
+of its own, so a slow fsync never stalls the loop that polls the doors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any, Literal, ParamSpec, TypeVar
+
+import structlog
+
+from drivers.boards import Board
+from drivers.errors import BusError, DriverError
+from lockerd import domain as d
+from lockerd.codes import CodeHasher, Throttle, ThrottlePolicy, normalise
+from lockerd.store import Store, StoreError
+
+log = structlog.get_logger("lockerd.service")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+Status = Literal["opened", "jammed", "refused", "wait", "failed", "already_open", "ok"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the person at the keypad (or the technician) is told."""
+
+    status: Status
+    message: str
+    compartment: str | None = None
+    wait_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Door:
+    label: str
+    board: Board[Any]
+    channel: int
+
+
+class HubService:
+    def __init__(
+        self,
+        store: Store,
+        hasher: CodeHasher,
+        doors: list[Door],
+        *,
+        throttle: ThrottlePolicy | None = None,
+        open_confirm_s: float = 3.0,
+        left_open_alarm_s: float = 120.0,
+        fallback_to_larger: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.hasher = hasher
+        self.doors = {door.label: door for door in doors}
+        self._by_channel = {(door.board.key, door.channel): door.label for door in doors}
+        self.throttle = Throttle(throttle or ThrottlePolicy())
+        self.open_confirm_s = open_confirm_s
+        self.left_open_alarm_s = left_open_alarm_s
+        self.fallback = fallback_to_larger
+        self.clock = clock
+        self._lock = asyncio.Lock()
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._seen_open: dict[str, asyncio.Event] = {}
+        self._alarmed_open: set[str] = set()
+
+    async def _db(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._io, lambda: fn(*args, **kwargs))
+
+    def close(self) -> None:
+        self._io.shutdown(wait=True)
+
+    def label_of(self, board_key: str, channel: int) -> str | None:
+        return self._by_channel.get((board_key, channel))
+
+    # ------------------------------------------------------------------ start-up
+    async def reconcile(self, doors_open: dict[str, bool]) -> list[str]:
+        """At start-up, with the first reading of every door: every intent the last run
+        left open is settled from what the doors say, never by pulsing again."""
+        settled: list[str] = []
+        async with self._lock:
+            for intent in await self._db(self.store.open_intents):
+                comp = await self._db(self.store.compartment, intent.label)
+                if comp is None:
+                    continue
+                now = self.clock()
+                parcel = await self._parcel_of(comp)
+                if doors_open.get(intent.label) and comp.operation is not None:
+                    change = d.door_opened(replace(comp, door_open=False), now)
+                    outcome = "opened"
+                else:
+                    change = d.interrupted(comp, parcel, now)
+                    outcome = "interrupted"
+                if not change.refused:
+                    await self._db(
+                        self.store.apply,
+                        change,
+                        now=now,
+                        actor="lockerd",
+                        action="reconcile",
+                        target=intent.label,
+                        resolve=(intent.id, outcome),
+                    )
+                settled.append(f"{intent.label}:{outcome}")
+                log.warning(
+                    "intent_reconciled",
+                    compartment=intent.label,
+                    outcome=outcome,
+                    purpose=intent.purpose.value,
+                )
+        return settled
+
+    async def _parcel_of(self, comp: d.Compartment) -> d.Parcel | None:
+        pid = comp.operation.parcel_id if comp.operation else comp.parcel_id
+        return await self._db(self.store.parcel, pid) if pid else None
+
+    # ------------------------------------------------------------------ the keypad
+    async def enter_code(self, code: str, terminal: str) -> Outcome:  # noqa: PLR0911
+        """Exactly what the hub's keypad does with a code."""
+        now = self.clock()
+        wait = self.throttle.wait(terminal, now)
+        if wait > 0:
+            return Outcome("wait", f"Please wait {wait:.0f} s before the next code.", wait_s=wait)
+        if not normalise(code):
+            return Outcome("refused", d.terminal_message(d.Refusal.UNKNOWN_CODE))
+        code_hash = self.hasher.hash(code)
+        async with self._lock:
+            found = await self._db(self.store.code, code_hash)
+            if found is None:
+                return await self._wrong(terminal, now, d.Refusal.UNKNOWN_CODE)
+            parcel, purpose = found
+            if purpose is d.Purpose.DEPOSIT:
+                comps = await self._db(self.store.compartments)
+                comp = d.allocate(
+                    comps, parcel.size, accessible=parcel.accessible, fallback=self.fallback
+                )
+                if comp is None:
+                    refusal = d.check_code(parcel, purpose, now) or d.Refusal.NO_COMPARTMENT
+                    return await self._refused(terminal, now, refusal, parcel.id)
+            else:
+                comp = (
+                    await self._db(self.store.compartment, parcel.compartment)
+                    if parcel.compartment
+                    else None
+                )
+                if comp is None:
+                    return await self._wrong(terminal, now, d.Refusal.WRONG_STATE)
+            change = d.start(parcel, purpose, comp, now, actor=terminal)
+            if change.refusal is not None:
+                return await self._refused(terminal, now, change.refusal, parcel.id)
+            intent = await self._db(
+                self.store.apply,
+                change,
+                now=now,
+                actor=terminal,
+                action="enter_code",
+                target=comp.label,
+                intent=(comp.label, purpose, parcel.id),
+            )
+            assert intent is not None
+            assert change.compartment is not None
+        return await self._pulse_and_confirm(change.compartment, intent, actor=terminal)
+
+    async def _wrong(self, terminal: str, now: float, refusal: d.Refusal) -> Outcome:
+        for event in self.throttle.wrong(terminal, now):
+            log.error("code_guessing", terminal=terminal, **event.data)
+            await self._db(
+                self.store.apply,
+                d.Change(events=(event,)),
+                now=now,
+                actor=terminal,
+                action="alarm",
+                target=terminal,
+            )
+        return Outcome("refused", d.terminal_message(refusal))
+
+    async def _refused(
+        self, terminal: str, now: float, refusal: d.Refusal, parcel_id: str
+    ) -> Outcome:
+        log.info("code_refused", terminal=terminal, reason=refusal.value, parcel=parcel_id)
+        if refusal in (d.Refusal.NO_COMPARTMENT, d.Refusal.BUSY, d.Refusal.OUT_OF_SERVICE):
+            return Outcome("refused", d.terminal_message(refusal))
+        return await self._wrong(terminal, now, refusal)
+
+    # ------------------------------------------------------------------ technician
+    async def open_compartment(self, label: str, *, actor: str, reason: str) -> Outcome:
+        if not reason.strip():
+            return Outcome("refused", "a reason is required (it goes to the audit log)")
+        async with self._lock:
+            comp = await self._db(self.store.compartment, label)
+            if comp is None or label not in self.doors:
+                return Outcome("refused", f"no compartment {label}")
+            now = self.clock()
+            change = d.service_open(comp, now, actor=actor, reason=reason)
+            if change.refusal is not None:
+                return Outcome("refused", d.terminal_message(change.refusal), label)
+            intent = await self._db(
+                self.store.apply,
+                change,
+                now=now,
+                actor=actor,
+                action="open",
+                target=label,
+                intent=(label, d.Purpose.SERVICE, comp.parcel_id),
+            )
+            assert intent is not None
+            assert change.compartment is not None
+        return await self._pulse_and_confirm(change.compartment, intent, actor=actor)
+
+    async def set_service(self, label: str, in_service: bool, *, actor: str) -> Outcome:
+        return await self._simple(
+            label, actor, "service", lambda c: d.set_service(c, in_service, actor=actor)
+        )
+
+    async def inspect(self, label: str, holds_parcel: bool, *, actor: str) -> Outcome:
+        return await self._simple(
+            label,
+            actor,
+            "inspect",
+            lambda c: d.inspected(c, holds_parcel=holds_parcel, actor=actor),
+        )
+
+    async def _simple(
+        self, label: str, actor: str, action: str, rule: Callable[[d.Compartment], d.Change]
+    ) -> Outcome:
+        async with self._lock:
+            comp = await self._db(self.store.compartment, label)
+            if comp is None:
+                return Outcome("refused", f"no compartment {label}")
+            change = rule(comp)
+            if change.refusal is not None:
+                return Outcome("refused", f"{action} refused: {change.refusal.value}", label)
+            if change.compartment is not None or change.events:
+                await self._db(
+                    self.store.apply,
+                    change,
+                    now=self.clock(),
+                    actor=actor,
+                    action=action,
+                    target=label,
+                )
+        return Outcome("ok", "done", label)
+
+    # ------------------------------------------------------------------ the pulse
+    async def _pulse_and_confirm(self, comp: d.Compartment, intent: int, *, actor: str) -> Outcome:
+        label = comp.label
+        assert comp.operation is not None
+        if comp.operation.seen_open:  # the door stood open already: nothing to pulse
+            await self._resolve(label, intent, "already_open")
+            return Outcome("already_open", f"Compartment {label} is open.", label)
+        door = self.doors[label]
+        seen = self._seen_open.setdefault(label, asyncio.Event())
+        seen.clear()
+        try:
+            await door.board.unlock(door.channel)
+        except (BusError, DriverError) as exc:
+            log.error("unlock_failed", compartment=label, error=str(exc), by=actor)  # noqa: TRY400
+            await self._finish_without_open(label, intent, "not_sent", d.not_pulsed)
+            return Outcome(
+                "failed", "The compartment could not be opened. Please try again.", label
+            )
+        try:
+            async with asyncio.timeout(self.open_confirm_s):
+                await seen.wait()
+        except TimeoutError:
+            log.error(  # noqa: TRY400 - an expected outcome, not a traceback
+                "door_jammed",
+                compartment=label,
+                by=actor,
+                hint="the lock was pulsed but the door was not seen open; "
+                "the compartment is out of service until a technician checks it",
+            )
+            if await self._finish_without_open(label, intent, "jammed", d.open_not_seen):
+                return Outcome(
+                    "jammed", "The compartment did not open. Please contact support.", label
+                )
+        return Outcome("opened", f"Compartment {label} is open.", label)
+
+    async def _finish_without_open(
+        self,
+        label: str,
+        intent: int,
+        outcome: str,
+        rule: Callable[[d.Compartment, d.Parcel | None, float], d.Change],
+    ) -> bool:
+        """Record that the door did not open; ``False`` if it was seen open meanwhile."""
+        async with self._lock:
+            comp = await self._db(self.store.compartment, label)
+            if comp is None or comp.operation is None or comp.operation.seen_open:
+                return False  # seen open after all, in the meantime
+            now = self.clock()
+            change = rule(comp, await self._parcel_of(comp), now)
+            await self._db(
+                self.store.apply,
+                change,
+                now=now,
+                actor="lockerd",
+                action=outcome,
+                target=label,
+                resolve=(intent, outcome),
+            )
+            return True
+
+    async def _resolve(self, label: str, intent: int, outcome: str) -> None:
+        await self._db(
+            self.store.apply,
+            d.Change(),
+            now=self.clock(),
+            actor="lockerd",
+            action=outcome,
+            target=label,
+            resolve=(intent, outcome),
+        )
+
+    # ------------------------------------------------------------------ the door monitor
+    async def door_changed(self, label: str, is_open: bool, occupied: bool | None = None) -> None:
+        """A debounced door state from the monitor. Compared with what the store believes,
+        so the first reading after a start (or after a board comes back) counts too: a
+        door that opened while nobody watched is still a forced door."""
+        async with self._lock:
+            comp = await self._db(self.store.compartment, label)
+            if comp is None or comp.door_open == is_open:
+                return
+            now = self.clock()
+            intents = [i for i in await self._db(self.store.open_intents) if i.label == label]
+            resolve = None
+            if is_open:
+                change = d.door_opened(comp, now)
+                if comp.operation is not None and intents:
+                    resolve = (intents[-1].id, "opened")
+                if change.events and change.events[0].type == "forced_open":
+                    log.error(
+                        "forced_open",
+                        compartment=label,
+                        hint="the door opened with no command; check it",
+                    )
+            else:
+                change = d.door_shut(comp, await self._parcel_of(comp), now, occupied=occupied)
+                self._alarmed_open.discard(label)
+            await self._db(
+                self.store.apply,
+                change,
+                now=now,
+                actor="monitor",
+                action="door",
+                target=label,
+                resolve=resolve,
+            )
+        if is_open and label in self._seen_open:
+            self._seen_open[label].set()
+
+    async def tick(self) -> None:
+        """Time-driven rules: parcels past their window expire; doors left open alarm."""
+        now = self.clock()
+        async with self._lock:
+            for parcel in await self._db(self.store.parcels, [d.ParcelState.STORED]):
+                change = d.expire(parcel, now)
+                if change.parcel is not None:
+                    await self._db(
+                        self.store.apply,
+                        change,
+                        now=now,
+                        actor="lockerd",
+                        action="expire",
+                        target=parcel.id,
+                    )
+            for comp in await self._db(self.store.compartments):
+                if comp.label in self._alarmed_open:
+                    continue
+                change = d.left_open(comp, now, self.left_open_alarm_s)
+                if change.events:
+                    self._alarmed_open.add(comp.label)
+                    log.error("door_left_open", compartment=comp.label)
+                    await self._db(
+                        self.store.apply,
+                        change,
+                        now=now,
+                        actor="lockerd",
+                        action="alarm",
+                        target=comp.label,
+                    )
+
+    async def status(self) -> dict[str, Any]:
+        comps = await self._db(self.store.compartments)
+        return {
+            "compartments": [
+                {
+                    "label": c.label,
+                    "size": c.size.value,
+                    "state": c.state.value,
+                    "door_open": c.door_open,
+                    "parcel": c.parcel_id,
+                }
+                for c in comps
+            ],
+            "throttle": self.throttle.state(self.clock()),
+        }
+
+
+__all__ = ["Door", "HubService", "Outcome", "StoreError"]

@@ -1,0 +1,258 @@
+"""The service end to end on the simulator: real pty, real bus, real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drivers.boards import DoorReading, make_board
+from drivers.bus import Bus
+from drivers.poll import BusPoller
+from drivers.settings import BusSettings, Cu48Settings
+from lockerd import domain as d
+from lockerd.codes import CodeHasher, ThrottlePolicy
+from lockerd.monitor import Debouncer
+from lockerd.service import Door, HubService
+from lockerd.store import Store
+from simulator.boards import SimCu48
+from simulator.line import Simulator
+from tests.conftest import FAST_BUS
+from tests.helpers import eventually
+
+KEY = bytes(range(32))
+SIZES = [("A01", d.Size.S), ("A02", d.Size.M), ("A03", d.Size.M), ("A04", d.Size.XL)]
+
+
+@dataclass
+class Hub:
+    service: HubService
+    store: Store
+    sim: Simulator
+    bus: Bus
+    hasher: CodeHasher
+    now: list[float]
+
+    @property
+    def board(self) -> SimCu48:
+        b = self.sim.board(0)
+        assert isinstance(b, SimCu48)
+        return b
+
+    def reserve(self, pid: str, size: d.Size, deposit: str, pickup: str) -> None:
+        parcel = d.Parcel(
+            pid,
+            d.Kind.DELIVERY,
+            size,
+            deposit_from=self.now[0] - 10,
+            deposit_until=self.now[0] + 86_400,
+            collect_window_s=3600,
+        )
+        self.store.add_parcel(
+            parcel,
+            {
+                d.Purpose.DEPOSIT: self.hasher.hash(deposit),
+                d.Purpose.COLLECT: self.hasher.hash(pickup),
+            },
+            now=self.now[0],
+            actor="cloud",
+        )
+
+    def state(self, label: str) -> d.CompartmentState:
+        comp = self.store.compartment(label)
+        assert comp is not None
+        return comp.state
+
+    def parcel(self, pid: str) -> d.ParcelState:
+        p = self.store.parcel(pid)
+        assert p is not None
+        return p.state
+
+    def events(self) -> list[str]:
+        return [r.type for r in self.store.outbox(limit=10_000)]
+
+
+async def _monitor(service: HubService, queue: asyncio.Queue[DoorReading]) -> None:
+    debouncer = Debouncer(1)
+    loop = asyncio.get_running_loop()
+    while True:
+        reading = await queue.get()
+        changes, _ = debouncer.feed(reading, loop.time())
+        for change in changes:
+            label = service.label_of(change.board, change.channel)
+            if label is not None:  # initial readings too: the service compares with the store
+                await service.door_changed(label, change.is_open)
+
+
+@pytest.fixture
+async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
+    async with contextlib.AsyncExitStack() as stack:
+        hub = await _make_hub(stack, tmp_path)
+        yield hub
+
+
+async def _make_hub(
+    stack: contextlib.AsyncExitStack, tmp_path: Path, *, start_monitor: bool = True
+) -> Hub:
+    sim = Simulator([SimCu48(0, 8, spring_delay_s=0.01)])
+    await stack.enter_async_context(sim)
+    bus = Bus(BusSettings(port=sim.url, **FAST_BUS))
+    await stack.enter_async_context(bus)
+    assert await bus.wait_open(5)
+    board = make_board(bus, Cu48Settings(address=0, channels=8))
+    store = Store(tmp_path / "hub.db")
+    stack.callback(store.close)
+    store.sync_compartments(d.Compartment(label, size) for label, size in SIZES)
+    now = [1_000_000.0]
+    hasher = CodeHasher(KEY)
+    service = HubService(
+        store,
+        hasher,
+        [Door(label, board, i + 1) for i, (label, _) in enumerate(SIZES)],
+        throttle=ThrottlePolicy(free_attempts=2, base_delay_s=30),
+        open_confirm_s=1.0,
+        clock=lambda: now[0],
+    )
+    stack.callback(service.close)
+    if start_monitor:
+        queue: asyncio.Queue[DoorReading] = asyncio.Queue()
+        poller = BusPoller([board], interval_s=0.01, on_reading=queue.put_nowait)
+        tasks = [asyncio.create_task(poller.run()), asyncio.create_task(_monitor(service, queue))]
+
+        async def stop() -> None:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        stack.push_async_callback(stop)
+    return Hub(service, store, sim, bus, hasher, now)
+
+
+async def test_carrier_deposit_then_resident_pickup(hub: Hub) -> None:
+    hub.reserve("P1", d.Size.M, "11112222", "33334444")
+    out = await hub.service.enter_code("1111 2222", "keypad:1")
+    assert out.status == "opened", out
+    assert out.compartment == "A02"  # the smallest free M
+    hub.board.close_door(2)  # the carrier puts the parcel in and shuts the door
+    await eventually(lambda: hub.parcel("P1") is d.ParcelState.STORED, what="deposit confirmed")
+    assert hub.state("A02") is d.CompartmentState.OCCUPIED
+    again = await hub.service.enter_code("11112222", "keypad:1")
+    assert again.status == "refused"  # the deposit code is spent
+    out = await hub.service.enter_code("33334444", "keypad:1")
+    assert out.status == "opened"
+    hub.board.close_door(2)
+    await eventually(lambda: hub.parcel("P1") is d.ParcelState.COLLECTED, what="collected")
+    assert hub.state("A02") is d.CompartmentState.FREE
+    assert {"deposited", "collected", "door_opened", "door_shut"} <= set(hub.events())
+    assert hub.board.unlocks_of(2) == 2  # one pulse per visit, never more
+
+
+async def test_a_jammed_lock_is_reported_and_another_door_is_offered(hub: Hub) -> None:
+    hub.reserve("P1", d.Size.M, "11112222", "33334444")
+    hub.board.faults.jammed.add(2)
+    out = await hub.service.enter_code("11112222", "keypad:1")
+    assert out.status == "jammed"
+    assert hub.state("A02") is d.CompartmentState.OUT_OF_SERVICE
+    assert hub.parcel("P1") is d.ParcelState.RESERVED
+    assert "door_jammed" in hub.events()
+    retry = await hub.service.enter_code("11112222", "keypad:1")
+    assert retry.status == "opened"
+    assert retry.compartment == "A03"
+
+
+async def test_wrong_codes_are_refused_alike_then_throttled(hub: Hub) -> None:
+    first = await hub.service.enter_code("00000000", "keypad:1")
+    second = await hub.service.enter_code("99999999", "keypad:1")
+    assert first.status == second.status == "refused"
+    assert first.message == second.message
+    third = await hub.service.enter_code("12345678", "keypad:1")
+    assert third.status == "refused"
+    blocked = await hub.service.enter_code("12345679", "keypad:1")
+    assert blocked.status == "wait"
+    assert blocked.wait_s > 0
+    assert (await hub.service.enter_code("12345679", "keypad:2")).status == "refused"
+
+
+async def test_a_bus_failure_changes_nothing(hub: Hub) -> None:
+    hub.reserve("P1", d.Size.M, "11112222", "33334444")
+    hub.sim.vanish()
+    await eventually(lambda: not hub.bus.is_open, what="port lost")
+    out = await hub.service.enter_code("11112222", "keypad:1")
+    assert out.status == "failed"
+    assert hub.parcel("P1") is d.ParcelState.RESERVED
+    assert hub.state("A02") is d.CompartmentState.FREE
+    assert hub.store.open_intents() == []
+
+
+async def test_a_forced_door_needs_a_look(hub: Hub) -> None:
+    hub.board.open_door(4)
+    await eventually(lambda: "forced_open" in hub.events(), what="forced open seen")
+    hub.board.close_door(4)
+
+    def shut() -> bool:
+        comp = hub.store.compartment("A04")
+        return comp is not None and not comp.door_open
+
+    await eventually(shut, what="the door seen shut")
+    assert hub.state("A04") is d.CompartmentState.ATTENTION  # neither empty nor full
+    out = await hub.service.inspect("A04", False, actor="tech:ana")
+    assert out.status == "ok"
+    assert hub.state("A04") is d.CompartmentState.FREE
+
+
+async def test_a_technician_open_needs_a_reason_and_is_audited(hub: Hub) -> None:
+    refused = await hub.service.open_compartment("A01", actor="tech:ana", reason=" ")
+    assert refused.status == "refused"
+    assert hub.board.unlocks_of(1) == 0
+    out = await hub.service.open_compartment("A01", actor="tech:ana", reason="cleaning")
+    assert out.status == "opened"
+    audit = hub.store.audit(50)
+    assert any(a["actor"] == "tech:ana" and a["action"] == "open" for a in audit)
+
+
+async def test_a_restart_mid_open_never_pulses_again(tmp_path: Path) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        hub = await _make_hub(stack, tmp_path, start_monitor=False)
+        hub.reserve("P1", d.Size.M, "11112222", "33334444")
+        # the first run decided and committed the intent, then died before the pulse
+        found = hub.store.code(hub.hasher.hash("11112222"))
+        assert found is not None
+        comp = hub.store.compartment("A02")
+        assert comp is not None
+        change = d.start(found[0], d.Purpose.DEPOSIT, comp, hub.now[0])
+        hub.store.apply(
+            change,
+            now=hub.now[0],
+            actor="keypad:1",
+            action="enter_code",
+            target="A02",
+            intent=("A02", d.Purpose.DEPOSIT, "P1"),
+        )
+        settled = await hub.service.reconcile({"A02": False})
+        assert settled == ["A02:interrupted"]
+        assert hub.board.unlocks_of(2) == 0  # never pulsed blindly
+        assert hub.state("A02") is d.CompartmentState.ATTENTION
+        assert hub.parcel("P1") is d.ParcelState.RESERVED  # the carrier's code works again
+        assert hub.store.open_intents() == []
+
+
+def test_no_code_reaches_the_store_in_plain_text(tmp_path: Path) -> None:
+    store = Store(tmp_path / "hub.db")
+    hasher = CodeHasher(KEY)
+    store.add_parcel(
+        d.Parcel("P1", d.Kind.DELIVERY, d.Size.S),
+        {d.Purpose.DEPOSIT: hasher.hash("55556666")},
+        now=0,
+        actor="cloud",
+    )
+    store.close()
+    for f in tmp_path.iterdir():
+        assert b"55556666" not in f.read_bytes()
+
+
+_: Callable[..., Any] = _make_hub
