@@ -54,6 +54,15 @@ class BusPoller:
         self._prepare_at: dict[str, float] = {b.key: 0.0 for b in self.boards}
         self.cycle_done = asyncio.Event()
 
+    def set_consumers(
+        self,
+        on_reading: Callable[[DoorReading], None],
+        on_failure: Callable[[Board[Any], DriverError], None] | None = None,
+    ) -> None:
+        """Who gets the readings and the failures (the door monitor, once built)."""
+        self._on_reading = on_reading
+        self._on_failure = on_failure
+
     def _failed(self, board: Board[Any], exc: DriverError) -> None:
         self.stats.failures[board.key] = self.stats.failures.get(board.key, 0) + 1
         if self._on_failure is not None:

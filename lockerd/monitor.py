@@ -13,10 +13,28 @@ service is built on this (lockerd.service).
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from drivers.boards import DoorReading
+import structlog
+
+from drivers.boards import Board, DoorReading
+from drivers.errors import DriverError
+from drivers.poll import BusPoller
+
+log = structlog.get_logger("lockerd.monitor")
+
+
+class DoorSink(Protocol):
+    """What the monitor tells (the service)."""
+
+    def label_of(self, board_key: str, channel: int) -> str | None: ...
+
+    async def door_changed(
+        self, label: str, is_open: bool, occupied: bool | None = None
+    ) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,3 +122,62 @@ class Debouncer:
     def is_open(self, board: str, channel: int) -> bool | None:
         door = self._doors.get((board, channel))
         return None if door is None else door.stable
+
+
+class DoorMonitor:
+    """Polls every board of every bus (one :class:`BusPoller` per bus), debounces, and
+    tells the service what changed; also sensor faults and boards going offline."""
+
+    def __init__(
+        self,
+        service: DoorSink,
+        pollers: list[BusPoller],
+        *,
+        debounce_reads: int = 2,
+    ) -> None:
+        self.service = service
+        self.pollers = pollers
+        self.debouncer = Debouncer(debounce_reads)
+        self._queue: asyncio.Queue[DoorReading] = asyncio.Queue()
+        self._offline: set[str] = set()
+        for poller in pollers:
+            poller.set_consumers(self._queue.put_nowait, self._failed)
+
+    def _failed(self, board: Board[Any], exc: DriverError) -> None:
+        if not board.bus.health_of(board.key).online and board.key not in self._offline:
+            self._offline.add(board.key)
+            self.debouncer.forget(board.key)  # its doors start afresh when it is back
+            log.error("board_offline_doors_unwatched", board=board.key, error=str(exc))
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            for i, poller in enumerate(self.pollers):
+                tg.create_task(poller.run(), name=f"poll {i}")
+            tg.create_task(self._consume(), name="door monitor")
+
+    async def _consume(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            reading = await self._queue.get()
+            if reading.board in self._offline:
+                self._offline.discard(reading.board)
+                log.info("board_doors_watched_again", board=reading.board)
+            changes, faults = self.debouncer.feed(reading, loop.time())
+            for fault in faults:
+                log.error(
+                    "sensor_fault",
+                    board=fault.board,
+                    channel=fault.channel,
+                    changes=fault.changes,
+                    window_s=fault.window_s,
+                    hint="a door sensor changes too often: check its cable and switch",
+                )
+            for change in changes:
+                label = self.service.label_of(change.board, change.channel)
+                if label is None:
+                    continue
+                occupied = None
+                if reading.occupied is not None:
+                    occupied = reading.occupied[change.channel - 1]
+                # initial readings too: the service compares them with the store
+                await self.service.door_changed(label, change.is_open, occupied)

@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from drivers.boards import DoorReading, make_board
+from drivers.boards import make_board
 from drivers.bus import Bus
 from drivers.poll import BusPoller
 from drivers.settings import BusSettings, Cu48Settings
 from lockerd import domain as d
 from lockerd.codes import CodeHasher, ThrottlePolicy
-from lockerd.monitor import Debouncer
+from lockerd.monitor import DoorMonitor
 from lockerd.service import Door, HubService
 from lockerd.store import Store
 from simulator.boards import SimCu48
@@ -77,18 +77,6 @@ class Hub:
         return [r.type for r in self.store.outbox(limit=10_000)]
 
 
-async def _monitor(service: HubService, queue: asyncio.Queue[DoorReading]) -> None:
-    debouncer = Debouncer(1)
-    loop = asyncio.get_running_loop()
-    while True:
-        reading = await queue.get()
-        changes, _ = debouncer.feed(reading, loop.time())
-        for change in changes:
-            label = service.label_of(change.board, change.channel)
-            if label is not None:  # initial readings too: the service compares with the store
-                await service.door_changed(label, change.is_open)
-
-
 @pytest.fixture
 async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
     async with contextlib.AsyncExitStack() as stack:
@@ -120,9 +108,9 @@ async def _make_hub(
     )
     stack.callback(service.close)
     if start_monitor:
-        queue: asyncio.Queue[DoorReading] = asyncio.Queue()
-        poller = BusPoller([board], interval_s=0.01, on_reading=queue.put_nowait)
-        tasks = [asyncio.create_task(poller.run()), asyncio.create_task(_monitor(service, queue))]
+        poller = BusPoller([board], interval_s=0.01, on_reading=lambda r: None)
+        monitor = DoorMonitor(service, [poller], debounce_reads=1)
+        tasks = [asyncio.create_task(monitor.run())]
 
         async def stop() -> None:
             for t in tasks:
