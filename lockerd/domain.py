@@ -399,6 +399,25 @@ def door_opened(compartment: Compartment, now: float) -> Change:
     )
 
 
+def _undone(
+    compartment: Compartment, parcel: Parcel | None, purpose: Purpose
+) -> tuple[Compartment, Parcel | None]:
+    """An operation that did not happen: the parcel goes back to where it was (a deposit
+    to reserved, its code good again; a collect to stored; a recall to expired)."""
+    comp = replace(compartment, operation=None)
+    if parcel is None:
+        return comp, None
+    if purpose is Purpose.DEPOSIT:
+        return replace(comp, parcel_id=None), replace(
+            parcel, state=ParcelState.RESERVED, compartment=None
+        )
+    if purpose is Purpose.COLLECT:
+        return comp, replace(parcel, state=ParcelState.STORED)
+    if purpose is Purpose.RECALL:
+        return comp, replace(parcel, state=ParcelState.EXPIRED)
+    return comp, None
+
+
 def open_not_seen(compartment: Compartment, parcel: Parcel | None, now: float) -> Change:
     """The lock was pulsed but the door was not seen open in time: jammed.
 
@@ -410,15 +429,8 @@ def open_not_seen(compartment: Compartment, parcel: Parcel | None, now: float) -
     op = compartment.operation
     if op is None or op.seen_open:
         return Change()
-    comp = replace(compartment, operation=None, in_service=False)
-    new_parcel = None
-    if parcel is not None and op.purpose is Purpose.DEPOSIT:
-        comp = replace(comp, parcel_id=None)
-        new_parcel = replace(parcel, state=ParcelState.RESERVED, compartment=None)
-    elif parcel is not None and op.purpose is Purpose.COLLECT:
-        new_parcel = replace(parcel, state=ParcelState.STORED)
-    elif parcel is not None and op.purpose is Purpose.RECALL:
-        new_parcel = replace(parcel, state=ParcelState.EXPIRED)
+    comp, new_parcel = _undone(compartment, parcel, op.purpose)
+    comp = replace(comp, in_service=False)
     return Change(
         parcel=new_parcel,
         compartment=comp,
@@ -441,15 +453,7 @@ def not_pulsed(compartment: Compartment, parcel: Parcel | None, now: float) -> C
     op = compartment.operation
     if op is None or op.seen_open:
         return Change()
-    comp = replace(compartment, operation=None)
-    new_parcel = None
-    if parcel is not None and op.purpose is Purpose.DEPOSIT:
-        comp = replace(comp, parcel_id=None)
-        new_parcel = replace(parcel, state=ParcelState.RESERVED, compartment=None)
-    elif parcel is not None and op.purpose is Purpose.COLLECT:
-        new_parcel = replace(parcel, state=ParcelState.STORED)
-    elif parcel is not None and op.purpose is Purpose.RECALL:
-        new_parcel = replace(parcel, state=ParcelState.EXPIRED)
+    comp, new_parcel = _undone(compartment, parcel, op.purpose)
     return Change(
         parcel=new_parcel,
         compartment=comp,
@@ -474,15 +478,8 @@ def interrupted(compartment: Compartment, parcel: Parcel | None, now: float) -> 
     op = compartment.operation
     if op is None:
         return Change()
-    comp = replace(compartment, operation=None, door_open=False, content=Content.UNKNOWN)
-    new_parcel = None
-    if parcel is not None and op.purpose is Purpose.DEPOSIT:
-        comp = replace(comp, parcel_id=None)
-        new_parcel = replace(parcel, state=ParcelState.RESERVED, compartment=None)
-    elif parcel is not None and op.purpose is Purpose.COLLECT:
-        new_parcel = replace(parcel, state=ParcelState.STORED)
-    elif parcel is not None and op.purpose is Purpose.RECALL:
-        new_parcel = replace(parcel, state=ParcelState.EXPIRED)
+    comp, new_parcel = _undone(compartment, parcel, op.purpose)
+    comp = replace(comp, door_open=False, content=Content.UNKNOWN)
     return Change(
         parcel=new_parcel,
         compartment=comp,

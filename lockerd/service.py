@@ -81,6 +81,29 @@ class HubService:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._io, lambda: fn(*args, **kwargs))
 
+    async def _commit(
+        self,
+        change: d.Change,
+        *,
+        now: float,
+        actor: str,
+        action: str,
+        target: str,
+        intent: tuple[str, d.Purpose, str | None] | None = None,
+        resolve: tuple[int, str] | None = None,
+    ) -> int | None:
+        """A domain change, its events, audit line and intent, in one store transaction."""
+        return await self._db(
+            self.store.apply,
+            change,
+            now=now,
+            actor=actor,
+            action=action,
+            target=target,
+            intent=intent,
+            resolve=resolve,
+        )
+
     def close(self) -> None:
         self._io.shutdown(wait=True)
 
@@ -106,8 +129,7 @@ class HubService:
                     change = d.interrupted(comp, parcel, now)
                     outcome = "interrupted"
                 if not change.refused:
-                    await self._db(
-                        self.store.apply,
+                    await self._commit(
                         change,
                         now=now,
                         actor="lockerd",
@@ -162,8 +184,7 @@ class HubService:
             change = d.start(parcel, purpose, comp, now, actor=terminal)
             if change.refusal is not None:
                 return await self._refused(terminal, now, change.refusal, parcel.id)
-            intent = await self._db(
-                self.store.apply,
+            intent = await self._commit(
                 change,
                 now=now,
                 actor=terminal,
@@ -178,8 +199,7 @@ class HubService:
     async def _wrong(self, terminal: str, now: float, refusal: d.Refusal) -> Outcome:
         for event in self.throttle.wrong(terminal, now):
             log.error("code_guessing", terminal=terminal, **event.data)
-            await self._db(
-                self.store.apply,
+            await self._commit(
                 d.Change(events=(event,)),
                 now=now,
                 actor=terminal,
@@ -208,8 +228,7 @@ class HubService:
             change = d.service_open(comp, now, actor=actor, reason=reason)
             if change.refusal is not None:
                 return Outcome("refused", d.terminal_message(change.refusal), label)
-            intent = await self._db(
-                self.store.apply,
+            intent = await self._commit(
                 change,
                 now=now,
                 actor=actor,
@@ -245,8 +264,7 @@ class HubService:
             if change.refusal is not None:
                 return Outcome("refused", f"{action} refused: {change.refusal.value}", label)
             if change.compartment is not None or change.events:
-                await self._db(
-                    self.store.apply,
+                await self._commit(
                     change,
                     now=self.clock(),
                     actor=actor,
@@ -304,8 +322,7 @@ class HubService:
                 return False  # seen open after all, in the meantime
             now = self.clock()
             change = rule(comp, await self._parcel_of(comp), now)
-            await self._db(
-                self.store.apply,
+            await self._commit(
                 change,
                 now=now,
                 actor="lockerd",
@@ -316,8 +333,7 @@ class HubService:
             return True
 
     async def _resolve(self, label: str, intent: int, outcome: str) -> None:
-        await self._db(
-            self.store.apply,
+        await self._commit(
             d.Change(),
             now=self.clock(),
             actor="lockerd",
@@ -351,8 +367,7 @@ class HubService:
             else:
                 change = d.door_shut(comp, await self._parcel_of(comp), now, occupied=occupied)
                 self._alarmed_open.discard(label)
-            await self._db(
-                self.store.apply,
+            await self._commit(
                 change,
                 now=now,
                 actor="monitor",
@@ -370,8 +385,7 @@ class HubService:
             for parcel in await self._db(self.store.parcels, [d.ParcelState.STORED]):
                 change = d.expire(parcel, now)
                 if change.parcel is not None:
-                    await self._db(
-                        self.store.apply,
+                    await self._commit(
                         change,
                         now=now,
                         actor="lockerd",
@@ -385,8 +399,7 @@ class HubService:
                 if change.events:
                     self._alarmed_open.add(comp.label)
                     log.error("door_left_open", compartment=comp.label)
-                    await self._db(
-                        self.store.apply,
+                    await self._commit(
                         change,
                         now=now,
                         actor="lockerd",
