@@ -407,6 +407,12 @@ class HubService:
                         target=comp.label,
                     )
 
+    async def parcels(self, states: list[d.ParcelState] | None = None) -> list[d.Parcel]:
+        return await self._db(self.store.parcels, states)
+
+    async def events(self, after_seq: int = 0, limit: int = 100) -> list[Any]:
+        return await self._db(self.store.outbox, after_seq, limit)
+
     async def status(self) -> dict[str, Any]:
         comps = await self._db(self.store.compartments)
         return {

@@ -1,0 +1,148 @@
+"""``lockerctl``: the technician's tool. Speaks only to the daemon's local API socket;
+it never opens a serial port.
+
+    lockerctl status | parcels [--state S] | events [--after SEQ] [--follow]
+    lockerctl enter-code CODE [--terminal T]        exactly what the keypad does
+    lockerctl open LABEL --reason TEXT              audited
+    lockerctl service LABEL out|in
+    lockerctl inspect LABEL empty|parcel            settle a compartment needing attention
+    lockerctl bus                                   per-board health and counters
+
+Human tables by default, ``--json`` for scripts, ``--socket PATH`` for another hub.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import os
+import sys
+from typing import Any
+
+from lockerd.api import call
+
+DEFAULT_SOCKET = os.environ.get("LOCKERD_SOCKET", "/run/lockerd/api.sock")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lockerctl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--socket", default=DEFAULT_SOCKET, help="the daemon's API socket")
+    p.add_argument("--json", action="store_true", help="print the raw JSON reply")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("status")
+    parcels = sub.add_parser("parcels")
+    parcels.add_argument("--state", action="append", help="only parcels in this state")
+    events = sub.add_parser("events")
+    events.add_argument("--after", type=int, default=0)
+    events.add_argument("--follow", action="store_true")
+    code = sub.add_parser("enter-code")
+    code.add_argument("code")
+    code.add_argument("--terminal", default="lockerctl")
+    op = sub.add_parser("open")
+    op.add_argument("label")
+    op.add_argument("--reason", required=True)
+    svc = sub.add_parser("service")
+    svc.add_argument("label")
+    svc.add_argument("mode", choices=["out", "in"])
+    ins = sub.add_parser("inspect")
+    ins.add_argument("label")
+    ins.add_argument("content", choices=["empty", "parcel"])
+    sub.add_parser("bus")
+    return p
+
+
+def _actor() -> str:
+    return f"tech:{getpass.getuser()}"
+
+
+def request_for(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0911
+    c = args.command
+    if c == "status":
+        return {"op": "status"}
+    if c == "parcels":
+        return {"op": "parcels", "states": args.state}
+    if c == "events":
+        return {"op": "events", "after_seq": args.after}
+    if c == "enter-code":
+        return {"op": "enter_code", "code": args.code, "terminal": args.terminal}
+    if c == "open":
+        return {"op": "open", "label": args.label, "reason": args.reason, "actor": _actor()}
+    if c == "service":
+        return {
+            "op": "service",
+            "label": args.label,
+            "in_service": args.mode == "in",
+            "actor": _actor(),
+        }
+    if c == "inspect":
+        return {
+            "op": "inspect",
+            "label": args.label,
+            "holds_parcel": args.content == "parcel",
+            "actor": _actor(),
+        }
+    return {"op": c}
+
+
+def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    widths = [max(len(col), *(len(str(r.get(col, ""))) for r in rows)) for col in columns]
+    lines = ["  ".join(col.upper().ljust(w) for col, w in zip(columns, widths, strict=True))]
+    lines += [
+        "  ".join(
+            str(r.get(col, "") if r.get(col) is not None else "-").ljust(w)
+            for col, w in zip(columns, widths, strict=True)
+        )
+        for r in rows
+    ]
+    return "\n".join(lines)
+
+
+def render(command: str, result: Any) -> str:
+    if command == "status":
+        return table(result["compartments"], ["label", "size", "state", "door_open", "parcel"])
+    if command == "parcels":
+        return table(result, ["id", "kind", "size", "state", "compartment"])
+    if command == "events":
+        return "\n".join(f"{e['seq']:>6}  {e['type']:<22} {json.dumps(e['data'])}" for e in result)
+    if command == "bus":
+        return json.dumps(result, indent=2)
+    msg = result.get("message", "")
+    where = f" [{result['compartment']}]" if result.get("compartment") else ""
+    return f"{result.get('status', 'ok')}{where}: {msg}"
+
+
+async def run(args: argparse.Namespace) -> int:
+    req = request_for(args)
+    while True:
+        try:
+            reply = await call(args.socket, req)
+        except (OSError, TimeoutError) as exc:
+            print(f"lockerctl: cannot reach lockerd at {args.socket}: {exc}", file=sys.stderr)
+            return 3
+        if not reply.get("ok"):
+            err = reply.get("error", {})
+            print(f"lockerctl: {err.get('type')}: {err.get('message')}", file=sys.stderr)
+            return 2
+        result = reply["result"]
+        if args.json:
+            print(json.dumps(result, indent=2))
+        elif result or args.command != "events":
+            print(render(args.command, result))
+        if not (args.command == "events" and args.follow):
+            status = result.get("status") if isinstance(result, dict) else None
+            return 1 if status in ("refused", "jammed", "failed", "wait") else 0
+        if result:
+            req["after_seq"] = result[-1]["seq"]
+        await asyncio.sleep(0.5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return asyncio.run(run(args))
+    except KeyboardInterrupt:
+        return 0
