@@ -77,8 +77,14 @@ class Events(_Req):
     limit: int = Field(default=100, ge=1, le=10_000)
 
 
+class SimDoor(_Req):
+    op: Literal["sim_door"]
+    label: str
+    action: Literal["open", "close"]
+
+
 Request = Annotated[
-    Status | EnterCode | Open | SetService | Inspect | Parcels | Events,
+    Status | EnterCode | Open | SetService | Inspect | Parcels | Events | SimDoor,
     Field(discriminator="op"),
 ]
 _REQUEST: TypeAdapter[Any] = TypeAdapter(Request)
@@ -106,6 +112,8 @@ class ApiServer:
         self.path = Path(path)
         self.group = group
         self.extra = extra or {}  # read-only extras, e.g. "bus": the buses' health
+        # on a simulated hub: play the person at a door (lockerctl sim door LABEL open|close)
+        self.sim_door: Callable[[str, str], str] | None = None
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
@@ -176,6 +184,13 @@ class ApiServer:
             return _outcome(await s.set_service(req.label, req.in_service, actor=req.actor))
         if isinstance(req, Inspect):
             return _outcome(await s.inspect(req.label, req.holds_parcel, actor=req.actor))
+        if isinstance(req, SimDoor):
+            if self.sim_door is None:
+                return _error("bad_request", "this hub is not simulated: no door to play with")
+            try:
+                return {"message": self.sim_door(req.label, req.action)}
+            except KeyError as exc:
+                return _error("bad_request", str(exc.args[0]))
         if isinstance(req, Parcels):
             parcels = await s.parcels(req.states)
             return [

@@ -8,12 +8,16 @@ lockerd keygen PATH              a new code key (0600), never overwriting one
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from pathlib import Path
 
 from lockerd.codes import KeyFileError, create_key
 from lockerd.config import ConfigInvalid, load
+from lockerd.daemon import run_demo, run_hub
 from lockerd.hwdemo import main as demo_main
+from lockerd.logs import configure
+from lockerd.store import StoreError
 
 
 def _check_config(path: str) -> int:
@@ -40,15 +44,43 @@ def _keygen(path: str) -> int:
     return 0
 
 
+def _demo(args: list[str]) -> int:
+    if "--hardware" in args:
+        return demo_main([a for a in args if a != "--hardware"])
+    parser = argparse.ArgumentParser(prog="lockerd demo")
+    parser.add_argument("--state-dir", help="keep the hub here (resumed when run again)")
+    parser.add_argument("--socket", help="API socket path (default: in the state directory)")
+    parser.add_argument("--log-level", default="warning")
+    ns = parser.parse_args(args)
+    configure(level=ns.log_level, stream=sys.stderr)
+    return asyncio.run(run_demo(ns.state_dir, ns.socket))
+
+
+def _run(path: str) -> int:
+    configure(level="info")
+    try:
+        cfg = load(path)
+    except ConfigInvalid as exc:
+        print(exc.report(), file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(run_hub(cfg))
+    except (KeyFileError, StoreError) as exc:
+        print(f"lockerd: {exc}", file=sys.stderr)
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["demo"]:
-        return demo_main(args[1:])
+        return _demo(args[1:])
     parser = argparse.ArgumentParser(
         prog="lockerd", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="the hardware layer on the built-in simulator")
+    sub.add_parser("demo", help="the demo hub on the built-in simulator")
+    run = sub.add_parser("run", help="run a hub")
+    run.add_argument("--config", required=True)
     check = sub.add_parser("check-config", help="check a hub config file")
     check.add_argument("file")
     keygen = sub.add_parser("keygen", help="write a new code key file")
@@ -56,4 +88,6 @@ def main(argv: list[str] | None = None) -> int:
     ns = parser.parse_args(args)
     if ns.command == "check-config":
         return _check_config(ns.file)
+    if ns.command == "run":
+        return _run(ns.config)
     return _keygen(ns.path)

@@ -52,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("label")
     ins.add_argument("content", choices=["empty", "parcel"])
     sub.add_parser("bus")
+    sim = sub.add_parser("sim", help="on a simulated hub: play the person at the door")
+    sim_sub = sim.add_subparsers(dest="sim_command", required=True)
+    door = sim_sub.add_parser("door")
+    door.add_argument("label")
+    door.add_argument("action", choices=["open", "close"])
     return p
 
 
@@ -85,6 +90,8 @@ def request_for(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0911
             "holds_parcel": args.content == "parcel",
             "actor": _actor(),
         }
+    if c == "sim":
+        return {"op": "sim_door", "label": args.label, "action": args.action}
     return {"op": c}
 
 
@@ -110,6 +117,8 @@ def render(command: str, result: Any) -> str:
         return "\n".join(f"{e['seq']:>6}  {e['type']:<22} {json.dumps(e['data'])}" for e in result)
     if command == "bus":
         return json.dumps(result, indent=2)
+    if command == "sim":
+        return str(result.get("message", ""))
     msg = result.get("message", "")
     where = f" [{result['compartment']}]" if result.get("compartment") else ""
     return f"{result.get('status', 'ok')}{where}: {msg}"

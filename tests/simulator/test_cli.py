@@ -92,6 +92,7 @@ async def test_demo_plays_its_scene_and_exits_cleanly(tmp_path: Path) -> None:
         "-c",
         "from lockerd.cli import main; raise SystemExit(main())",
         "demo",
+        "--hardware",
         "--once",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
