@@ -173,3 +173,14 @@ def test_keygen_command_writes_a_private_key_once(tmp_path: Path) -> None:
     assert main(["keygen", str(key)]) == 0
     assert key.stat().st_mode & 0o777 == 0o600
     assert main(["keygen", str(key)]) == 1
+
+
+def test_the_example_for_real_hardware_is_valid_once_its_key_exists(tmp_path: Path) -> None:
+    text = (ROOT / "config" / "example-hub.toml").read_text()
+    (missing,) = problems(text)
+    assert missing.where == "codes.key_file"  # on a fresh box: the one thing to create
+    text = text.replace('state_dir = "/var/lib/lockerd"', f'state_dir = "{tmp_path}"')
+    assert main(["keygen", str(tmp_path / "keys" / "code-hmac.key")]) == 0
+    cfg = parse(text)
+    assert cfg.buses[1].port.startswith("tcp://")
+    assert len(cfg.compartments) == 8
