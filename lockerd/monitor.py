@@ -36,6 +36,14 @@ class DoorSink(Protocol):
         self, label: str, is_open: bool, occupied: bool | None = None
     ) -> None: ...
 
+    async def board_event(self, board: str, online: bool, error: str = "") -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _BoardOffline:
+    board: str
+    error: str
+
 
 @dataclass(frozen=True, slots=True)
 class DoorChange:
@@ -138,7 +146,7 @@ class DoorMonitor:
         self.service = service
         self.pollers = pollers
         self.debouncer = Debouncer(debounce_reads)
-        self._queue: asyncio.Queue[DoorReading] = asyncio.Queue()
+        self._queue: asyncio.Queue[DoorReading | _BoardOffline] = asyncio.Queue()
         self._offline: set[str] = set()
         for poller in pollers:
             poller.set_consumers(self._queue.put_nowait, self._failed)
@@ -148,6 +156,7 @@ class DoorMonitor:
             self._offline.add(board.key)
             self.debouncer.forget(board.key)  # its doors start afresh when it is back
             log.error("board_offline_doors_unwatched", board=board.key, error=str(exc))
+            self._queue.put_nowait(_BoardOffline(board.key, str(exc)))
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -159,9 +168,13 @@ class DoorMonitor:
         loop = asyncio.get_running_loop()
         while True:
             reading = await self._queue.get()
+            if isinstance(reading, _BoardOffline):
+                await self.service.board_event(reading.board, False, reading.error)
+                continue
             if reading.board in self._offline:
                 self._offline.discard(reading.board)
                 log.info("board_doors_watched_again", board=reading.board)
+                await self.service.board_event(reading.board, True)
             changes, faults = self.debouncer.feed(reading, loop.time())
             for fault in faults:
                 log.error(

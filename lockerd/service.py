@@ -378,6 +378,19 @@ class HubService:
         if is_open and label in self._seen_open:
             self._seen_open[label].set()
 
+    async def board_event(self, board: str, online: bool, error: str = "") -> None:
+        """A board went offline (its doors are unwatched) or came back: for the cloud."""
+        data = {"board": board} if online else {"board": board, "error": error}
+        event = d.Event("board_online" if online else "board_offline", data)
+        async with self._lock:
+            await self._commit(
+                d.Change(events=(event,)),
+                now=self.clock(),
+                actor="monitor",
+                action="board",
+                target=board,
+            )
+
     async def tick(self) -> None:
         """Time-driven rules: parcels past their window expire; doors left open alarm."""
         now = self.clock()

@@ -244,3 +244,11 @@ def test_no_code_reaches_the_store_in_plain_text(tmp_path: Path) -> None:
 
 
 _: Callable[..., Any] = _make_hub
+
+
+async def test_a_dead_board_and_its_return_reach_the_outbox(hub: Hub) -> None:
+    hub.board.faults.dead = True
+    await eventually(lambda: "board_offline" in hub.events(), within=10, what="board offline")
+    hub.board.faults.clear()
+    await eventually(lambda: "board_online" in hub.events(), within=10, what="board back")
+    assert hub.events().count("board_offline") == 1
