@@ -77,6 +77,16 @@ class Events(_Req):
     limit: int = Field(default=100, ge=1, le=10_000)
 
 
+class Alarms(_Req):
+    op: Literal["alarms"]
+
+
+class Ack(_Req):
+    op: Literal["ack"]
+    id: int = Field(ge=1)
+    actor: str = Field(min_length=1, max_length=64)
+
+
 class SimDoor(_Req):
     op: Literal["sim_door"]
     label: str
@@ -84,7 +94,7 @@ class SimDoor(_Req):
 
 
 Request = Annotated[
-    Status | EnterCode | Open | SetService | Inspect | Parcels | Events | SimDoor,
+    Status | EnterCode | Open | SetService | Inspect | Parcels | Events | Alarms | Ack | SimDoor,
     Field(discriminator="op"),
 ]
 _REQUEST: TypeAdapter[Any] = TypeAdapter(Request)
@@ -184,6 +194,10 @@ class ApiServer:
             return _outcome(await s.set_service(req.label, req.in_service, actor=req.actor))
         if isinstance(req, Inspect):
             return _outcome(await s.inspect(req.label, req.holds_parcel, actor=req.actor))
+        if isinstance(req, Alarms):
+            return await s.alarms()
+        if isinstance(req, Ack):
+            return _outcome(await s.ack(req.id, actor=req.actor))
         if isinstance(req, SimDoor):
             if self.sim_door is None:
                 return _error("bad_request", "this hub is not simulated: no door to play with")

@@ -7,6 +7,7 @@ it never opens a serial port.
     lockerctl service LABEL out|in
     lockerctl inspect LABEL empty|parcel            settle a compartment needing attention
     lockerctl bus                                   per-board health and counters
+    lockerctl alarms | ack ID                       open alarms; acknowledge one
 
 Human tables by default, ``--json`` for scripts, ``--socket PATH`` for another hub.
 """
@@ -52,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("label")
     ins.add_argument("content", choices=["empty", "parcel"])
     sub.add_parser("bus")
+    sub.add_parser("alarms")
+    ack = sub.add_parser("ack")
+    ack.add_argument("id", type=int)
     sim = sub.add_parser("sim", help="on a simulated hub: play the person at the door")
     sim_sub = sim.add_subparsers(dest="sim_command", required=True)
     door = sim_sub.add_parser("door")
@@ -92,6 +96,8 @@ def request_for(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0911
         }
     if c == "sim":
         return {"op": "sim_door", "label": args.label, "action": args.action}
+    if c == "ack":
+        return {"op": "ack", "id": args.id, "actor": _actor()}
     return {"op": c}
 
 
@@ -108,9 +114,14 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-def render(command: str, result: Any) -> str:
+def render(command: str, result: Any) -> str:  # noqa: PLR0911 - one per command
     if command == "status":
-        return table(result["compartments"], ["label", "size", "state", "door_open", "parcel"])
+        text = table(result["compartments"], ["label", "size", "state", "door_open", "parcel"])
+        if result["alarms"]:
+            text += "\n\nopen alarms:\n" + table(result["alarms"], ["id", "type", "target"])
+        return text
+    if command == "alarms":
+        return table(result, ["id", "type", "target", "raised"]) if result else "no open alarms"
     if command == "parcels":
         return table(result, ["id", "kind", "size", "state", "compartment"])
     if command == "events":

@@ -426,9 +426,19 @@ class HubService:
     async def events(self, after_seq: int = 0, limit: int = 100) -> list[Any]:
         return await self._db(self.store.outbox, after_seq, limit)
 
+    async def alarms(self) -> list[dict[str, Any]]:
+        return await self._db(self.store.alarms)
+
+    async def ack(self, alarm_id: int, *, actor: str) -> Outcome:
+        done = await self._db(self.store.ack, alarm_id, actor=actor, now=self.clock())
+        if not done:
+            return Outcome("refused", f"no open alarm {alarm_id}")
+        return Outcome("ok", f"alarm {alarm_id} acknowledged")
+
     async def status(self) -> dict[str, Any]:
         comps = await self._db(self.store.compartments)
         return {
+            "alarms": await self.alarms(),
             "compartments": [
                 {
                     "label": c.label,

@@ -103,7 +103,34 @@ SCHEMA: list[str] = [
         reply TEXT NOT NULL
     ) STRICT;
     """,
+    # 2: alarms a technician acknowledges
+    """
+    CREATE TABLE alarms (
+        id INTEGER PRIMARY KEY,
+        type TEXT NOT NULL,
+        target TEXT NOT NULL,
+        raised REAL NOT NULL,
+        data TEXT NOT NULL,
+        acked REAL,
+        acked_by TEXT
+    ) STRICT;
+    CREATE UNIQUE INDEX alarms_open ON alarms(type, target) WHERE acked IS NULL;
+    """,
 ]
+
+# events that raise an alarm (one open alarm per type and target until acknowledged)
+ALARM_EVENTS = frozenset(
+    {
+        "forced_open",
+        "door_jammed",
+        "door_left_open",
+        "code_guessing",
+        "code_guessing_hub_wide",
+        "board_offline",
+        "open_interrupted",
+        "sensor_fault",
+    }
+)
 
 
 class StoreError(Exception):
@@ -440,11 +467,24 @@ class Store:
             row = db.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
             seq = int(row[0]) if row else 1
             for e in evts:
+                data = json.dumps(e.data, sort_keys=True)
                 db.execute(
                     "INSERT INTO outbox(seq, id, type, at, data) VALUES(?,?,?,?,?)",
-                    (seq, str(uuid.uuid4()), e.type, now, json.dumps(e.data, sort_keys=True)),
+                    (seq, str(uuid.uuid4()), e.type, now, data),
                 )
                 seq += 1
+                if e.type in ALARM_EVENTS:
+                    target = str(
+                        e.data.get("compartment")
+                        or e.data.get("board")
+                        or e.data.get("terminal")
+                        or "hub"
+                    )
+                    db.execute(
+                        "INSERT INTO alarms(type, target, raised, data) VALUES(?,?,?,?) "
+                        "ON CONFLICT DO NOTHING",
+                        (e.type, target, now, data),
+                    )
             self._set_meta(db, "next_seq", str(seq))
         self._audit(
             db,
@@ -501,6 +541,24 @@ class Store:
             {**dict(r), "detail": json.loads(r["detail"])}
             for r in self._db.execute("SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,))
         ]
+
+    def alarms(self, *, open_only: bool = True) -> list[dict[str, Any]]:
+        where = "WHERE acked IS NULL" if open_only else ""
+        return [
+            {**dict(r), "data": json.loads(r["data"])}
+            for r in self._db.execute(f"SELECT * FROM alarms {where} ORDER BY id")  # noqa: S608
+        ]
+
+    def ack(self, alarm_id: int, *, actor: str, now: float) -> bool:
+        """Acknowledge an open alarm; ``False`` if there is no such open alarm."""
+        with self.transaction() as db:
+            cur = db.execute(
+                "UPDATE alarms SET acked=?, acked_by=? WHERE id=? AND acked IS NULL",
+                (now, actor, alarm_id),
+            )
+            if cur.rowcount:
+                self._audit(db, now=now, actor=actor, action="ack", target=str(alarm_id), detail={})
+            return bool(cur.rowcount)
 
     def integrity_ok(self) -> bool:
         return bool(self._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok")

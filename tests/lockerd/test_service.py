@@ -191,6 +191,10 @@ async def test_a_forced_door_needs_a_look(hub: Hub) -> None:
     out = await hub.service.inspect("A04", False, actor="tech:ana")
     assert out.status == "ok"
     assert hub.state("A04") is d.CompartmentState.FREE
+    (alarm,) = await hub.service.alarms()
+    assert (alarm["type"], alarm["target"]) == ("forced_open", "A04")
+    assert (await hub.service.ack(alarm["id"], actor="tech:ana")).status == "ok"
+    assert await hub.service.alarms() == []
 
 
 async def test_a_technician_open_needs_a_reason_and_is_audited(hub: Hub) -> None:

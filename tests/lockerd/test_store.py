@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import lockerd.store as store_module
 from lockerd import domain as d
 from lockerd.store import Store, StoreConflict, StoreCorrupt, StoreFull
 
@@ -38,7 +39,7 @@ def test_a_new_store_is_wal_with_full_sync_and_the_current_schema(tmp_path: Path
     s = Store(tmp_path / "hub.db")
     db = sqlite3.connect(tmp_path / "hub.db")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(store_module.SCHEMA)
     assert s._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert s.integrity_ok()
 
@@ -204,3 +205,38 @@ def test_a_foreign_or_newer_database_is_refused(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(StoreCorrupt, match="newer than this lockerd"):
         Store(newer)
+
+
+def test_an_old_store_is_migrated_in_place_with_its_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    current = store_module.SCHEMA
+    monkeypatch.setattr(store_module, "SCHEMA", current[:1])  # a hub of the first release
+    old = Store(tmp_path / "hub.db")
+    old.sync_compartments(COMPS)
+    reserve(old)
+    old.close()
+    monkeypatch.setattr(store_module, "SCHEMA", current)
+    new = Store(tmp_path / "hub.db")
+    assert new._db.execute("PRAGMA user_version").fetchone()[0] == len(current)
+    assert new.parcel("P1") is not None
+    assert new.alarms() == []
+
+
+def test_alarm_events_open_one_alarm_until_acknowledged(store: Store) -> None:
+    comp = store.compartment("A01")
+    assert comp is not None
+    for _ in range(2):  # the same alarm twice: one open alarm
+        store.apply(
+            d.Change(events=(d.Event("forced_open", {"compartment": "A01"}),)),
+            now=NOW,
+            actor="monitor",
+            action="door",
+            target="A01",
+        )
+    (alarm,) = store.alarms()
+    assert (alarm["type"], alarm["target"]) == ("forced_open", "A01")
+    assert store.ack(alarm["id"], actor="tech:ana", now=NOW + 1)
+    assert store.alarms() == []
+    assert not store.ack(alarm["id"], actor="tech:ana", now=NOW + 2)
+    assert len(store.alarms(open_only=False)) == 1
