@@ -87,6 +87,11 @@ class Ack(_Req):
     actor: str = Field(min_length=1, max_length=64)
 
 
+class EmptyExpired(_Req):
+    op: Literal["empty_expired"]
+    actor: str = Field(min_length=1, max_length=64)
+
+
 class SimDoor(_Req):
     op: Literal["sim_door"]
     label: str
@@ -94,7 +99,17 @@ class SimDoor(_Req):
 
 
 Request = Annotated[
-    Status | EnterCode | Open | SetService | Inspect | Parcels | Events | Alarms | Ack | SimDoor,
+    Status
+    | EnterCode
+    | Open
+    | SetService
+    | Inspect
+    | Parcels
+    | Events
+    | Alarms
+    | Ack
+    | EmptyExpired
+    | SimDoor,
     Field(discriminator="op"),
 ]
 _REQUEST: TypeAdapter[Any] = TypeAdapter(Request)
@@ -198,6 +213,8 @@ class ApiServer:
             return await s.alarms()
         if isinstance(req, Ack):
             return _outcome(await s.ack(req.id, actor=req.actor))
+        if isinstance(req, EmptyExpired):
+            return [_outcome(o) for o in await s.empty_expired(actor=req.actor)]
         if isinstance(req, SimDoor):
             if self.sim_door is None:
                 return _error("bad_request", "this hub is not simulated: no door to play with")

@@ -8,6 +8,7 @@ it never opens a serial port.
     lockerctl inspect LABEL empty|parcel            settle a compartment needing attention
     lockerctl bus                                   per-board health and counters
     lockerctl alarms | ack ID                       open alarms; acknowledge one
+    lockerctl expired | empty-expired               expired parcels; open their doors to empty
 
 Human tables by default, ``--json`` for scripts, ``--socket PATH`` for another hub.
 """
@@ -54,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("content", choices=["empty", "parcel"])
     sub.add_parser("bus")
     sub.add_parser("alarms")
+    sub.add_parser("expired", help="parcels past their pickup window")
+    sub.add_parser("empty-expired", help="open each expired parcel's door to take it out")
     ack = sub.add_parser("ack")
     ack.add_argument("id", type=int)
     sim = sub.add_parser("sim", help="on a simulated hub: play the person at the door")
@@ -96,6 +99,10 @@ def request_for(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0911
         }
     if c == "sim":
         return {"op": "sim_door", "label": args.label, "action": args.action}
+    if c == "expired":
+        return {"op": "parcels", "states": ["expired"]}
+    if c == "empty-expired":
+        return {"op": "empty_expired", "actor": _actor()}
     if c == "ack":
         return {"op": "ack", "id": args.id, "actor": _actor()}
     return {"op": c}
@@ -122,7 +129,9 @@ def render(command: str, result: Any) -> str:  # noqa: PLR0911 - one per command
         return text
     if command == "alarms":
         return table(result, ["id", "type", "target", "raised"]) if result else "no open alarms"
-    if command == "parcels":
+    if command == "empty-expired":
+        return "\n".join(render("open", o) for o in result) or "no expired parcels"
+    if command in ("parcels", "expired"):
         return table(result, ["id", "kind", "size", "state", "compartment"])
     if command == "events":
         return "\n".join(f"{e['seq']:>6}  {e['type']:<22} {json.dumps(e['data'])}" for e in result)

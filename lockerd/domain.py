@@ -338,6 +338,35 @@ def start(
     )
 
 
+def technician_recall(
+    parcel: Parcel, compartment: Compartment, now: float, *, actor: str
+) -> Change:
+    """A technician empties an expired parcel (``lockerctl empty-expired``): the recall
+    flow without a carrier's code; the door shut ends it as recalled."""
+    if parcel.state is not ParcelState.EXPIRED:
+        return _refuse(Refusal.WRONG_STATE)
+    if compartment.operation is not None:
+        return _refuse(Refusal.BUSY)
+    if compartment.label != parcel.compartment or compartment.parcel_id != parcel.id:
+        return _refuse(Refusal.WRONG_STATE)
+    op = Operation(Purpose.RECALL, parcel.id, now, seen_open=compartment.door_open, actor=actor)
+    return Change(
+        parcel=replace(parcel, state=ParcelState.RECALLING),
+        compartment=replace(compartment, operation=op),
+        events=(
+            Event(
+                "door_open_requested",
+                {
+                    "compartment": compartment.label,
+                    "parcel": parcel.id,
+                    "purpose": "recall",
+                    "by": actor,
+                },
+            ),
+        ),
+    )
+
+
 def service_open(compartment: Compartment, now: float, *, actor: str, reason: str) -> Change:
     """A technician opens a door (audited). Whatever it held, the technician sees it."""
     if compartment.operation is not None:

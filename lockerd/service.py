@@ -240,6 +240,38 @@ class HubService:
             assert change.compartment is not None
         return await self._pulse_and_confirm(change.compartment, intent, actor=actor)
 
+    async def empty_expired(self, *, actor: str) -> list[Outcome]:
+        """Open every compartment holding an expired parcel, one after another, for a
+        technician to take it out; each door shut ends that parcel as recalled."""
+        outcomes = []
+        for parcel in await self.parcels([d.ParcelState.EXPIRED]):
+            async with self._lock:
+                fresh = await self._db(self.store.parcel, parcel.id)
+                comp = (
+                    await self._db(self.store.compartment, fresh.compartment)
+                    if fresh is not None and fresh.compartment
+                    else None
+                )
+                if fresh is None or comp is None:
+                    continue
+                now = self.clock()
+                change = d.technician_recall(fresh, comp, now, actor=actor)
+                if change.refusal is not None:
+                    outcomes.append(Outcome("refused", change.refusal.value, comp.label))
+                    continue
+                intent = await self._commit(
+                    change,
+                    now=now,
+                    actor=actor,
+                    action="empty_expired",
+                    target=comp.label,
+                    intent=(comp.label, d.Purpose.RECALL, fresh.id),
+                )
+                assert intent is not None
+                assert change.compartment is not None
+            outcomes.append(await self._pulse_and_confirm(change.compartment, intent, actor=actor))
+        return outcomes
+
     async def set_service(self, label: str, in_service: bool, *, actor: str) -> Outcome:
         return await self._simple(
             label, actor, "service", lambda c: d.set_service(c, in_service, actor=actor)

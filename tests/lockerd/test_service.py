@@ -256,3 +256,32 @@ async def test_a_dead_board_and_its_return_reach_the_outbox(hub: Hub) -> None:
     hub.board.faults.clear()
     await eventually(lambda: "board_online" in hub.events(), within=10, what="board back")
     assert hub.events().count("board_offline") == 1
+
+
+async def test_an_expired_parcel_is_emptied_by_a_technician(hub: Hub) -> None:
+    hub.reserve("P1", d.Size.M, "11112222", "33334444")
+    assert (await hub.service.enter_code("11112222", "keypad:1")).status == "opened"
+    hub.board.close_door(2)
+    await eventually(lambda: hub.parcel("P1") is d.ParcelState.STORED, what="stored")
+    hub.now[0] += 3601  # past the pickup window
+    await hub.service.tick()
+    assert hub.parcel("P1") is d.ParcelState.EXPIRED
+    assert (await hub.service.enter_code("33334444", "keypad:1")).status == "refused"
+    (out,) = await hub.service.empty_expired(actor="tech:ana")
+    assert out.status == "opened"
+    assert out.compartment == "A02"
+    hub.board.close_door(2)
+    await eventually(lambda: hub.parcel("P1") is d.ParcelState.RECALLED, what="emptied")
+    assert hub.state("A02") is d.CompartmentState.FREE
+    assert {"parcel_expired", "recalled"} <= set(hub.events())
+
+
+async def test_a_door_left_open_raises_one_alarm(hub: Hub) -> None:
+    hub.reserve("P1", d.Size.M, "11112222", "33334444")
+    assert (await hub.service.enter_code("11112222", "keypad:1")).status == "opened"
+    hub.now[0] += 121  # the carrier walked away with the door open
+    await hub.service.tick()
+    await hub.service.tick()
+    assert hub.events().count("door_left_open") == 1
+    assert [a["type"] for a in await hub.service.alarms()] == ["door_left_open"]
+    assert hub.parcel("P1") is d.ParcelState.DEPOSITING  # nothing assumed about the parcel
