@@ -13,7 +13,7 @@ import platform
 import sys
 from pathlib import Path
 
-from bench import bus_bench
+from bench import bus_bench, hub_bench
 from bench.bus_bench import Figure
 from lockerd.logs import configure
 
@@ -77,6 +77,7 @@ def main() -> int:
     quick = "--quick" in sys.argv[1:]
     configure(level="warning", stream=sys.stderr)
     figures = bus_bench.main(quick=quick)
+    figures += hub_bench.main(quick=quick, million="--million" in sys.argv[1:])
     width = max(len(f.name) for f in figures)
     for f in figures:
         print(f"{f.name:<{width}}  {f.value:>10.3f} {f.unit:<9} {f.target:<8} {verdict(f)}")

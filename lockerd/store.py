@@ -354,6 +354,30 @@ class Store:
                 )
             self._record(db, events, now=now, actor=actor, action="reserve", target=parcel.id)
 
+    def add_parcels(
+        self, items: list[tuple[d.Parcel, dict[d.Purpose, str]]], *, now: float, actor: str
+    ) -> None:
+        """Many reservations in one transaction (first sync, recovery, ``codes.bulk``)."""
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT INTO parcels(id, kind, size, state, compartment, deposit_from, "
+                "deposit_until, collect_window_s, collect_until, accessible, has_recall, "
+                "created, updated) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                [(*_parcel_row(p), now, now) for p, _ in items],
+            )
+            db.executemany(
+                "INSERT INTO codes(hash, parcel_id, purpose) VALUES(?,?,?)",
+                [(h, p.id, purpose.value) for p, codes in items for purpose, h in codes.items()],
+            )
+            self._audit(
+                db,
+                now=now,
+                actor=actor,
+                action="reserve_bulk",
+                target="*",
+                detail={"parcels": len(items)},
+            )
+
     def set_codes(
         self, parcel_id: str, codes: dict[d.Purpose, str], *, now: float, actor: str
     ) -> None:
