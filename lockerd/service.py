@@ -166,7 +166,12 @@ class HubService:
                 return await self._wrong(terminal, now, d.Refusal.UNKNOWN_CODE)
             parcel, purpose = found
             if purpose is d.Purpose.DEPOSIT:
-                comps = await self._db(self.store.compartments)
+                comps = await self._db(
+                    self.store.allocation_candidates,
+                    parcel.size,
+                    accessible=parcel.accessible,
+                    fallback=self.fallback,
+                )
                 comp = d.allocate(
                     comps, parcel.size, accessible=parcel.accessible, fallback=self.fallback
                 )

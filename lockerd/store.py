@@ -300,6 +300,25 @@ class Store:
             _compartment(r) for r in self._db.execute("SELECT * FROM compartments ORDER BY label")
         ]
 
+    def allocation_candidates(
+        self, size: d.Size, *, accessible: bool, fallback: bool, limit: int = 4
+    ) -> list[d.Compartment]:
+        """The few free compartments :func:`domain.allocate` would choose among, in its
+        own order (smallest size, accessible ones kept for those who need them, label):
+        a deposit loads a handful of rows, not every door of the hub."""
+        ranks = {s: s.rank for s in d.Size}
+        allowed = [s.value for s in d.Size if ranks[s] >= size.rank] if fallback else [size.value]
+        marks = ",".join("?" * len(allowed))
+        rank_sql = "CASE size " + " ".join(f"WHEN '{s.value}' THEN {r}" for s, r in ranks.items())
+        rows = self._db.execute(
+            f"SELECT * FROM compartments WHERE in_service=1 AND content='empty' "  # noqa: S608
+            f"AND op_purpose IS NULL AND door_open=0 AND parcel_id IS NULL "
+            f"AND size IN ({marks}) {'AND accessible=1 ' if accessible else ''}"
+            f"ORDER BY {rank_sql} END, (accessible=1 AND ?=0), label LIMIT ?",
+            (*allowed, int(accessible), limit),
+        )
+        return [_compartment(r) for r in rows]
+
     def compartment(self, label: str) -> d.Compartment | None:
         row = self._db.execute("SELECT * FROM compartments WHERE label=?", (label,)).fetchone()
         return None if row is None else _compartment(row)

@@ -7,6 +7,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import lockerd.store as store_module
 from lockerd import domain as d
@@ -240,3 +242,51 @@ def test_alarm_events_open_one_alarm_until_acknowledged(store: Store) -> None:
     assert store.alarms() == []
     assert not store.ack(alarm["id"], actor="tech:ana", now=NOW + 2)
     assert len(store.alarms(open_only=False)) == 1
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    doors=st.lists(
+        st.tuples(
+            st.sampled_from(list(d.Size)),
+            st.booleans(),
+            st.booleans(),
+            st.sampled_from(["empty", "unknown"]),
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    size=st.sampled_from(list(d.Size)),
+    accessible=st.booleans(),
+    fallback=st.booleans(),
+)
+def test_allocation_candidates_choose_what_allocate_would_choose(
+    tmp_path_factory: pytest.TempPathFactory,
+    doors: list[tuple[d.Size, bool, bool, str]],
+    size: d.Size,
+    accessible: bool,
+    fallback: bool,
+) -> None:
+    s = Store(tmp_path_factory.mktemp("alloc") / "hub.db")
+    comps = [
+        d.Compartment(f"A{i:02d}", sz, accessible=acc, in_service=svc, content=d.Content(content))
+        for i, (sz, acc, svc, content) in enumerate(doors)
+    ]
+    s.sync_compartments(comps)
+    with s.transaction() as db:
+        for c in comps:
+            db.execute(
+                "UPDATE compartments SET in_service=?, content=? WHERE label=?",
+                (int(c.in_service), c.content.value, c.label),
+            )
+    everything = d.allocate(s.compartments(), size, accessible=accessible, fallback=fallback)
+    few = d.allocate(
+        s.allocation_candidates(size, accessible=accessible, fallback=fallback),
+        size,
+        accessible=accessible,
+        fallback=fallback,
+    )
+    assert (few.label if few else None) == (everything.label if everything else None)
+    s.close()
