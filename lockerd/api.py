@@ -197,10 +197,21 @@ class ApiServer:
             log.exception("api_request_failed", op=req.op)
             return _error("internal", f"{type(exc).__name__}: the request failed; see the log")
 
+    async def _status(self) -> dict[str, Any]:
+        """Compartments and alarms (the service), boards (the buses' health)."""
+        status = await self.service.status()
+        if "bus" in self.extra:
+            status["boards"] = [
+                {"bus": bus["bus"], **board}
+                for bus in await self.extra["bus"]()
+                for board in bus["boards"]
+            ]
+        return status
+
     async def _dispatch(self, req: Any) -> Any:  # noqa: PLR0911 - one per request type
         s = self.service
         if isinstance(req, Status):
-            return await s.status()
+            return await self._status()
         if isinstance(req, EnterCode):
             return _outcome(await s.enter_code(req.code, req.terminal))
         if isinstance(req, Open):

@@ -124,6 +124,10 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 def render(command: str, result: Any) -> str:  # noqa: PLR0911 - one per command
     if command == "status":
         text = table(result["compartments"], ["label", "size", "state", "door_open", "parcel"])
+        if result.get("boards"):
+            text += "\n\nboards:\n" + table(
+                result["boards"], ["bus", "board", "online", "requests", "timeouts", "last_error"]
+            )
         if result["alarms"]:
             text += "\n\nopen alarms:\n" + table(result["alarms"], ["id", "type", "target"])
         return text

@@ -90,6 +90,15 @@ async def test_a_newcomer_deposits_collects_and_the_hub_survives_a_kill(tmp_path
     proc, lines = await start_demo(state, sock)
     try:
         assert any("resumed an existing demo hub" in line for line in lines)
+        status = await ctl(sock, "status")
+        assert isinstance(status, dict)
+        boards = status["boards"]
+        assert isinstance(boards, list)
+        assert {(b["bus"], b["board"]) for b in boards if isinstance(b, dict)} == {
+            ("A", "kerong-cu48@0"),
+            ("A", "kerong-cu48@1"),
+            ("B", "modbus-relay@1"),
+        }
         assert await parcel_state(sock, pid) == "stored"  # nothing lost in the kill
         again = await ctl(sock, "enter-code", deposit)
         assert isinstance(again, dict)
