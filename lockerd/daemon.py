@@ -22,7 +22,7 @@ import structlog
 from drivers.boards import Board, DoorReading, make_board
 from drivers.bus import Bus
 from drivers.poll import BusPoller
-from drivers.settings import Cu16Settings, Cu48Settings
+from drivers.settings import ModbusRelaySettings
 from lockerd import domain as d
 from lockerd.api import ApiServer
 from lockerd.codes import CodeHasher, create_key, load_key, new_code
@@ -30,7 +30,7 @@ from lockerd.config import HubConfig, load
 from lockerd.monitor import DoorMonitor
 from lockerd.service import Door, HubService
 from lockerd.store import Store
-from simulator.boards import SimBoard, SimCu16, SimCu48, SimModbusRelay
+from simulator.boards import BOARD_TYPES, SimBoard
 from simulator.line import Simulator
 
 log = structlog.get_logger("lockerd.daemon")
@@ -51,21 +51,21 @@ class Hub:
 
 
 def _sim_board(settings: Any) -> SimBoard:
-    if isinstance(settings, Cu48Settings):
-        return SimCu48(
-            settings.address,
-            settings.channels,
-            door_open_bit=settings.door_open_bit,
-            spring_delay_s=0.3,
-        )
-    if isinstance(settings, Cu16Settings):
-        return SimCu16(
-            settings.address,
-            settings.channels,
-            door_open_bit=settings.door_open_bit,
-            spring_delay_s=0.3,
-        )
-    return SimModbusRelay(settings.address, settings.channels, spring_delay_s=0.3)
+    """The simulated board that answers like the configured one, register map included."""
+    extra: dict[str, Any] = {}
+    if isinstance(settings, ModbusRelaySettings):
+        extra = {
+            "coil_base": settings.coil_base,
+            "input_base": settings.input_base,
+            "flash_base": settings.flash_base,
+        }
+    return BOARD_TYPES[settings.kind](
+        settings.address,
+        settings.channels,
+        door_open_bit=settings.door_open_bit,
+        spring_delay_s=0.3,
+        **extra,
+    )
 
 
 async def _first_readings(pollers: list[BusPoller], service: HubService) -> dict[str, bool]:

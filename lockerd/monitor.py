@@ -23,6 +23,7 @@ import structlog
 from drivers.boards import Board, DoorReading
 from drivers.errors import DriverError
 from drivers.poll import BusPoller
+from lockerd.domain import Event
 
 log = structlog.get_logger("lockerd.monitor")
 
@@ -36,7 +37,7 @@ class DoorSink(Protocol):
         self, label: str, is_open: bool, occupied: bool | None = None
     ) -> None: ...
 
-    async def board_event(self, board: str, online: bool, error: str = "") -> None: ...
+    async def hardware_event(self, event: Event) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +156,8 @@ class DoorMonitor:
         if not board.bus.health_of(board.key).online and board.key not in self._offline:
             self._offline.add(board.key)
             self.debouncer.forget(board.key)  # its doors start afresh when it is back
-            log.error("board_offline_doors_unwatched", board=board.key, error=str(exc))
+            # the bus logged the error once, with its hint; this only says what it means here
+            log.info("board_doors_unwatched", board=board.key)
             self._queue.put_nowait(_BoardOffline(board.key, str(exc)))
 
     async def run(self) -> None:
@@ -169,12 +171,14 @@ class DoorMonitor:
         while True:
             reading = await self._queue.get()
             if isinstance(reading, _BoardOffline):
-                await self.service.board_event(reading.board, False, reading.error)
+                await self.service.hardware_event(
+                    Event("board_offline", {"board": reading.board, "error": reading.error})
+                )
                 continue
             if reading.board in self._offline:
                 self._offline.discard(reading.board)
                 log.info("board_doors_watched_again", board=reading.board)
-                await self.service.board_event(reading.board, True)
+                await self.service.hardware_event(Event("board_online", {"board": reading.board}))
             changes, faults = self.debouncer.feed(reading, loop.time())
             for fault in faults:
                 log.error(
@@ -184,6 +188,18 @@ class DoorMonitor:
                     changes=fault.changes,
                     window_s=fault.window_s,
                     hint="a door sensor changes too often: check its cable and switch",
+                )
+                label = self.service.label_of(fault.board, fault.channel)
+                await self.service.hardware_event(
+                    Event(
+                        "sensor_fault",
+                        {
+                            "board": fault.board,
+                            "channel": fault.channel,
+                            "compartment": label,
+                            "changes": fault.changes,
+                        },
+                    )
                 )
             for change in changes:
                 label = self.service.label_of(change.board, change.channel)

@@ -14,7 +14,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal, ParamSpec, TypeVar
 
 import structlog
@@ -23,7 +23,7 @@ from drivers.boards import Board
 from drivers.errors import BusError, DriverError
 from lockerd import domain as d
 from lockerd.codes import CodeHasher, Throttle, ThrottlePolicy, normalise
-from lockerd.store import Store, StoreError
+from lockerd.store import Store
 
 log = structlog.get_logger("lockerd.service")
 
@@ -123,7 +123,7 @@ class HubService:
                 now = self.clock()
                 parcel = await self._parcel_of(comp)
                 if doors_open.get(intent.label) and comp.operation is not None:
-                    change = d.door_opened(replace(comp, door_open=False), now)
+                    change = d.door_opened(comp, now)
                     outcome = "opened"
                 else:
                     change = d.interrupted(comp, parcel, now)
@@ -389,7 +389,7 @@ class HubService:
             if comp is None or comp.door_open == is_open:
                 return
             now = self.clock()
-            intents = [i for i in await self._db(self.store.open_intents) if i.label == label]
+            intents = await self._db(self.store.open_intents, label)
             resolve = None
             if is_open:
                 change = d.door_opened(comp, now)
@@ -415,24 +415,24 @@ class HubService:
         if is_open and label in self._seen_open:
             self._seen_open[label].set()
 
-    async def board_event(self, board: str, online: bool, error: str = "") -> None:
-        """A board went offline (its doors are unwatched) or came back: for the cloud."""
-        data = {"board": board} if online else {"board": board, "error": error}
-        event = d.Event("board_online" if online else "board_offline", data)
+    async def hardware_event(self, event: d.Event) -> None:
+        """What the monitor saw of the hardware itself (a board offline or back, a failing
+        sensor): into the outbox for the cloud, and an alarm where it is one."""
+        target = str(event.data.get("compartment") or event.data.get("board"))
         async with self._lock:
             await self._commit(
                 d.Change(events=(event,)),
                 now=self.clock(),
                 actor="monitor",
-                action="board",
-                target=board,
+                action="hardware",
+                target=target,
             )
 
     async def tick(self) -> None:
         """Time-driven rules: parcels past their window expire; doors left open alarm."""
         now = self.clock()
         async with self._lock:
-            for parcel in await self._db(self.store.parcels, [d.ParcelState.STORED]):
+            for parcel in await self._db(self.store.parcels_due, now):
                 change = d.expire(parcel, now)
                 if change.parcel is not None:
                     await self._commit(
@@ -442,7 +442,7 @@ class HubService:
                         action="expire",
                         target=parcel.id,
                     )
-            for comp in await self._db(self.store.compartments):
+            for comp in await self._db(self.store.open_for_someone):
                 if comp.label in self._alarmed_open:
                     continue
                 change = d.left_open(comp, now, self.left_open_alarm_s)
@@ -490,4 +490,4 @@ class HubService:
         }
 
 
-__all__ = ["Door", "HubService", "Outcome", "StoreError"]
+__all__ = ["Door", "HubService", "Outcome"]

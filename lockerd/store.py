@@ -116,7 +116,17 @@ SCHEMA: list[str] = [
     ) STRICT;
     CREATE UNIQUE INDEX alarms_open ON alarms(type, target) WHERE acked IS NULL;
     """,
+    # 3: the once-a-second expiry check reads only the parcels that are due
+    """
+    CREATE INDEX parcels_due ON parcels(collect_until) WHERE state = 'stored';
+    """,
 ]
+
+_INSERT_PARCEL = (
+    "INSERT INTO parcels(id, kind, size, state, compartment, deposit_from, deposit_until, "
+    "collect_window_s, collect_until, accessible, has_recall, created, updated) "
+    "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
 
 # events that raise an alarm (one open alarm per type and target until acknowledged)
 ALARM_EVENTS = frozenset(
@@ -300,6 +310,13 @@ class Store:
             _compartment(r) for r in self._db.execute("SELECT * FROM compartments ORDER BY label")
         ]
 
+    def open_for_someone(self) -> list[d.Compartment]:
+        """Compartments whose door is open for an operation (the left-open check)."""
+        rows = self._db.execute(
+            "SELECT * FROM compartments WHERE door_open=1 AND op_purpose IS NOT NULL"
+        )
+        return [_compartment(r) for r in rows]
+
     def allocation_candidates(
         self, size: d.Size, *, accessible: bool, fallback: bool, limit: int = 4
     ) -> list[d.Compartment]:
@@ -348,6 +365,13 @@ class Store:
             )
         return [_parcel(r) for r in rows]
 
+    def parcels_due(self, now: float) -> list[d.Parcel]:
+        """Stored parcels past their collect window (index ``parcels_due``)."""
+        rows = self._db.execute(
+            "SELECT * FROM parcels WHERE state='stored' AND collect_until < ?", (now,)
+        )
+        return [_parcel(r) for r in rows]
+
     def add_parcel(
         self,
         parcel: d.Parcel,
@@ -360,17 +384,7 @@ class Store:
         """A new reservation with its code hashes, atomically; a code hash already live
         for another parcel is a :class:`StoreConflict` (nothing is stored)."""
         with self.transaction() as db:
-            db.execute(
-                "INSERT INTO parcels(id, kind, size, state, compartment, deposit_from, "
-                "deposit_until, collect_window_s, collect_until, accessible, has_recall, "
-                "created, updated) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (*_parcel_row(parcel), now, now),
-            )
-            for purpose, code_hash in codes.items():
-                db.execute(
-                    "INSERT INTO codes(hash, parcel_id, purpose) VALUES(?,?,?)",
-                    (code_hash, parcel.id, purpose.value),
-                )
+            self._insert_parcels(db, [(parcel, codes)], now)
             self._record(db, events, now=now, actor=actor, action="reserve", target=parcel.id)
 
     def add_parcels(
@@ -378,16 +392,7 @@ class Store:
     ) -> None:
         """Many reservations in one transaction (first sync, recovery, ``codes.bulk``)."""
         with self.transaction() as db:
-            db.executemany(
-                "INSERT INTO parcels(id, kind, size, state, compartment, deposit_from, "
-                "deposit_until, collect_window_s, collect_until, accessible, has_recall, "
-                "created, updated) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [(*_parcel_row(p), now, now) for p, _ in items],
-            )
-            db.executemany(
-                "INSERT INTO codes(hash, parcel_id, purpose) VALUES(?,?,?)",
-                [(h, p.id, purpose.value) for p, codes in items for purpose, h in codes.items()],
-            )
+            self._insert_parcels(db, items, now)
             self._audit(
                 db,
                 now=now,
@@ -396,6 +401,18 @@ class Store:
                 target="*",
                 detail={"parcels": len(items)},
             )
+
+    def _insert_parcels(
+        self,
+        db: sqlite3.Connection,
+        items: list[tuple[d.Parcel, dict[d.Purpose, str]]],
+        now: float,
+    ) -> None:
+        db.executemany(_INSERT_PARCEL, [(*_parcel_row(p), now, now) for p, _ in items])
+        db.executemany(
+            "INSERT INTO codes(hash, parcel_id, purpose) VALUES(?,?,?)",
+            [(h, p.id, purpose.value) for p, codes in items for purpose, h in codes.items()],
+        )
 
     def set_codes(
         self, parcel_id: str, codes: dict[d.Purpose, str], *, now: float, actor: str
@@ -554,7 +571,14 @@ class Store:
         )
 
     # ------------------------------------------------------------------ intents, outbox, audit
-    def open_intents(self) -> list[Intent]:
+    def open_intents(self, label: str | None = None) -> list[Intent]:
+        """Intents without an outcome, all or one compartment's (index ``intents_open``)."""
+        if label is None:
+            rows = self._db.execute("SELECT * FROM intents WHERE outcome IS NULL ORDER BY id")
+        else:
+            rows = self._db.execute(
+                "SELECT * FROM intents WHERE outcome IS NULL AND label=? ORDER BY id", (label,)
+            )
         return [
             Intent(
                 r["id"],
@@ -564,7 +588,7 @@ class Store:
                 r["actor"],
                 r["created"],
             )
-            for r in self._db.execute("SELECT * FROM intents WHERE outcome IS NULL ORDER BY id")
+            for r in rows
         ]
 
     def outbox(self, after_seq: int = 0, limit: int = 1000) -> list[OutboxRow]:

@@ -61,3 +61,41 @@ def test_a_board_back_from_offline_starts_afresh() -> None:
     assert deb.is_open("kerong-cu48@0", 1) is None
     changes, _ = deb.feed(reading(True), 10.0)
     assert changes == [DoorChange("kerong-cu48@0", 1, True, initial=True)]
+
+
+class _Sink:
+    """The monitor's consumer, recording what it is told (the service's interface)."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.doors: list[tuple[str, bool]] = []
+
+    def label_of(self, board_key: str, channel: int) -> str | None:
+        return f"A{channel:02d}"
+
+    async def door_changed(self, label: str, is_open: bool, occupied: bool | None = None) -> None:
+        self.doors.append((label, is_open))
+
+    async def hardware_event(self, event: Event) -> None:
+        self.events.append(event)
+
+
+async def test_a_flapping_sensor_reaches_the_service_as_an_event() -> None:
+    sink = _Sink()
+    monitor = DoorMonitor(sink, [], debounce_reads=1)
+    monitor.debouncer.flap_changes = 4
+    for i in range(8):
+        monitor._queue.put_nowait(reading(i % 2 == 1))
+    task = asyncio.create_task(monitor._consume())
+    await eventually(lambda: len(sink.doors) == 8, what="every reading consumed")
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    (fault,) = sink.events
+    assert fault.type == "sensor_fault"
+    assert fault.data["compartment"] == "A01"
+
+
+def test_the_simulated_board_follows_the_configured_register_map() -> None:
+    board = _sim_board(ModbusRelaySettings(address=3, channels=4, coil_base=16, input_base=32))
+    assert isinstance(board, SimModbusRelay)
+    assert (board.address, board.channels, board.coil_base, board.input_base) == (3, 4, 16, 32)
