@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from drivers.boards import DoorReading
-from lockerd.monitor import Debouncer, DoorChange
+from drivers.settings import ModbusRelaySettings
+from lockerd.daemon import _sim_board
+from lockerd.domain import Event
+from lockerd.monitor import Debouncer, DoorChange, DoorMonitor
+from simulator.boards import SimModbusRelay
+from tests.helpers import eventually
 
 
 def reading(*doors: bool, board: str = "kerong-cu48@0") -> DoorReading:
