@@ -115,3 +115,15 @@ async def test_lockerctl_without_a_daemon_says_so(tmp_path: Path) -> None:
     rc, _, err = await lockerctl(tmp_path / "nope.sock", "status")
     assert rc == 3
     assert "cannot reach lockerd" in err
+
+
+async def test_an_oversized_request_is_refused_not_buffered(served: tuple[Hub, Path]) -> None:
+    _, sock = served
+    reader, writer = await asyncio.open_unix_connection(str(sock))
+    writer.write(b'{"op": "status", "pad": "' + b"x" * 70_000 + b'"}\n')
+    await writer.drain()
+    reply = json.loads(await reader.readline())
+    assert reply["ok"] is False
+    assert "over 65536 bytes" in reply["error"]["message"]
+    writer.close()
+    assert (await call(sock, {"op": "status"}))["ok"] is True  # the daemon serves on
