@@ -95,7 +95,7 @@ class EmptyExpired(_Req):
 class SimDoor(_Req):
     op: Literal["sim_door"]
     label: str
-    action: Literal["open", "close"]
+    action: Literal["open", "close", "put", "take", "jam", "unjam"]
 
 
 Request = Annotated[

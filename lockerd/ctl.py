@@ -63,7 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim_sub = sim.add_subparsers(dest="sim_command", required=True)
     door = sim_sub.add_parser("door")
     door.add_argument("label")
-    door.add_argument("action", choices=["open", "close"])
+    door.add_argument(
+        "action",
+        choices=["open", "close", "put", "take", "jam", "unjam"],
+        help="a person opens or shuts the door, puts something in or takes it out "
+        "(boards with occupancy sensors); jam/unjam the lock (a pulse will not open it)",
+    )
     return p
 
 

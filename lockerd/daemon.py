@@ -30,7 +30,7 @@ from lockerd.config import HubConfig, load
 from lockerd.monitor import DoorMonitor
 from lockerd.service import Door, HubService
 from lockerd.store import Store
-from simulator.boards import BOARD_TYPES, SimBoard
+from simulator.boards import BOARD_TYPES, SimBoard, SimCu16
 from simulator.line import Simulator
 
 log = structlog.get_logger("lockerd.daemon")
@@ -158,8 +158,24 @@ def _sim_door(cfg: HubConfig, sims: dict[str, Simulator]) -> Any:
             raise KeyError(f"no compartment {label}")
         bus, address, channel = where[label]
         board = sims[bus].board(address)
-        (board.open_door if action == "open" else board.close_door)(channel)
-        return f"a person {'opens' if action == 'open' else 'shuts'} {label}"
+        if action == "open":
+            board.open_door(channel)
+            return f"a person opens {label}"
+        if action == "close":
+            board.close_door(channel)
+            return f"a person shuts {label}"
+        if action in ("put", "take"):
+            if not isinstance(board, SimCu16):
+                raise KeyError(f"{label} has no occupancy sensor")
+            board.put_parcel(channel, action == "put")
+            return (
+                f"a person {'puts something in' if action == 'put' else 'takes it out of'} {label}"
+            )
+        if action == "jam":
+            board.faults.jammed.add(channel)
+            return f"the lock of {label} is jammed: a pulse will not open it"
+        board.faults.jammed.discard(channel)
+        return f"the lock of {label} works again"
 
     return door
 
@@ -214,6 +230,26 @@ def sample_reservations(hub: Hub, say: Any) -> None:
             events=[d.Event("parcel_reserved", {"parcel": pid, "size": size})],
         )
         say(f"parcel {pid} size {size} deposit {deposit} pickup {pickup}")
+    pid = "DEMO-004"
+    drop, collect = new_code(hub.cfg.codes.length), new_code(hub.cfg.codes.length)
+    parcel = d.Parcel(
+        pid,
+        d.Kind.RETURN,
+        d.Size.S,
+        deposit_from=now - 60,
+        deposit_until=now + 7 * 86_400,
+        collect_window_s=hub.cfg.timers.pickup_window_h * 3600,
+    )
+    hub.store.add_parcel(
+        parcel,
+        {d.Purpose.DEPOSIT: hasher.hash(drop), d.Purpose.COLLECT: hasher.hash(collect)},
+        now=now,
+        actor="demo",
+        events=[d.Event("parcel_reserved", {"parcel": pid, "size": "S", "kind": "return"})],
+    )
+    say(f"parcel {pid} size S deposit {drop} pickup {collect}")
+    say(f"  ({pid} is a return: a resident drops it off with its deposit code,")
+    say("   a carrier collects it with its pickup code)")
 
 
 def demo_config(state_dir: str | None, socket: str | None) -> tuple[HubConfig, bool]:
@@ -254,13 +290,15 @@ async def run_demo(state_dir: str | None, socket: str | None) -> int:
         say(f"  {ctl} sim door LABEL close        # collected")
         say(f"  {ctl} events                      # what the cloud will be told")
         say(f"  {ctl} open A05 --reason 'check'  # a technician's audited open")
+        say(f"  {ctl} sim door D01 put            # D01-D08 have occupancy sensors:")
+        say("                                       # put something in before shutting")
         say("serving until Ctrl-C")
         await serve(hub)
     return 0
 
 
 async def run_hub(cfg: HubConfig) -> int:
-    async with open_hub(cfg) as hub:
+    async with open_hub(cfg, simulate=cfg.simulated) as hub:
         log.info("lockerd_ready", hub=cfg.hub_id, compartments=len(cfg.compartments))
         await serve(hub)
     return 0

@@ -564,6 +564,44 @@ def _settle_by_sensor(comp: Compartment, occupied: bool | None) -> Compartment:
     return comp if comp.parcel_id else replace(comp, content=Content.EMPTY)
 
 
+def occupancy_seen(compartment: Compartment, occupied: bool) -> Change:
+    """A steady occupancy reading of a shut door nobody is using, compared with what the
+    store believes. Something in a compartment recorded empty makes it unknown (never
+    allocated) and raises an alarm; a recorded parcel the sensor does not see raises an
+    alarm but is never wished away: a person looks (``inspect``)."""
+    comp = compartment
+    if comp.operation is not None or comp.door_open or not comp.in_service:
+        return Change()  # the door's shut decides, with the sensor's word at that moment
+    if comp.content is Content.UNKNOWN:
+        settled = _settle_by_sensor(comp, occupied)
+        return Change(compartment=settled) if settled != comp else Change()
+    if occupied and comp.content is Content.EMPTY:
+        return Change(
+            compartment=replace(comp, content=Content.UNKNOWN),
+            events=(
+                Event(
+                    "occupancy_mismatch",
+                    {"compartment": comp.label, "store": "empty", "sensor": "occupied"},
+                ),
+            ),
+        )
+    if not occupied and comp.content is Content.PARCEL:
+        return Change(
+            events=(
+                Event(
+                    "occupancy_mismatch",
+                    {
+                        "compartment": comp.label,
+                        "parcel": comp.parcel_id,
+                        "store": "parcel",
+                        "sensor": "empty",
+                    },
+                ),
+            )
+        )
+    return Change()
+
+
 def _finish_deposit(comp: Compartment, parcel: Parcel, now: float, occupied: bool | None) -> Change:
     label = comp.label
     if occupied is False:

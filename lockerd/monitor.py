@@ -37,6 +37,8 @@ class DoorSink(Protocol):
         self, label: str, is_open: bool, occupied: bool | None = None
     ) -> None: ...
 
+    async def occupancy_seen(self, label: str, occupied: bool) -> None: ...
+
     async def hardware_event(self, event: Event) -> None: ...
 
 
@@ -133,6 +135,32 @@ class Debouncer:
         return None if door is None else door.stable
 
 
+class Occupancy:
+    """Occupancy sensors debounced like doors: a new steady value (the first one too)
+    is reported once; the service compares it with the store."""
+
+    def __init__(self, debounce_reads: int = 2) -> None:
+        self.debounce_reads = debounce_reads
+        self._seen: dict[tuple[str, int], _Door] = {}
+
+    def feed(self, reading: DoorReading) -> list[tuple[int, bool]]:
+        settled: list[tuple[int, bool]] = []
+        for index, level in enumerate(reading.occupied or ()):
+            seen = self._seen.setdefault((reading.board, index + 1), _Door())
+            if level == seen.candidate:
+                seen.count += 1
+            else:
+                seen.candidate, seen.count = level, 1
+            if seen.count >= self.debounce_reads and seen.stable != level:
+                seen.stable = level
+                settled.append((index + 1, level))
+        return settled
+
+    def forget(self, board: str) -> None:
+        for key in [k for k in self._seen if k[0] == board]:
+            del self._seen[key]
+
+
 class DoorMonitor:
     """Polls every board of every bus (one :class:`BusPoller` per bus), debounces, and
     tells the service what changed; also sensor faults and boards going offline."""
@@ -147,6 +175,7 @@ class DoorMonitor:
         self.service = service
         self.pollers = pollers
         self.debouncer = Debouncer(debounce_reads)
+        self.occupancy = Occupancy(debounce_reads)
         self._queue: asyncio.Queue[DoorReading | _BoardOffline] = asyncio.Queue()
         self._offline: set[str] = set()
         for poller in pollers:
@@ -156,6 +185,7 @@ class DoorMonitor:
         if not board.bus.health_of(board.key).online and board.key not in self._offline:
             self._offline.add(board.key)
             self.debouncer.forget(board.key)  # its doors start afresh when it is back
+            self.occupancy.forget(board.key)
             # the bus logged the error once, with its hint; this only says what it means here
             log.info("board_doors_unwatched", board=board.key)
             self._queue.put_nowait(_BoardOffline(board.key, str(exc)))
@@ -210,3 +240,7 @@ class DoorMonitor:
                     occupied = reading.occupied[change.channel - 1]
                 # initial readings too: the service compares them with the store
                 await self.service.door_changed(label, change.is_open, occupied)
+            for channel, occupied in self.occupancy.feed(reading):
+                label = self.service.label_of(reading.board, channel)
+                if label is not None:
+                    await self.service.occupancy_seen(label, occupied)

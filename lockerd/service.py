@@ -23,7 +23,7 @@ from drivers.boards import Board
 from drivers.errors import BusError, DriverError
 from lockerd import domain as d
 from lockerd.codes import CodeHasher, Throttle, ThrottlePolicy, normalise
-from lockerd.store import Store
+from lockerd.store import Store, StoreConflict
 
 log = structlog.get_logger("lockerd.service")
 
@@ -221,6 +221,48 @@ class HubService:
             return Outcome("refused", d.terminal_message(refusal))
         return await self._wrong(terminal, now, refusal)
 
+    # ------------------------------------------------------------------ reservations
+    async def reserve(
+        self, parcel: d.Parcel, codes: dict[d.Purpose, str], *, actor: str
+    ) -> Outcome:
+        """A new reservation (from the cloud) with its code hashes; never a plain code."""
+        async with self._lock:
+            if await self._db(self.store.parcel, parcel.id) is not None:
+                return Outcome("refused", f"parcel {parcel.id} is already reserved")
+            event = d.Event(
+                "parcel_reserved",
+                {"parcel": parcel.id, "kind": parcel.kind.value, "size": parcel.size.value},
+            )
+            try:
+                await self._db(
+                    self.store.add_parcel,
+                    parcel,
+                    codes,
+                    now=self.clock(),
+                    actor=actor,
+                    events=[event],
+                )
+            except StoreConflict:
+                return Outcome("refused", "a code of this parcel is already in use")
+        return Outcome("ok", f"parcel {parcel.id} reserved")
+
+    async def cancel(self, parcel_id: str, *, actor: str) -> Outcome:
+        """The cloud cancels a reservation: only before the parcel is in a compartment."""
+        async with self._lock:
+            parcel = await self._db(self.store.parcel, parcel_id)
+            if parcel is None:
+                return Outcome("refused", f"no parcel {parcel_id}")
+            change = d.cancel(parcel)
+            if change.refusal is not None:
+                return Outcome(
+                    "refused", f"parcel {parcel_id} is {parcel.state.value}: too late to cancel"
+                )
+            if change.parcel is not None:
+                await self._commit(
+                    change, now=self.clock(), actor=actor, action="cancel", target=parcel_id
+                )
+        return Outcome("ok", f"parcel {parcel_id} cancelled")
+
     # ------------------------------------------------------------------ technician
     async def open_compartment(self, label: str, *, actor: str, reason: str) -> Outcome:
         if not reason.strip():
@@ -414,6 +456,27 @@ class HubService:
             )
         if is_open and label in self._seen_open:
             self._seen_open[label].set()
+
+    async def occupancy_seen(self, label: str, occupied: bool) -> None:
+        """A steady occupancy reading (boards with sensors), compared with the store."""
+        async with self._lock:
+            comp = await self._db(self.store.compartment, label)
+            if comp is None:
+                return
+            change = d.occupancy_seen(comp, occupied)
+            if change.compartment is None and not change.events:
+                return
+            if change.events:
+                log.error(
+                    "occupancy_mismatch",
+                    compartment=label,
+                    sensor="occupied" if occupied else "empty",
+                    hint="the occupancy sensor disagrees with the store: look inside, "
+                    "then `lockerctl inspect LABEL empty|parcel`",
+                )
+            await self._commit(
+                change, now=self.clock(), actor="monitor", action="occupancy", target=label
+            )
 
     async def hardware_event(self, event: d.Event) -> None:
         """What the monitor saw of the hardware itself (a board offline or back, a failing

@@ -132,6 +132,7 @@ _INSERT_PARCEL = (
 ALARM_EVENTS = frozenset(
     {
         "forced_open",
+        "occupancy_mismatch",
         "door_jammed",
         "door_left_open",
         "code_guessing",

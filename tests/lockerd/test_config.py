@@ -50,9 +50,15 @@ def problems(text: str) -> list[Problem]:
 def test_the_shipped_demo_hub_is_valid() -> None:
     cfg = load(ROOT / "config" / "demo-hub.toml")
     assert cfg.hub_id == "demo-hub"
-    assert len(cfg.compartments) == 60
+    assert len(cfg.compartments) == 68
     assert {c.size for c in cfg.compartments} == {"S", "M", "L", "XL"}
-    assert [b.name for b in cfg.buses] == ["A", "B"]
+    assert [b.name for b in cfg.buses] == ["A", "B", "C"]
+    assert [b.kind for bus in cfg.buses for b in bus.boards] == [
+        "kerong-cu48",
+        "kerong-cu48",
+        "modbus-relay",
+        "kerong-cu16",
+    ]
 
 
 def test_a_good_config_parses_with_defaults() -> None:
@@ -159,7 +165,7 @@ def test_check_config_command_reports_and_exits_2(
 ) -> None:
     good = ROOT / "config" / "demo-hub.toml"
     assert main(["check-config", str(good)]) == 0
-    assert "ok: hub demo-hub, 2 bus(es), 3 board(s), 60 compartments" in capsys.readouterr().out
+    assert "ok: hub demo-hub, 3 bus(es), 4 board(s), 68 compartments" in capsys.readouterr().out
     bad = tmp_path / "bad.toml"
     bad.write_text(GOOD.replace("channel = 1 }", "channel = 99 }"))
     assert main(["check-config", str(bad)]) == 2

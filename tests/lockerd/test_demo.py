@@ -71,6 +71,7 @@ async def test_a_newcomer_deposits_collects_and_the_hub_survives_a_kill(tmp_path
             ("DEMO-001", "S"),
             ("DEMO-002", "M"),
             ("DEMO-003", "L"),
+            ("DEMO-004", "S"),  # a return
         ]
         pid, _, deposit, pickup = parcels[1]
         opened = await ctl(sock, "enter-code", deposit)
@@ -98,6 +99,7 @@ async def test_a_newcomer_deposits_collects_and_the_hub_survives_a_kill(tmp_path
             ("A", "kerong-cu48@0"),
             ("A", "kerong-cu48@1"),
             ("B", "modbus-relay@1"),
+            ("C", "kerong-cu16@0"),
         }
         assert await parcel_state(sock, pid) == "stored"  # nothing lost in the kill
         again = await ctl(sock, "enter-code", deposit)

@@ -76,12 +76,16 @@ class _Sink:
     def __init__(self) -> None:
         self.events: list[Event] = []
         self.doors: list[tuple[str, bool]] = []
+        self.occupied: list[tuple[str, bool]] = []
 
     def label_of(self, board_key: str, channel: int) -> str | None:
         return f"A{channel:02d}"
 
     async def door_changed(self, label: str, is_open: bool, occupied: bool | None = None) -> None:
         self.doors.append((label, is_open))
+
+    async def occupancy_seen(self, label: str, occupied: bool) -> None:
+        self.occupied.append((label, occupied))
 
     async def hardware_event(self, event: Event) -> None:
         self.events.append(event)
