@@ -94,6 +94,59 @@ class Paths(_Model):
     )
 
 
+class Cloud(_Model):
+    """The MQTT link to the operator's cloud (docs/mqtt.md). Absent: the hub runs alone."""
+
+    url: str = Field(
+        pattern=r"^mqtts?://[^/:]+(:[0-9]{1,5})?/?$",
+        description="mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (TLS)",
+    )
+    prefix: str = Field(default="lockers", pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    client_id: str | None = Field(default=None, description="default: the hub id")
+    username: str | None = None
+    password_file: str | None = Field(
+        default=None, description="file holding the MQTT password (not the password itself)"
+    )
+    ca_file: str | None = Field(default=None, description="CA that signed the broker (mqtts)")
+    cert_file: str | None = Field(default=None, description="this hub's client certificate")
+    key_file: str | None = Field(default=None, description="this hub's client key")
+    command_key_file: str = Field(
+        default="keys/cloud-commands.pub",
+        description="the cloud's Ed25519 public key (PEM) that signs door-opening commands",
+    )
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    session_expiry_s: int = Field(
+        default=7 * 86_400, ge=0, description="how long the broker keeps our session offline"
+    )
+    reconnect_min_s: float = Field(default=1.0, gt=0)
+    reconnect_max_s: float = Field(default=60.0, gt=0)
+    command_skew_s: float = Field(
+        default=30.0, ge=0, le=600, description="clock difference tolerated on signed commands"
+    )
+    command_max_life_s: float = Field(
+        default=300.0, gt=0, le=3600, description="longest lifetime of a signed command"
+    )
+    outbox_quota_mb: float = Field(
+        default=64.0, gt=0, description="disk for events waiting for the cloud"
+    )
+    state_coalesce_s: float = Field(
+        default=1.0, ge=0, le=60, description="compartment snapshots at most this often"
+    )
+
+    @property
+    def tls(self) -> bool:
+        return self.url.startswith("mqtts://")
+
+    @property
+    def host(self) -> str:
+        return self.url.split("://", 1)[1].rstrip("/").split(":")[0]
+
+    @property
+    def port(self) -> int:
+        rest = self.url.split("://", 1)[1].rstrip("/")
+        return int(rest.split(":")[1]) if ":" in rest else (8883 if self.tls else 1883)
+
+
 class HubConfig(_Model):
     hub_id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{2,62}$", description="e.g. hub-0042")
     buses: list[BusConfig] = Field(min_length=1)
@@ -101,13 +154,18 @@ class HubConfig(_Model):
     timers: Timers = Timers()
     codes: Codes = Codes()
     paths: Paths = Paths()
+    cloud: Cloud | None = None
     simulated: bool = Field(
         default=False, description="buses are served by the built-in simulator (demo, tests)"
     )
 
     def key_path(self) -> Path:
-        key = Path(self.codes.key_file)
-        return key if key.is_absolute() else Path(self.paths.state_dir) / key
+        return self.state_path(self.codes.key_file)
+
+    def state_path(self, name: str) -> Path:
+        """A file named in the config: relative to the state directory unless absolute."""
+        path = Path(name)
+        return path if path.is_absolute() else Path(self.paths.state_dir) / path
 
 
 # ======================================================================================
@@ -258,7 +316,44 @@ class _Checker:
         self.compartments()
         if not self.cfg.simulated:
             self.key_file()
+        self.cloud()
         return self.problems
+
+    def cloud(self) -> None:
+        cloud = self.cfg.cloud
+        if cloud is None:
+            return
+        if cloud.reconnect_min_s > cloud.reconnect_max_s:
+            self.add(
+                "cloud.reconnect_min_s",
+                "reconnect_min_s is longer than reconnect_max_s",
+                "make the first retry the shortest",
+            )
+        if (cloud.cert_file is None) != (cloud.key_file is None):
+            self.add(
+                "cloud.cert_file",
+                "a client certificate needs its key, and a key its certificate",
+                "set both cert_file and key_file, or neither",
+            )
+        if cloud.cert_file is not None and not cloud.tls:
+            self.add(
+                "cloud.url",
+                "a client certificate is set but the url is not mqtts://",
+                "use mqtts://HOST:8883 to connect with TLS",
+            )
+        if cloud.password_file is not None and cloud.username is None:
+            self.add("cloud.password_file", "a password without a username", "set username")
+        if self.cfg.simulated:
+            return  # the demo makes its own keys
+        for name in ("ca_file", "cert_file", "key_file", "password_file", "command_key_file"):
+            value = getattr(cloud, name)
+            if value is not None and not self.cfg.state_path(value).exists():
+                self.add(
+                    f"cloud.{name}",
+                    f"{name} {self.cfg.state_path(value)} does not exist",
+                    "install the file from the operator's provisioning bundle, "
+                    "or correct the path (relative paths start at the state directory)",
+                )
 
     def buses(self) -> None:
         names = Counter(b.name for b in self.cfg.buses)

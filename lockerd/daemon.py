@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from drivers.boards import Board, DoorReading, make_board
 from drivers.bus import Bus
@@ -25,6 +27,7 @@ from drivers.poll import BusPoller
 from drivers.settings import ModbusRelaySettings
 from lockerd import domain as d
 from lockerd.api import ApiServer
+from lockerd.cloud import CloudLink
 from lockerd.codes import CodeHasher, create_key, load_key, new_code
 from lockerd.config import HubConfig, load
 from lockerd.monitor import DoorMonitor
@@ -48,6 +51,31 @@ class Hub:
     monitor: DoorMonitor
     api: ApiServer
     sims: dict[str, Simulator] = field(default_factory=dict)
+    cloud: CloudLink | None = None
+
+
+def demo_command_keys(public: Path) -> Path:
+    """The demo plays the cloud too: an Ed25519 key pair for signed commands (the
+    private key next to the public one, for ``lockerctl cloud``). Real hubs get only
+    the cloud's public key."""
+    private = public.with_suffix(".key")
+    if not public.exists():
+        key = Ed25519PrivateKey.generate()
+        public.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        private.chmod(0o600)
+        public.write_bytes(
+            key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+    return private
 
 
 def _sim_board(settings: Any) -> SimBoard:
@@ -135,6 +163,12 @@ async def open_hub(cfg: HubConfig, *, simulate: bool = False) -> AsyncIterator[H
         )
         stack.callback(service.close)
         await service.reconcile(await _first_readings(pollers, service))
+        cloud = None
+        if cfg.cloud is not None:
+            if simulate:
+                demo_command_keys(cfg.state_path(cfg.cloud.command_key_file))
+            cloud = CloudLink(cfg.cloud, cfg.hub_id, service, state_dir=state)
+            await cloud.settle_unfinished()
         monitor = DoorMonitor(service, pollers, debounce_reads=cfg.timers.debounce_reads)
 
         async def bus_health() -> Any:
@@ -147,7 +181,7 @@ async def open_hub(cfg: HubConfig, *, simulate: bool = False) -> AsyncIterator[H
             api.sim_door = _sim_door(cfg, sims)
         await api.start()
         stack.push_async_callback(api.close)
-        yield Hub(cfg, store, service, buses, boards, monitor, api, sims)
+        yield Hub(cfg, store, service, buses, boards, monitor, api, sims, cloud)
 
 
 def _sim_door(cfg: HubConfig, sims: dict[str, Simulator]) -> Any:
@@ -196,6 +230,8 @@ async def serve(hub: Hub) -> None:
         asyncio.create_task(hub.monitor.run(), name="monitor"),
         asyncio.create_task(ticker(), name="ticker"),
     ]
+    if hub.cloud is not None:
+        tasks.append(asyncio.create_task(hub.cloud.run(), name="cloud link"))
     waiter = asyncio.create_task(stop.wait())
     await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
     for t in [waiter, *tasks]:

@@ -23,7 +23,7 @@ from drivers.boards import Board
 from drivers.errors import BusError, DriverError
 from lockerd import domain as d
 from lockerd.codes import CodeHasher, Throttle, ThrottlePolicy, normalise
-from lockerd.store import Store, StoreConflict
+from lockerd.store import Inbox, Store, StoreConflict
 
 log = structlog.get_logger("lockerd.service")
 
@@ -75,11 +75,35 @@ class HubService:
         self._lock = asyncio.Lock()
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self._seen_open: dict[str, asyncio.Event] = {}
+        self.on_commit: list[Callable[[], None]] = []  # e.g. the cloud link's outbox wake-up
         self._alarmed_open: set[str] = set()
 
     async def _db(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._io, lambda: fn(*args, **kwargs))
+
+    async def run_db(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """A store call on the store's own thread (for the cloud link); a write pokes
+        every ``on_commit`` listener."""
+        result = await self._db(fn, *args, **kwargs)
+        self._changed()
+        return result
+
+    def _changed(self) -> None:
+        for listener in self.on_commit:
+            listener()
+
+    async def record(self, change: d.Change, *, actor: str, command: Inbox | None = None) -> None:
+        """Events (and a command's reply) with no other effect, e.g. a refused command."""
+        async with self._lock:
+            await self._commit(
+                change,
+                now=self.clock(),
+                actor=actor,
+                action="record",
+                target=command.command_id if command else "-",
+                command=command,
+            )
 
     async def _commit(
         self,
@@ -91,9 +115,11 @@ class HubService:
         target: str,
         intent: tuple[str, d.Purpose, str | None] | None = None,
         resolve: tuple[int, str] | None = None,
+        command: Inbox | None = None,
     ) -> int | None:
-        """A domain change, its events, audit line and intent, in one store transaction."""
-        return await self._db(
+        """A domain change, its events, audit line, intent and the cloud command that
+        asked for it, in one store transaction."""
+        intent_id = await self._db(
             self.store.apply,
             change,
             now=now,
@@ -102,7 +128,10 @@ class HubService:
             target=target,
             intent=intent,
             resolve=resolve,
+            command=command,
         )
+        self._changed()
+        return intent_id
 
     def close(self) -> None:
         self._io.shutdown(wait=True)
@@ -223,7 +252,12 @@ class HubService:
 
     # ------------------------------------------------------------------ reservations
     async def reserve(
-        self, parcel: d.Parcel, codes: dict[d.Purpose, str], *, actor: str
+        self,
+        parcel: d.Parcel,
+        codes: dict[d.Purpose, str],
+        *,
+        actor: str,
+        command: Inbox | None = None,
     ) -> Outcome:
         """A new reservation (from the cloud) with its code hashes; never a plain code."""
         async with self._lock:
@@ -241,12 +275,14 @@ class HubService:
                     now=self.clock(),
                     actor=actor,
                     events=[event],
+                    command=command,
                 )
             except StoreConflict:
                 return Outcome("refused", "a code of this parcel is already in use")
+        self._changed()
         return Outcome("ok", f"parcel {parcel.id} reserved")
 
-    async def cancel(self, parcel_id: str, *, actor: str) -> Outcome:
+    async def cancel(self, parcel_id: str, *, actor: str, command: Inbox | None = None) -> Outcome:
         """The cloud cancels a reservation: only before the parcel is in a compartment."""
         async with self._lock:
             parcel = await self._db(self.store.parcel, parcel_id)
@@ -257,14 +293,89 @@ class HubService:
                 return Outcome(
                     "refused", f"parcel {parcel_id} is {parcel.state.value}: too late to cancel"
                 )
-            if change.parcel is not None:
+            if change.parcel is not None or command is not None:
                 await self._commit(
-                    change, now=self.clock(), actor=actor, action="cancel", target=parcel_id
+                    change,
+                    now=self.clock(),
+                    actor=actor,
+                    action="cancel",
+                    target=parcel_id,
+                    command=command,
                 )
         return Outcome("ok", f"parcel {parcel_id} cancelled")
 
+    async def set_codes(
+        self,
+        parcel_id: str,
+        codes: dict[d.Purpose, str],
+        *,
+        actor: str,
+        command: Inbox | None = None,
+    ) -> Outcome:
+        """New code hashes for a live parcel (the cloud re-issues a code, or gives the
+        carrier a recall code for an expired parcel)."""
+        async with self._lock:
+            parcel = await self._db(self.store.parcel, parcel_id)
+            if parcel is None:
+                return Outcome("refused", f"no parcel {parcel_id}")
+            if parcel.state in d.FINAL:
+                return Outcome("refused", f"parcel {parcel_id} is {parcel.state.value}")
+            if d.Purpose.RECALL in codes and parcel.kind is not d.Kind.DELIVERY:
+                return Outcome("refused", "only a delivery can be recalled")
+            if d.Purpose.DEPOSIT in codes and parcel.state is not d.ParcelState.RESERVED:
+                return Outcome("refused", f"parcel {parcel_id} is already deposited")
+            event = d.Event(
+                "parcel_codes_changed",
+                {"parcel": parcel_id, "purposes": sorted(p.value for p in codes)},
+            )
+            try:
+                await self._db(
+                    self.store.set_codes,
+                    parcel_id,
+                    codes,
+                    now=self.clock(),
+                    actor=actor,
+                    events=[event],
+                    command=command,
+                )
+            except StoreConflict:
+                return Outcome("refused", "a code of this parcel is already in use")
+        self._changed()
+        return Outcome("ok", f"parcel {parcel_id}: codes changed")
+
+    async def reserve_many(
+        self,
+        items: list[tuple[d.Parcel, dict[d.Purpose, str]]],
+        *,
+        actor: str,
+        chunk: int = 2000,
+    ) -> dict[str, str]:
+        """Many reservations (``codes.bulk``): chunk by chunk, each chunk one transaction
+        taken between door events (the lock is released between chunks, so the door
+        monitor never waits for more than one chunk). Returns each parcel's fate:
+        ``reserved``, ``exists`` or ``code_conflict``."""
+        fate: dict[str, str] = {}
+        for start in range(0, len(items), chunk):
+            part = items[start : start + chunk]
+            async with self._lock:
+                fate.update(
+                    await self._db(self.store.add_new_parcels, part, now=self.clock(), actor=actor)
+                )
+        return fate
+
     # ------------------------------------------------------------------ technician
-    async def open_compartment(self, label: str, *, actor: str, reason: str) -> Outcome:
+    async def open_compartment(
+        self,
+        label: str,
+        *,
+        actor: str,
+        reason: str,
+        command: Inbox | None = None,
+        committed: Callable[[], None] | None = None,
+    ) -> Outcome:
+        """A technician's (or the cloud's signed) open. ``committed`` is called once the
+        intent (and ``command``) is durable, before the pulse: the cloud link
+        acknowledges the command there."""
         if not reason.strip():
             return Outcome("refused", "a reason is required (it goes to the audit log)")
         async with self._lock:
@@ -282,9 +393,12 @@ class HubService:
                 action="open",
                 target=label,
                 intent=(label, d.Purpose.SERVICE, comp.parcel_id),
+                command=command,
             )
             assert intent is not None
             assert change.compartment is not None
+        if committed is not None:
+            committed()
         return await self._pulse_and_confirm(change.compartment, intent, actor=actor)
 
     async def empty_expired(self, *, actor: str) -> list[Outcome]:
@@ -319,9 +433,15 @@ class HubService:
             outcomes.append(await self._pulse_and_confirm(change.compartment, intent, actor=actor))
         return outcomes
 
-    async def set_service(self, label: str, in_service: bool, *, actor: str) -> Outcome:
+    async def set_service(
+        self, label: str, in_service: bool, *, actor: str, command: Inbox | None = None
+    ) -> Outcome:
         return await self._simple(
-            label, actor, "service", lambda c: d.set_service(c, in_service, actor=actor)
+            label,
+            actor,
+            "service",
+            lambda c: d.set_service(c, in_service, actor=actor),
+            command=command,
         )
 
     async def inspect(self, label: str, holds_parcel: bool, *, actor: str) -> Outcome:
@@ -333,7 +453,13 @@ class HubService:
         )
 
     async def _simple(
-        self, label: str, actor: str, action: str, rule: Callable[[d.Compartment], d.Change]
+        self,
+        label: str,
+        actor: str,
+        action: str,
+        rule: Callable[[d.Compartment], d.Change],
+        *,
+        command: Inbox | None = None,
     ) -> Outcome:
         async with self._lock:
             comp = await self._db(self.store.compartment, label)
@@ -342,13 +468,14 @@ class HubService:
             change = rule(comp)
             if change.refusal is not None:
                 return Outcome("refused", f"{action} refused: {change.refusal.value}", label)
-            if change.compartment is not None or change.events:
+            if change.compartment is not None or change.events or command is not None:
                 await self._commit(
                     change,
                     now=self.clock(),
                     actor=actor,
                     action=action,
                     target=label,
+                    command=command,
                 )
         return Outcome("ok", "done", label)
 
@@ -531,6 +658,7 @@ class HubService:
 
     async def ack(self, alarm_id: int, *, actor: str) -> Outcome:
         done = await self._db(self.store.ack, alarm_id, actor=actor, now=self.clock())
+        self._changed()
         if not done:
             return Outcome("refused", f"no open alarm {alarm_id}")
         return Outcome("ok", f"alarm {alarm_id} acknowledged")

@@ -120,6 +120,15 @@ SCHEMA: list[str] = [
     """
     CREATE INDEX parcels_due ON parcels(collect_until) WHERE state = 'stored';
     """,
+    # 4: the cloud link: replies waiting for the broker's PUBACK (inbox rows keep the
+    # reply a redelivered command gets)
+    """
+    CREATE TABLE replies (
+        n INTEGER PRIMARY KEY,
+        command_id TEXT NOT NULL,
+        reply TEXT NOT NULL
+    ) STRICT;
+    """,
 ]
 
 _INSERT_PARCEL = (
@@ -128,11 +137,17 @@ _INSERT_PARCEL = (
     "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 
+# door telemetry: not queued for the cloud once the outbox is past its quota
+TELEMETRY_EVENTS = frozenset(
+    {"door_open_requested", "door_opened", "door_shut", "service_door_shut", "board_online"}
+)
+
 # events that raise an alarm (one open alarm per type and target until acknowledged)
 ALARM_EVENTS = frozenset(
     {
         "forced_open",
         "occupancy_mismatch",
+        "outbox_quota_reached",
         "door_jammed",
         "door_left_open",
         "code_guessing",
@@ -168,6 +183,17 @@ class Intent:
     parcel_id: str | None
     actor: str
     created: float
+
+
+@dataclass(frozen=True)
+class Inbox:
+    """A cloud command recorded with its effect, in the same transaction: a redelivered
+    command finds it and gets ``reply`` again instead of acting twice. ``publish``:
+    queue the reply for the cloud now (``False`` while an open is still under way)."""
+
+    command_id: str
+    reply: dict[str, Any]
+    publish: bool = True
 
 
 @dataclass(frozen=True)
@@ -217,6 +243,9 @@ class Store:
             self._migrate()
         except sqlite3.Error as exc:
             raise _translate(exc, self.path) from exc
+        self.outbox_quota: int | None = None  # bytes; set by the daemon from the config
+        self._over_quota = False
+        self._outbox_bytes = self.outbox_size()[1]
 
     def close(self) -> None:
         self._db.close()
@@ -381,19 +410,30 @@ class Store:
         now: float,
         actor: str,
         events: Iterable[d.Event] = (),
+        command: Inbox | None = None,
     ) -> None:
         """A new reservation with its code hashes, atomically; a code hash already live
         for another parcel is a :class:`StoreConflict` (nothing is stored)."""
         with self.transaction() as db:
             self._insert_parcels(db, [(parcel, codes)], now)
             self._record(db, events, now=now, actor=actor, action="reserve", target=parcel.id)
+            self._inbox(db, command, now)
 
     def add_parcels(
-        self, items: list[tuple[d.Parcel, dict[d.Purpose, str]]], *, now: float, actor: str
+        self,
+        items: list[tuple[d.Parcel, dict[d.Purpose, str]]],
+        *,
+        now: float,
+        actor: str,
+        events: Iterable[d.Event] = (),
+        command: Inbox | None = None,
     ) -> None:
         """Many reservations in one transaction (first sync, recovery, ``codes.bulk``)."""
         with self.transaction() as db:
             self._insert_parcels(db, items, now)
+            if events:
+                self._record(db, events, now=now, actor=actor, action="reserve", target="*")
+            self._inbox(db, command, now)
             self._audit(
                 db,
                 now=now,
@@ -402,6 +442,47 @@ class Store:
                 target="*",
                 detail={"parcels": len(items)},
             )
+
+    def add_new_parcels(
+        self, items: list[tuple[d.Parcel, dict[d.Purpose, str]]], *, now: float, actor: str
+    ) -> dict[str, str]:
+        """Reservations in one transaction, each kept only if its id and codes are new:
+        ``{parcel id: "reserved" | "exists" | "code_conflict"}``."""
+        fate: dict[str, str] = {}
+        with self.transaction() as db:
+            accepted: list[tuple[d.Parcel, dict[d.Purpose, str]]] = []
+            hashes: set[str] = set()
+            for parcel, codes in items:
+                mine = list(codes.values())
+                if parcel.id in fate:
+                    continue  # twice in one batch: the first one's fate stands
+                if db.execute("SELECT 1 FROM parcels WHERE id=?", (parcel.id,)).fetchone():
+                    fate[parcel.id] = "exists"
+                    continue
+                marks = ",".join("?" * len(mine))
+                if (
+                    len(set(mine)) != len(mine)
+                    or hashes.intersection(mine)
+                    or db.execute(
+                        f"SELECT 1 FROM codes WHERE hash IN ({marks})",  # noqa: S608
+                        mine,
+                    ).fetchone()
+                ):
+                    fate[parcel.id] = "code_conflict"
+                    continue
+                hashes.update(mine)
+                accepted.append((parcel, codes))
+                fate[parcel.id] = "reserved"
+            self._insert_parcels(db, accepted, now)
+            self._audit(
+                db,
+                now=now,
+                actor=actor,
+                action="reserve_bulk",
+                target="*",
+                detail={"offered": len(items), "reserved": len(accepted)},
+            )
+        return fate
 
     def _insert_parcels(
         self,
@@ -416,10 +497,20 @@ class Store:
         )
 
     def set_codes(
-        self, parcel_id: str, codes: dict[d.Purpose, str], *, now: float, actor: str
+        self,
+        parcel_id: str,
+        codes: dict[d.Purpose, str],
+        *,
+        now: float,
+        actor: str,
+        events: Iterable[d.Event] = (),
+        command: Inbox | None = None,
     ) -> None:
         """Replace a parcel's codes of the given purposes (one live code per purpose)."""
         with self.transaction() as db:
+            if events:
+                self._record(db, events, now=now, actor=actor, action="set_codes", target=parcel_id)
+            self._inbox(db, command, now)
             for purpose, code_hash in codes.items():
                 db.execute(
                     "DELETE FROM codes WHERE parcel_id=? AND purpose=?", (parcel_id, purpose.value)
@@ -452,12 +543,14 @@ class Store:
         target: str,
         intent: tuple[str, d.Purpose, str | None] | None = None,
         resolve: tuple[int, str] | None = None,
+        command: Inbox | None = None,
     ) -> int | None:
         """Commit a domain change with its events (outbox), an audit line, and the
         intent it opens or the intent outcome it records. Returns the new intent's id."""
         if change.refused:
             raise ValueError("a refused change is not applied")
         with self.transaction() as db:
+            self._inbox(db, command, now)
             if change.parcel is not None:
                 self._save_parcel(db, change.parcel, now)
             if change.compartment is not None:
@@ -524,15 +617,17 @@ class Store:
         target: str,
     ) -> None:
         evts = list(events)
+        dropped: list[str] = []
         if evts:
             row = db.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
             seq = int(row[0]) if row else 1
-            for e in evts:
+            for e in self._within_quota(evts, dropped):
                 data = json.dumps(e.data, sort_keys=True)
                 db.execute(
                     "INSERT INTO outbox(seq, id, type, at, data) VALUES(?,?,?,?,?)",
                     (seq, str(uuid.uuid4()), e.type, now, data),
                 )
+                self._outbox_bytes += len(data) + len(e.type) + 64
                 seq += 1
                 if e.type in ALARM_EVENTS:
                     target = str(
@@ -553,8 +648,30 @@ class Store:
             actor=actor,
             action=action,
             target=target,
-            detail={"events": [e.type for e in evts]},
+            detail={"events": [e.type for e in evts], **({"dropped": dropped} if dropped else {})},
         )
+
+    def _within_quota(self, evts: list[d.Event], dropped: list[str]) -> list[d.Event]:
+        """Past the outbox quota, door telemetry is no longer queued for the cloud (the
+        audit keeps it); parcel events and alarms always are. Crossing the quota raises
+        one alarm event. ``seq`` stays gapless: a dropped event never takes a number."""
+        if self.outbox_quota is None or self._outbox_bytes < self.outbox_quota:
+            return evts
+        kept = []
+        if not self._over_quota:
+            self._over_quota = True
+            kept.append(
+                d.Event(
+                    "outbox_quota_reached",
+                    {"bytes": self._outbox_bytes, "quota": self.outbox_quota},
+                )
+            )
+        for e in evts:
+            if e.type in TELEMETRY_EVENTS:
+                dropped.append(e.type)
+            else:
+                kept.append(e)
+        return kept
 
     def _audit(
         self,
@@ -570,6 +687,69 @@ class Store:
             "INSERT INTO audit(at, actor, action, target, detail) VALUES(?,?,?,?,?)",
             (now, actor, action, target, json.dumps(detail, sort_keys=True)),
         )
+
+    # ------------------------------------------------------------------ the cloud's commands
+    def _inbox(self, db: sqlite3.Connection, command: Inbox | None, now: float) -> None:
+        if command is None:
+            return
+        reply = json.dumps(command.reply, sort_keys=True)
+        db.execute(
+            "INSERT INTO inbox(command_id, at, reply) VALUES(?,?,?) "
+            "ON CONFLICT(command_id) DO UPDATE SET reply=excluded.reply",
+            (command.command_id, now, reply),
+        )
+        if command.publish:
+            db.execute(
+                "INSERT INTO replies(command_id, reply) VALUES(?,?)", (command.command_id, reply)
+            )
+
+    def answer(self, command: Inbox, *, now: float) -> None:
+        """Record a command's reply alone (a refusal, or the final word on an open)."""
+        with self.transaction() as db:
+            self._inbox(db, command, now)
+
+    def inbox(self, command_id: str) -> dict[str, Any] | None:
+        row = self._db.execute(
+            "SELECT reply FROM inbox WHERE command_id=?", (command_id,)
+        ).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    def unfinished_commands(self) -> list[tuple[str, dict[str, Any]]]:
+        """Commands whose effect began (an open) but whose final reply was never made:
+        the daemon stopped in between."""
+        rows = self._db.execute(
+            "SELECT command_id, reply FROM inbox WHERE json_extract(reply, '$.status') = ?",
+            ("opening",),
+        )
+        return [(r[0], dict(json.loads(r[1]))) for r in rows]
+
+    def replies(self, limit: int = 100) -> list[tuple[int, dict[str, Any]]]:
+        return [
+            (r[0], dict(json.loads(r[1])))
+            for r in self._db.execute("SELECT n, reply FROM replies ORDER BY n LIMIT ?", (limit,))
+        ]
+
+    def delete_replies(self, ns: Iterable[int]) -> None:
+        with self.transaction() as db:
+            db.executemany("DELETE FROM replies WHERE n=?", [(n,) for n in ns])
+
+    def next_boot(self) -> int:
+        """This start's boot number (``boot_seq`` of the cloud link's birth and will)."""
+        with self.transaction() as db:
+            boot = int(self.get_meta("boot_seq") or 0) + 1
+            self._set_meta(db, "boot_seq", str(boot))
+            return boot
+
+    def outbox_size(self) -> tuple[int, int]:
+        """Events waiting for the cloud, and the bytes they take (roughly, on disk)."""
+        count, size = self._db.execute(
+            "SELECT count(*), coalesce(sum(length(data) + length(type) + 64), 0) FROM outbox"
+        ).fetchone()
+        return int(count), int(size)
+
+    def oldest_event_at(self) -> float | None:
+        row = self._db.execute("SELECT at FROM outbox ORDER BY seq LIMIT 1").fetchone()
+        return None if row is None else float(row[0])
 
     # ------------------------------------------------------------------ intents, outbox, audit
     def open_intents(self, label: str | None = None) -> list[Intent]:
@@ -601,8 +781,19 @@ class Store:
         ]
 
     def delete_outbox(self, seqs: Iterable[int]) -> None:
+        """Events the broker acknowledged (PUBACK): gone from the outbox."""
+        wanted = [(s,) for s in seqs]
         with self.transaction() as db:
-            db.executemany("DELETE FROM outbox WHERE seq=?", [(s,) for s in seqs])
+            freed = 0
+            for (seq,) in wanted:
+                row = db.execute(
+                    "DELETE FROM outbox WHERE seq=? RETURNING length(data) + length(type) + 64",
+                    (seq,),
+                ).fetchone()
+                freed += row[0] if row else 0
+        self._outbox_bytes = max(0, self._outbox_bytes - freed)
+        if self._over_quota and self.outbox_quota and self._outbox_bytes < self.outbox_quota * 0.8:
+            self._over_quota = False
 
     def audit(self, limit: int = 100) -> list[dict[str, Any]]:
         return [

@@ -1,0 +1,559 @@
+"""The cloud link: MQTT 5 to the operator's broker (contract: lockerd.contract).
+
+- One persistent session per hub: fixed client id, ``clean_start`` off (aiomqtt's
+  default would start clean on every new client, i.e. after every restart), a
+  session expiry, so commands sent while the hub was away are delivered on return.
+- Commands are acknowledged (PUBACK) only **after** their effect and their inbox
+  row are committed (paho's manual acknowledgement, behind :class:`_Mqtt`): a crash
+  in between gets the command redelivered, and the inbox makes the redelivery do
+  nothing again (ADR 0009).
+- Events leave the outbox in ``seq`` order; a row is deleted only after its PUBACK.
+  Replies are queued in the store the same way.
+- Birth (retained ``online`` with a ``boot_seq``) and a compartment snapshot on every
+  (re)connect; the will says ``offline`` with the same ``boot_seq``.
+- Door-opening commands must carry a valid Ed25519 signature of the cloud, be for
+  this hub, be short-lived and current, and not be retained.
+
+The hub never waits for the cloud: every code it has keeps working offline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import structlog
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from pydantic import ValidationError
+
+from lockerd import contract as c
+from lockerd import domain as d
+from lockerd.config import Cloud
+from lockerd.service import HubService, Outcome
+from lockerd.store import Inbox, StoreError
+
+log = structlog.get_logger("lockerd.cloud")
+
+VERSION = "0.4.0"
+WINDOW = 200  # events in flight (published, PUBACK awaited) at once
+
+
+def failpoint(name: str) -> None:
+    """A named crash point for tests: ``LOCKERD_FAILPOINT=name`` kills the process here,
+    as a power cut would (no clean-up, no flush)."""
+    if os.environ.get("LOCKERD_FAILPOINT") == name:
+        os._exit(99)
+
+
+def load_command_key(path: Path) -> Ed25519PublicKey:
+    key = load_pem_public_key(path.read_bytes())
+    if not isinstance(key, Ed25519PublicKey):
+        raise TypeError(f"{path} is not an Ed25519 public key")
+    return key
+
+
+@dataclass(frozen=True)
+class Verifier:
+    """Checks a door-opening command before anything else is done with it."""
+
+    hub: str
+    key: Ed25519PublicKey | None
+    skew_s: float
+    max_life_s: float
+
+    def refusal(  # noqa: PLR0911 - one return per reason
+        self, raw: dict[str, Any], cmd: Any, now: float
+    ) -> str | None:
+        if self.key is None:
+            return "no_command_key"
+        if not cmd.sig:
+            return "unsigned"
+        sig = c.decode_sig(cmd.sig)
+        if sig is None:
+            return "bad_signature"
+        try:
+            self.key.verify(sig, c.canonical(raw))
+        except InvalidSignature:
+            return "bad_signature"
+        if cmd.expires_at is None:
+            return "no_expiry"
+        if cmd.expires_at - cmd.issued_at > self.max_life_s:
+            return "lifetime_too_long"
+        if cmd.issued_at > now + self.skew_s:
+            return "not_yet_valid"
+        if cmd.expires_at < now - self.skew_s:
+            return "expired"
+        return None
+
+
+class _Mqtt:
+    """What we use of aiomqtt/paho, in one place (pinned versions, see pyproject):
+    manual acknowledgement is paho's (``manual_ack``), which aiomqtt 2.x does not
+    expose yet (empicano/aiomqtt#345)."""
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        self.client = client
+        client._client.manual_ack_set(True)
+        client.pending_calls_threshold = WINDOW + 50
+
+    def ack(self, message: aiomqtt.Message) -> None:
+        if message.qos > 0:
+            self.client._client.ack(message.mid, message.qos)
+
+
+class CloudLink:
+    def __init__(
+        self,
+        cfg: Cloud,
+        hub_id: str,
+        service: HubService,
+        *,
+        state_dir: Path,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg = cfg
+        self.hub = hub_id
+        self.service = service
+        self.store = service.store
+        self.clock = clock
+        self.state_dir = state_dir
+        base = f"{cfg.prefix}/{hub_id}"
+        self.t_cmd, self.t_reply, self.t_evt = f"{base}/cmd", f"{base}/reply", f"{base}/evt"
+        self.t_status, self.t_state = f"{base}/status", f"{base}/state"
+        key_path = self._path(cfg.command_key_file)
+        self.verifier = Verifier(
+            hub_id,
+            load_command_key(key_path) if key_path.exists() else None,
+            cfg.command_skew_s,
+            cfg.command_max_life_s,
+        )
+        if self.verifier.key is None:
+            log.warning(
+                "no_command_key",
+                path=str(key_path),
+                hint="door-opening commands from the cloud will be refused until the "
+                "cloud's public key is installed there",
+            )
+        self.store.outbox_quota = int(cfg.outbox_quota_mb * 1024 * 1024)
+        self.boot_seq = self.store.next_boot()
+        self.connected = asyncio.Event()
+        self.reconnects = 0
+        self.published = 0
+        self._wake = asyncio.Event()
+        self._state_dirty = asyncio.Event()
+        self._last_state: str | None = None
+        self._open_tasks: set[asyncio.Task[None]] = set()
+        service.on_commit.append(self.poke)
+
+    def _path(self, name: str) -> Path:
+        path = Path(name)
+        return path if path.is_absolute() else self.state_dir / path
+
+    def poke(self) -> None:
+        """Something was committed: events to send, maybe a new snapshot."""
+        self._wake.set()
+        self._state_dirty.set()
+
+    # ------------------------------------------------------------------ connection
+    def _client(self) -> aiomqtt.Client:
+        cfg = self.cfg
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = cfg.session_expiry_s
+        will = aiomqtt.Will(self.t_status, self._status("offline"), qos=1, retain=True)
+        password = None
+        if cfg.password_file:
+            password = self._path(cfg.password_file).read_text().strip()
+        tls = None
+        if cfg.tls:
+            ctx = ssl.create_default_context(
+                cafile=str(self._path(cfg.ca_file)) if cfg.ca_file else None
+            )
+            if cfg.cert_file and cfg.key_file:
+                ctx.load_cert_chain(self._path(cfg.cert_file), self._path(cfg.key_file))
+            tls = ctx
+        return aiomqtt.Client(
+            cfg.host,
+            cfg.port,
+            identifier=cfg.client_id or self.hub,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=False,
+            properties=props,
+            will=will,
+            keepalive=cfg.keepalive_s,
+            username=cfg.username,
+            password=password,
+            tls_context=tls,
+            timeout=10,
+        )
+
+    def _status(self, state: str) -> str:
+        return c.Status(
+            hub=self.hub,
+            state=state,  # type: ignore[arg-type]
+            boot_seq=self.boot_seq,
+            at=self.clock(),
+            version=VERSION,
+        ).model_dump_json()
+
+    async def run(self) -> None:
+        """Connect, serve, reconnect with jittered exponential backoff; forever."""
+        failures = 0
+        while True:
+            try:
+                async with self._client() as client:
+                    mqtt = _Mqtt(client)
+                    failures = 0
+                    await self._serve(client, mqtt)
+            except aiomqtt.MqttError as exc:
+                was = self.connected.is_set()
+                self.connected.clear()
+                failures += 1
+                delay = min(
+                    self.cfg.reconnect_max_s, self.cfg.reconnect_min_s * 2 ** (failures - 1)
+                )
+                delay = random.uniform(delay / 2, delay)  # noqa: S311 - jitter, not secrecy
+                log.warning(
+                    "cloud_disconnected" if was else "cloud_unreachable",
+                    broker=self.cfg.url,
+                    error=str(exc),
+                    retry_in_s=round(delay, 2),
+                    hint="the hub keeps working; events wait in the outbox",
+                )
+                await asyncio.sleep(delay)
+
+    async def _serve(self, client: aiomqtt.Client, mqtt: _Mqtt) -> None:
+        await client.subscribe(self.t_cmd, qos=1)
+        await client.publish(self.t_status, self._status("online"), qos=1, retain=True)
+        self._last_state = None
+        await self._publish_state(client)
+        self.connected.set()
+        self.reconnects += 1
+        log.info("cloud_connected", broker=self.cfg.url, boot_seq=self.boot_seq)
+        self._wake.set()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._drain(client))
+            tg.create_task(self._state_loop(client))
+            tg.create_task(self._commands(client, mqtt))
+
+    # ------------------------------------------------------------------ outbox and replies
+    async def _drain(self, client: aiomqtt.Client) -> None:
+        while True:
+            self._wake.clear()
+            sent_any = await self._send_replies(client)
+            sent_any |= await self._send_events(client)
+            if not sent_any:
+                await self._wake.wait()
+
+    async def _send_events(self, client: aiomqtt.Client) -> bool:
+        rows = await self.service.run_db(self.store.outbox, 0, WINDOW)
+        if not rows:
+            return False
+
+        async def one(row: Any) -> None:
+            msg = c.EventMessage(
+                hub=self.hub, seq=row.seq, id=row.id, type=row.type, at=row.at, data=row.data
+            )
+            await client.publish(self.t_evt, msg.model_dump_json(), qos=1)
+
+        results = await asyncio.gather(*(one(r) for r in rows), return_exceptions=True)
+        done = [r.seq for r, res in zip(rows, results, strict=True) if res is None]
+        if done:
+            await self.service.run_db(self.store.delete_outbox, done)
+            self.published += len(done)
+        for res in results:
+            if isinstance(res, BaseException):
+                raise res
+        return True
+
+    async def _send_replies(self, client: aiomqtt.Client) -> bool:
+        rows = await self.service.run_db(self.store.replies, WINDOW)
+        if not rows:
+            return False
+        results = await asyncio.gather(
+            *(client.publish(self.t_reply, json.dumps(reply), qos=1) for _, reply in rows),
+            return_exceptions=True,
+        )
+        done = [n for (n, _), res in zip(rows, results, strict=True) if res is None]
+        if done:
+            await self.service.run_db(self.store.delete_replies, done)
+        for res in results:
+            if isinstance(res, BaseException):
+                raise res
+        return True
+
+    # ------------------------------------------------------------------ the state snapshot
+    async def snapshot(self) -> c.StateSnapshot:
+        comps = await self.service.run_db(self.store.compartments)
+        alarms = await self.service.alarms()
+        return c.StateSnapshot(
+            hub=self.hub,
+            at=self.clock(),
+            compartments=[
+                c.CompartmentState(
+                    label=x.label,
+                    size=x.size.value,
+                    state=x.state.value,
+                    door_open=x.door_open,
+                )
+                for x in comps
+            ],
+            alarms=len(alarms),
+        )
+
+    async def _publish_state(self, client: aiomqtt.Client) -> None:
+        snap = await self.snapshot()
+        body = snap.model_dump_json(exclude={"at"})
+        if body == self._last_state:
+            return
+        await client.publish(self.t_state, snap.model_dump_json(), qos=1, retain=True)
+        self._last_state = body
+
+    async def _state_loop(self, client: aiomqtt.Client) -> None:
+        """Coalesced: at most one snapshot per ``state_coalesce_s``, only when changed."""
+        while True:
+            await self._state_dirty.wait()
+            await asyncio.sleep(self.cfg.state_coalesce_s)
+            self._state_dirty.clear()
+            await self._publish_state(client)
+
+    # ------------------------------------------------------------------ commands
+    async def _commands(self, client: aiomqtt.Client, mqtt: _Mqtt) -> None:
+        async for message in client.messages:
+            try:
+                await self.handle(client, mqtt, message)
+            except StoreError as exc:
+                # nothing acknowledged: the broker redelivers it once the store works
+                log.error(  # noqa: TRY400 - the hint says what to do
+                    "command_not_stored",
+                    error=str(exc),
+                    hint="the store refused the write (disk full?); the command stays "
+                    "unacknowledged and comes back on reconnect",
+                )
+
+    async def handle(self, client: aiomqtt.Client, mqtt: _Mqtt, message: aiomqtt.Message) -> None:
+        failpoint("cloud.command_received")
+        raw: Any = None
+        with contextlib.suppress(ValueError, UnicodeDecodeError):
+            raw = json.loads(bytes(message.payload))  # type: ignore[arg-type,unused-ignore]
+        cid = raw.get("id") if isinstance(raw, dict) else None
+        cid = cid if isinstance(cid, str) and 0 < len(cid) <= 64 else None
+        ctype = raw.get("type") if isinstance(raw, dict) else None
+        ctype = ctype if isinstance(ctype, str) and len(ctype) <= 64 else "unknown"
+        if cid is not None:
+            stored = await self.service.run_db(self.store.inbox, cid)
+            if stored is not None and stored.get("status") != "opening":
+                await self._publish_reply(client, {**stored, "duplicate": True})
+                mqtt.ack(message)
+                return
+            if stored is not None:
+                mqtt.ack(message)  # an open of this command is under way
+                return
+        if message.retain:
+            await self._refuse(mqtt, message, cid, ctype, "retained", "a retained command is stale")
+            return
+        try:
+            cmd = c.COMMAND.validate_python(raw)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in first["loc"])
+            await self._refuse(mqtt, message, cid, ctype, "malformed", f"{where}: {first['msg']}")
+            return
+        if cmd.hub != self.hub:
+            await self._refuse(mqtt, message, cid, ctype, "wrong_hub", f"for hub {cmd.hub}")
+            return
+        if cmd.type in c.SIGNED:
+            reason = self.verifier.refusal(raw, cmd, self.clock())
+            if reason is not None:
+                await self._refuse(mqtt, message, cid, ctype, reason, "signature check failed")
+                return
+        await self._apply(cmd, mqtt, message)
+
+    async def _refuse(  # noqa: PLR0917
+        self,
+        mqtt: _Mqtt,
+        message: aiomqtt.Message,
+        cid: str | None,
+        ctype: str,
+        reason: str,
+        detail: str,
+    ) -> None:
+        log.warning("command_refused", command=cid, type=ctype, reason=reason, detail=detail)
+        reply = self._reply(cid or "unknown", ctype, ok=False, status=reason, message=detail)
+        event = d.Event("command_refused", {"command": cid, "type": ctype, "reason": reason})
+        inbox = Inbox(cid, reply) if cid is not None else None
+        await self.service.record(d.Change(events=(event,)), actor="cloud", command=inbox)
+        if inbox is None:  # no id to remember it by: a reply all the same
+            anon = Inbox(f"unknown-{time.monotonic_ns()}", reply)
+            await self.service.run_db(self.store.answer, anon, now=self.clock())
+        mqtt.ack(message)
+        self._wake.set()
+
+    def _reply(
+        self,
+        cid: str,
+        ctype: str,
+        *,
+        ok: bool,
+        status: str,
+        message: str = "",
+        result: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        return c.Reply(
+            id=cid,
+            hub=self.hub,
+            type=ctype,
+            ok=ok,
+            status=status,
+            message=message,
+            result=result or {},
+            at=self.clock(),
+        ).model_dump(mode="json")
+
+    def _from_outcome(self, cmd: Any, outcome: Outcome, **result: Any) -> dict[str, Any]:
+        ok = outcome.status in ("ok", "opened", "already_open")
+        if outcome.compartment:
+            result.setdefault("compartment", outcome.compartment)
+        return self._reply(
+            cmd.id, cmd.type, ok=ok, status=outcome.status, message=outcome.message, result=result
+        )
+
+    async def _publish_reply(self, client: aiomqtt.Client, reply: dict[str, Any]) -> None:
+        with contextlib.suppress(aiomqtt.MqttError):
+            await client.publish(self.t_reply, json.dumps(reply), qos=1)
+
+    async def _apply(self, cmd: Any, mqtt: _Mqtt, message: aiomqtt.Message) -> None:
+        s = self.service
+        ok = self._reply(cmd.id, cmd.type, ok=True, status="ok")
+        inbox = Inbox(cmd.id, ok)
+        actor = f"cloud:{cmd.id}"
+        outcome: Outcome
+        if isinstance(cmd, c.ParcelReserve | c.ReturnReserve):
+            parcel, codes = reservation(cmd)
+            outcome = await s.reserve(parcel, codes, actor=actor, command=inbox)
+        elif isinstance(cmd, c.ParcelCancel):
+            outcome = await s.cancel(cmd.parcel, actor=actor, command=inbox)
+        elif isinstance(cmd, c.ParcelUpdateCodes):
+            codes = {}
+            if cmd.deposit_code_hash:
+                codes[d.Purpose.DEPOSIT] = cmd.deposit_code_hash
+            if cmd.pickup_code_hash:
+                codes[d.Purpose.COLLECT] = cmd.pickup_code_hash
+            outcome = await s.set_codes(cmd.parcel, codes, actor=actor, command=inbox)
+        elif isinstance(cmd, c.ParcelRecall):
+            outcome = await s.set_codes(
+                cmd.parcel, {d.Purpose.RECALL: cmd.recall_code_hash}, actor=actor, command=inbox
+            )
+        elif isinstance(cmd, c.CompartmentSetService):
+            outcome = await s.set_service(
+                cmd.compartment, cmd.in_service, actor=actor, command=inbox
+            )
+        elif isinstance(cmd, c.SyncRequest):
+            snap = await self.snapshot()
+            self._last_state = None
+            self._state_dirty.set()
+            reply = self._reply(
+                cmd.id, cmd.type, ok=True, status="ok", result=snap.model_dump(mode="json")
+            )
+            await s.run_db(self.store.answer, Inbox(cmd.id, reply), now=self.clock())
+            mqtt.ack(message)
+            self._wake.set()
+            return
+        elif isinstance(cmd, c.CodesBulk):
+            fate = await s.reserve_many([reservation(r) for r in cmd.reservations], actor=actor)
+            result = {
+                "reserved": sum(1 for f in fate.values() if f == "reserved"),
+                "exists": sorted(p for p, f in fate.items() if f == "exists"),
+                "code_conflict": sorted(p for p, f in fate.items() if f == "code_conflict"),
+            }
+            reply = self._reply(cmd.id, cmd.type, ok=True, status="ok", result=result)
+            await s.run_db(self.store.answer, Inbox(cmd.id, reply), now=self.clock())
+            mqtt.ack(message)
+            self._wake.set()
+            return
+        else:
+            assert isinstance(cmd, c.CompartmentOpen)
+            self._open(cmd, mqtt, message)
+            return
+        if outcome.status != "ok":  # refused: nothing was done; the reply says why
+            reply = self._from_outcome(cmd, outcome)
+            await s.run_db(self.store.answer, Inbox(cmd.id, reply), now=self.clock())
+        failpoint("cloud.command_committed")
+        mqtt.ack(message)
+        self._wake.set()
+
+    def _open(self, cmd: c.CompartmentOpen, mqtt: _Mqtt, message: aiomqtt.Message) -> None:
+        """A signed remote open: the intent and the inbox row commit together, the
+        command is acknowledged, then the pulse; the final reply follows the door."""
+        opening = self._reply(cmd.id, cmd.type, ok=True, status="opening")
+        acked = False
+
+        def committed() -> None:
+            nonlocal acked
+            failpoint("cloud.open_committed")
+            mqtt.ack(message)
+            acked = True
+
+        async def go() -> None:
+            outcome = await self.service.open_compartment(
+                cmd.compartment,
+                actor=f"cloud:{cmd.id}",
+                reason=cmd.reason,
+                command=Inbox(cmd.id, opening, publish=False),
+                committed=committed,
+            )
+            reply = self._from_outcome(cmd, outcome)
+            await self.service.run_db(self.store.answer, Inbox(cmd.id, reply), now=self.clock())
+            if not acked:
+                mqtt.ack(message)
+            self._wake.set()
+
+        task = asyncio.create_task(go(), name=f"open {cmd.id}")
+        self._open_tasks.add(task)
+        task.add_done_callback(self._open_tasks.discard)
+
+    async def settle_unfinished(self) -> None:
+        """At start-up: opens the last run began for the cloud but never answered get
+        their final reply (the intent itself was reconciled from the doors)."""
+        for cid, reply in await self.service.run_db(self.store.unfinished_commands):
+            final = {
+                **reply,
+                "ok": False,
+                "status": "interrupted",
+                "message": "the hub restarted during the open; its events tell what the door did",
+                "at": self.clock(),
+            }
+            await self.service.run_db(self.store.answer, Inbox(cid, final), now=self.clock())
+
+
+def reservation(r: c.Reservation) -> tuple[d.Parcel, dict[d.Purpose, str]]:
+    parcel = d.Parcel(
+        r.parcel,
+        d.Kind(r.kind),
+        d.Size(r.size),
+        deposit_from=float(r.deposit_from),
+        deposit_until=float(r.deposit_until),
+        collect_window_s=float(r.pickup_window_s),
+        accessible=r.accessible,
+        has_recall_code=r.recall_code_hash is not None,
+    )
+    codes = {d.Purpose.DEPOSIT: r.deposit_code_hash, d.Purpose.COLLECT: r.pickup_code_hash}
+    if r.recall_code_hash is not None:
+        codes[d.Purpose.RECALL] = r.recall_code_hash
+    return parcel, codes
+
+
+__all__ = ["CloudLink", "Verifier", "failpoint", "load_command_key", "reservation"]
