@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import ValidationError
 
 from lockerd import contract as c
@@ -236,7 +237,9 @@ class CloudLink:
                 await asyncio.sleep(delay)
 
     async def _serve(self, client: aiomqtt.Client, mqtt: _Mqtt) -> None:
-        await client.subscribe(self.t_cmd, qos=1)
+        # retain-as-published: a command published with the retain flag reaches us
+        # flagged even live, so it is refused (a retained command is stale by nature)
+        await client.subscribe(self.t_cmd, options=SubscribeOptions(qos=1, retainAsPublished=True))
         await client.publish(self.t_status, self._status("online"), qos=1, retain=True)
         self._last_state = None
         await self._publish_state(client)
@@ -244,10 +247,13 @@ class CloudLink:
         self.reconnects += 1
         log.info("cloud_connected", broker=self.cfg.url, boot_seq=self.boot_seq)
         self._wake.set()
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._drain(client))
-            tg.create_task(self._state_loop(client))
-            tg.create_task(self._commands(client, mqtt))
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._drain(client))
+                tg.create_task(self._state_loop(client))
+                tg.create_task(self._commands(client, mqtt))
+        except* aiomqtt.MqttError as group:
+            raise group.exceptions[0] from None  # the connection is gone: reconnect
 
     # ------------------------------------------------------------------ outbox and replies
     async def _drain(self, client: aiomqtt.Client) -> None:

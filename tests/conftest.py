@@ -60,3 +60,7 @@ def make_bus(stack: AsyncExitStack) -> Callable[..., Any]:
         return bus
 
     return make
+
+
+# A real mosquitto per test (tests/broker.py): `broker`, `make_broker`, `mosquitto_binary`.
+from tests.broker import broker, make_broker, mosquitto_binary  # noqa: E402, F401

@@ -1,0 +1,302 @@
+"""The cloud link against a real Mosquitto started by the test: reservations in,
+events out, duplicates, signed opens, outages. The hub is the demo hub on the
+simulator (real ptys, real SQLite file); the cloud is an aiomqtt client."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import BaseModel
+
+from lockerd import contract as c
+from lockerd.cloud import reservation
+from lockerd.codes import new_code
+from lockerd.config import Cloud
+from lockerd.daemon import Hub, demo_config, open_hub
+from tests.broker import Broker
+from tests.helpers import eventually
+
+HUB = "demo-hub"
+
+
+@dataclass
+class CloudSide:
+    """The cloud: watches lockers/HUB/#, sends commands, signs door opens."""
+
+    client: aiomqtt.Client
+    key: Ed25519PrivateKey
+    seen: list[tuple[str, dict[str, Any], bool]] = field(default_factory=list)
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [m for t, m, _ in self.seen if t.endswith(f"/{kind}")]
+
+    def replies(self, cid: str) -> list[dict[str, Any]]:
+        return [r for r in self.of("reply") if r["id"] == cid]
+
+    def events(self, type_: str | None = None) -> list[dict[str, Any]]:
+        return [e for e in self.of("evt") if type_ is None or e["type"] == type_]
+
+    async def send(self, cmd: dict[str, Any], *, retain: bool = False) -> None:
+        await self.client.publish(f"lockers/{HUB}/cmd", json.dumps(cmd), qos=1, retain=retain)
+
+    def sign(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        sig = self.key.sign(c.canonical(cmd))
+        return {**cmd, "sig": base64.b64encode(sig).decode()}
+
+
+def reserve_cmd(hub: Hub, cid: str, pid: str, deposit: str, pickup: str) -> dict[str, Any]:
+    now = int(time.time())
+    return {
+        "id": cid,
+        "type": "parcel.reserve",
+        "hub": HUB,
+        "issued_at": now,
+        "parcel": pid,
+        "size": "M",
+        "deposit_code_hash": hub.service.hasher.hash(deposit),
+        "pickup_code_hash": hub.service.hasher.hash(pickup),
+        "deposit_from": now - 60,
+        "deposit_until": now + 86_400,
+    }
+
+
+def open_cmd(cid: str, label: str, *, life: int = 60, hub: str = HUB) -> dict[str, Any]:
+    now = int(time.time())
+    return {
+        "id": cid,
+        "type": "compartment.open",
+        "hub": hub,
+        "issued_at": now,
+        "expires_at": now + life,
+        "compartment": label,
+        "reason": "support call 42",
+    }
+
+
+@contextlib.asynccontextmanager
+async def running_hub(tmp_path: Path, broker: Broker) -> AsyncIterator[Hub]:
+    cfg, _ = demo_config(str(tmp_path / "hub"), str(tmp_path / "api.sock"))
+    cloud = Cloud(url=broker.url, state_coalesce_s=0.05, reconnect_min_s=0.05, reconnect_max_s=0.2)
+    cfg = cfg.model_copy(update={"cloud": cloud})
+    async with open_hub(cfg, simulate=True) as hub:
+        assert hub.cloud is not None
+        tasks = [asyncio.create_task(hub.monitor.run()), asyncio.create_task(hub.cloud.run())]
+        try:
+            yield hub
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def cloud_side(broker: Broker, hub: Hub) -> AsyncIterator[CloudSide]:
+    key_file = hub.cfg.state_path("keys/cloud-commands.key")
+    key = serialization.load_pem_private_key(key_file.read_bytes(), None)
+    assert isinstance(key, Ed25519PrivateKey)
+    async with aiomqtt.Client(
+        broker.host, broker.port, identifier="cloud", protocol=aiomqtt.ProtocolVersion.V5
+    ) as client:
+        side = CloudSide(client, key)
+        await client.subscribe(f"lockers/{HUB}/#", qos=1)
+
+        async def collect() -> None:
+            async for m in client.messages:
+                side.seen.append((str(m.topic), json.loads(bytes(m.payload)), m.retain))  # type: ignore[arg-type,unused-ignore]
+
+        task = asyncio.create_task(collect())
+        try:
+            yield side
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+def validate(side: CloudSide) -> None:
+    """Every message the cloud saw matches the contract's models."""
+    models: dict[str, type[BaseModel]] = {
+        "evt": c.EventMessage,
+        "reply": c.Reply,
+        "status": c.Status,
+        "state": c.StateSnapshot,
+    }
+    for topic, msg, _ in side.seen:
+        kind = topic.rsplit("/", 1)[1]
+        if kind in models:
+            models[kind].model_validate(msg)
+
+
+async def test_reserve_deposit_collect_round_trip(tmp_path: Path, broker: Broker) -> None:
+    async with running_hub(tmp_path, broker) as hub, cloud_side(broker, hub) as cloud:
+        assert hub.cloud is not None
+        await asyncio.wait_for(hub.cloud.connected.wait(), 10)
+        deposit, pickup = new_code(8), new_code(8)
+        await cloud.send(reserve_cmd(hub, "cmd-1", "P-1", deposit, pickup))
+        await eventually(lambda: bool(cloud.replies("cmd-1")), what="reply to the reservation")
+        assert cloud.replies("cmd-1")[0]["ok"] is True
+        out = await hub.service.enter_code(deposit, "keypad")
+        assert out.status == "opened"
+        assert out.compartment is not None
+        hub.sims["A"].board(0).close_door(int(out.compartment[1:]))
+        await eventually(lambda: bool(cloud.events("deposited")), what="deposited event", within=10)
+        out = await hub.service.enter_code(pickup, "keypad")
+        assert out.status == "opened"
+        hub.sims["A"].board(0).close_door(int(out.compartment[1:]))  # type: ignore[index]
+        await eventually(lambda: bool(cloud.events("collected")), what="collected event", within=10)
+        seqs = [e["seq"] for e in cloud.events()]
+        assert seqs == sorted(seqs)
+        assert len(seqs) == len(set(seqs))
+        status = cloud.of("status")
+        assert status[0]["state"] == "online"
+        assert status[0]["boot_seq"] >= 1
+        await eventually(lambda: bool(cloud.of("state")), what="a state snapshot")
+        validate(cloud)
+        await eventually(lambda: not hub.store.outbox(), what="outbox drained")
+        raw = hub.store.path.read_bytes()
+        assert deposit.encode() not in raw
+        assert pickup.encode() not in raw
+
+
+async def test_a_command_delivered_three_times_acts_once(tmp_path: Path, broker: Broker) -> None:
+    async with running_hub(tmp_path, broker) as hub, cloud_side(broker, hub) as cloud:
+        assert hub.cloud is not None
+        await asyncio.wait_for(hub.cloud.connected.wait(), 10)
+        cmd = reserve_cmd(hub, "cmd-dup", "P-dup", new_code(8), new_code(8))
+        for _ in range(3):
+            await cloud.send(cmd)
+        await eventually(lambda: len(cloud.replies("cmd-dup")) == 3, what="three replies")
+        replies = cloud.replies("cmd-dup")
+        assert [r["duplicate"] for r in replies].count(False) == 1
+        assert {r["status"] for r in replies} == {"ok"}
+        await eventually(lambda: bool(cloud.events("parcel_reserved")), what="the event")
+        assert len(cloud.events("parcel_reserved")) == 1
+        assert len([p for p in hub.store.parcels() if p.id == "P-dup"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("unsigned", "unsigned"),
+        ("expired", "expired"),
+        ("tampered", "bad_signature"),
+        ("wrong_key", "bad_signature"),
+        ("wrong_hub", "wrong_hub"),
+        ("retained", "retained"),
+        ("too_long", "lifetime_too_long"),
+        ("malformed", "malformed"),
+    ],
+)
+async def test_a_bad_open_command_opens_nothing(
+    tmp_path: Path, broker: Broker, name: str, reason: str
+) -> None:
+    async with running_hub(tmp_path, broker) as hub, cloud_side(broker, hub) as cloud:
+        assert hub.cloud is not None
+        await asyncio.wait_for(hub.cloud.connected.wait(), 10)
+        cmd = open_cmd(f"open-{name}", "A05")
+        retain = False
+        if name == "unsigned":
+            pass
+        elif name == "expired":
+            cmd = cloud.sign({**cmd, "issued_at": cmd["issued_at"] - 600, "expires_at": 1})
+        elif name == "tampered":
+            cmd = {**cloud.sign(cmd), "compartment": "A06"}
+        elif name == "wrong_key":
+            other = CloudSide(cloud.client, Ed25519PrivateKey.generate())
+            cmd = other.sign(cmd)
+        elif name == "wrong_hub":
+            cmd = cloud.sign(open_cmd(f"open-{name}", "A05", hub="other-hub"))
+        elif name == "retained":
+            cmd, retain = cloud.sign(cmd), True
+        elif name == "too_long":
+            cmd = cloud.sign(open_cmd(f"open-{name}", "A05", life=86_400))
+        else:
+            cmd = {"id": f"open-{name}", "type": "compartment.open", "hub": HUB}
+        await cloud.send(cmd, retain=retain)
+        await eventually(lambda: bool(cloud.replies(f"open-{name}")), what="the refusal")
+        (reply,) = cloud.replies(f"open-{name}")
+        assert reply["ok"] is False
+        assert reply["status"] == reason
+        await eventually(lambda: bool(cloud.events("command_refused")), what="the event")
+        assert cloud.events("command_refused")[0]["data"]["reason"] == reason
+        assert hub.sims["A"].board(0).unlocks_of(5) == 0
+        if retain:  # clear it, or the next test's broker... (each test has its own)
+            await cloud.client.publish(f"lockers/{HUB}/cmd", b"", qos=1, retain=True)
+
+
+async def test_a_signed_open_opens_once_even_when_replayed(tmp_path: Path, broker: Broker) -> None:
+    async with running_hub(tmp_path, broker) as hub, cloud_side(broker, hub) as cloud:
+        assert hub.cloud is not None
+        await asyncio.wait_for(hub.cloud.connected.wait(), 10)
+        cmd = cloud.sign(open_cmd("open-ok", "A05"))
+        await cloud.send(cmd)
+        await eventually(
+            lambda: any(r["status"] == "opened" for r in cloud.replies("open-ok")),
+            what="opened",
+            within=10,
+        )
+        await cloud.send(cmd)  # a replay
+        await eventually(lambda: len(cloud.replies("open-ok")) == 2, what="the stored reply")
+        assert cloud.replies("open-ok")[1]["duplicate"] is True
+        assert hub.sims["A"].board(0).unlocks_of(5) == 1
+
+
+async def test_an_outage_loses_nothing_and_commands_wait(tmp_path: Path, broker: Broker) -> None:
+    async with running_hub(tmp_path, broker) as hub:
+        assert hub.cloud is not None
+        await asyncio.wait_for(hub.cloud.connected.wait(), 10)
+        async with cloud_side(broker, hub) as cloud:
+            await eventually(lambda: bool(cloud.of("status")), what="birth")
+        # the cloud's session is gone with it; a persistent cloud session is the cloud's
+        # business. The hub's own session must persist: commands sent while it is away
+        broker.stop()
+        await eventually(lambda: not hub.cloud.connected.is_set(), what="link down")  # type: ignore[union-attr]
+        codes = [(new_code(8), new_code(8)) for _ in range(3)]
+        for i, (dep, pick) in enumerate(codes):
+            await hub.service.reserve(*_parcel(hub, f"OFF-{i}", dep, pick), actor="test")
+            out = await hub.service.enter_code(dep, "keypad")
+            assert out.status == "opened"
+            hub.sims["A"].board(0).close_door(int(out.compartment[1:]))  # type: ignore[index]
+        await eventually(
+            lambda: sum(1 for r in hub.store.outbox(limit=1000) if r.type == "deposited") == 3,
+            what="three deposits stored offline",
+            within=10,
+        )
+        broker.start()
+        async with aiomqtt.Client(
+            broker.host, broker.port, identifier="cloud-2", protocol=aiomqtt.ProtocolVersion.V5
+        ) as sender:
+            # sent before the hub is back: queued in the hub's persistent session
+            cmd = reserve_cmd(hub, "cmd-offline", "P-offline", new_code(8), new_code(8))
+            await sender.publish(f"lockers/{HUB}/cmd", json.dumps(cmd), qos=1)
+        async with cloud_side(broker, hub) as cloud:
+            await asyncio.wait_for(hub.cloud.connected.wait(), 10)
+            await eventually(lambda: not hub.store.outbox(), what="outbox drained", within=10)
+            await eventually(
+                lambda: hub.store.parcel("P-offline") is not None, what="queued command applied"
+            )
+        assert not hub.store.outbox()
+
+
+def _parcel(hub: Hub, pid: str, dep: str, pick: str) -> tuple[Any, Any]:
+    now = int(time.time())
+    r = c.Reservation(
+        parcel=pid,
+        size="S",
+        deposit_code_hash=hub.service.hasher.hash(dep),
+        pickup_code_hash=hub.service.hasher.hash(pick),
+        deposit_from=now - 60,
+        deposit_until=now + 3600,
+    )
+    return reservation(r)
