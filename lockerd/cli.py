@@ -12,8 +12,10 @@ import asyncio
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from lockerd.codes import KeyFileError, create_key
-from lockerd.config import ConfigInvalid, load
+from lockerd.config import Cloud, ConfigInvalid, load
 from lockerd.daemon import run_demo, run_hub
 from lockerd.hwdemo import main as demo_main
 from lockerd.logs import configure
@@ -51,9 +53,32 @@ def _demo(args: list[str]) -> int:
     parser.add_argument("--state-dir", help="keep the hub here (resumed when run again)")
     parser.add_argument("--socket", help="API socket path (default: in the state directory)")
     parser.add_argument("--log-level", default="warning")
+    parser.add_argument(
+        "--mqtt", metavar="URL", help="connect to the cloud's broker: mqtt://HOST:PORT or mqtts://"
+    )
+    parser.add_argument("--mqtt-ca", help="CA file of the broker (mqtts)")
+    parser.add_argument("--mqtt-cert", help="this hub's client certificate (mqtts)")
+    parser.add_argument("--mqtt-key", help="this hub's client key (mqtts)")
+    parser.add_argument("--mqtt-username")
+    parser.add_argument("--mqtt-password-file")
+    parser.add_argument("--hub-id", help="default: demo-hub, or a new demo-XXXXXX with --mqtt")
     ns = parser.parse_args(args)
     configure(level=ns.log_level, stream=sys.stderr)
-    return asyncio.run(run_demo(ns.state_dir, ns.socket))
+    cloud = None
+    if ns.mqtt:
+        try:
+            cloud = Cloud(
+                url=ns.mqtt,
+                ca_file=ns.mqtt_ca,
+                cert_file=ns.mqtt_cert,
+                key_file=ns.mqtt_key,
+                username=ns.mqtt_username,
+                password_file=ns.mqtt_password_file,
+            )
+        except ValidationError as exc:
+            print(f"lockerd demo: bad --mqtt options: {exc}", file=sys.stderr)
+            return 2
+    return asyncio.run(run_demo(ns.state_dir, ns.socket, cloud=cloud, hub_id=ns.hub_id))
 
 
 def _run(path: str) -> int:

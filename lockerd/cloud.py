@@ -215,10 +215,23 @@ class CloudLink:
         failures = 0
         while True:
             try:
-                async with self._client() as client:
-                    mqtt = _Mqtt(client)
+                client = self._client()
+                mqtt = _Mqtt(client)  # before connecting: a resumed session delivers at once
+                async with client:
                     failures = 0
-                    await self._serve(client, mqtt)
+                    try:
+                        await self._serve(client, mqtt)
+                    except asyncio.CancelledError:
+                        # a clean stop sends no will: say offline ourselves
+                        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                            await client.publish(
+                                self.t_status,
+                                self._status("offline"),
+                                qos=1,
+                                retain=True,
+                                timeout=2,
+                            )
+                        raise
             except aiomqtt.MqttError as exc:
                 was = self.connected.is_set()
                 self.connected.clear()

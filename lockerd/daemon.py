@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from lockerd import domain as d
 from lockerd.api import ApiServer
 from lockerd.cloud import CloudLink
 from lockerd.codes import CodeHasher, create_key, load_key, new_code
-from lockerd.config import HubConfig, load
+from lockerd.config import Cloud, HubConfig, load
 from lockerd.monitor import DoorMonitor
 from lockerd.service import Door, HubService
 from lockerd.store import Store
@@ -214,12 +215,15 @@ def _sim_door(cfg: HubConfig, sims: dict[str, Simulator]) -> Any:
     return door
 
 
-async def serve(hub: Hub) -> None:
-    """Run until SIGINT/SIGTERM: the door monitor, and a tick for time-driven rules."""
+async def serve(hub: Hub, ready: Callable[[], None] | None = None) -> None:
+    """Run until SIGINT/SIGTERM: the door monitor, a tick for time-driven rules, and
+    the cloud link. ``ready`` is called once the signals are handled."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready()
 
     async def ticker() -> None:
         while True:
@@ -288,7 +292,13 @@ def sample_reservations(hub: Hub, say: Any) -> None:
     say("   a carrier collects it with its pickup code)")
 
 
-def demo_config(state_dir: str | None, socket: str | None) -> tuple[HubConfig, bool]:
+def demo_config(
+    state_dir: str | None,
+    socket: str | None,
+    *,
+    cloud: Cloud | None = None,
+    hub_id: str | None = None,
+) -> tuple[HubConfig, bool]:
     cfg = load(DEMO_CONFIG)
     throwaway = state_dir is None
     state = state_dir or tempfile.mkdtemp(prefix="lockerd-demo-")
@@ -298,11 +308,27 @@ def demo_config(state_dir: str | None, socket: str | None) -> tuple[HubConfig, b
             "socket": socket or os.path.join(state, "api.sock"),
         }
     )
-    return cfg.model_copy(update={"paths": paths}), throwaway
+    if hub_id is None and cloud is not None:
+        # on a shared broker, each demo its own hub (kept with the state directory)
+        id_file = Path(state) / "hub-id"
+        if not id_file.exists():
+            Path(state).mkdir(parents=True, exist_ok=True)
+            id_file.write_text(f"demo-{secrets.token_hex(3)}\n")
+        hub_id = id_file.read_text().strip()
+    update: dict[str, Any] = {"paths": paths, "cloud": cloud}
+    if hub_id is not None:
+        update["hub_id"] = hub_id
+    return HubConfig.model_validate({**cfg.model_dump(), **update}), throwaway
 
 
-async def run_demo(state_dir: str | None, socket: str | None) -> int:
-    cfg, throwaway = demo_config(state_dir, socket)
+async def run_demo(
+    state_dir: str | None,
+    socket: str | None,
+    *,
+    cloud: Cloud | None = None,
+    hub_id: str | None = None,
+) -> int:
+    cfg, throwaway = demo_config(state_dir, socket, cloud=cloud, hub_id=hub_id)
 
     def say(line: str) -> None:
         print(line, flush=True)
@@ -315,6 +341,10 @@ async def run_demo(state_dir: str | None, socket: str | None) -> int:
             f"{len(cfg.compartments)} compartments on {len(cfg.buses)} buses"
         )
         say(f"state in {cfg.paths.state_dir} ({kind}); API socket {sock}")
+        say(f"hub {cfg.hub_id}")
+        if cfg.cloud is not None:
+            prefix = f"{cfg.cloud.prefix}/{cfg.hub_id}"
+            say(f"cloud link to {cfg.cloud.url}: watch {prefix}/# with any MQTT client")
         sample_reservations(hub, say)
         ctl = f"lockerctl --socket {sock}"
         say("")
@@ -328,8 +358,7 @@ async def run_demo(state_dir: str | None, socket: str | None) -> int:
         say(f"  {ctl} open A05 --reason 'check'  # a technician's audited open")
         say(f"  {ctl} sim door D01 put            # D01-D08 have occupancy sensors:")
         say("                                       # put something in before shutting")
-        say("serving until Ctrl-C")
-        await serve(hub)
+        await serve(hub, ready=lambda: say("serving until Ctrl-C"))
     return 0
 
 

@@ -1,0 +1,186 @@
+"""A daemon killed between receiving a cloud command and acknowledging it: the command
+is neither lost nor applied twice (ADR 0009). The kill comes from a named failpoint
+(``LOCKERD_FAILPOINT``), which exits the process on the spot, like a power cut."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from lockerd import contract as c
+from lockerd.codes import CodeHasher, load_key
+from tests.broker import Broker
+from tests.helpers import eventually
+
+HUB = "crash-hub"
+
+
+async def start(
+    state: Path, broker: Broker, failpoint: str | None = None
+) -> asyncio.subprocess.Process:
+    env = {**os.environ}
+    env.pop("LOCKERD_FAILPOINT", None)
+    if failpoint:
+        env["LOCKERD_FAILPOINT"] = failpoint
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "from lockerd.cli import main; raise SystemExit(main())",
+        "demo",
+        "--state-dir",
+        str(state),
+        "--mqtt",
+        broker.url,
+        "--hub-id",
+        HUB,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        env=env,
+    )
+    assert proc.stdout is not None
+    while True:
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        assert line, "the demo exited early"
+        if line.startswith("serving until"):
+            return proc
+
+
+@asynccontextmanager
+async def cloud(broker: Broker) -> AsyncIterator[tuple[aiomqtt.Client, list[dict[str, Any]]]]:
+    seen: list[dict[str, Any]] = []
+    async with aiomqtt.Client(
+        broker.host, broker.port, identifier="cloud", protocol=aiomqtt.ProtocolVersion.V5
+    ) as client:
+        await client.subscribe(f"lockers/{HUB}/#", qos=1)
+
+        async def collect() -> None:
+            async for m in client.messages:
+                body = json.loads(bytes(m.payload))  # type: ignore[arg-type,unused-ignore]
+                seen.append({"topic": str(m.topic).rsplit("/", 1)[1], **body})
+
+        task = asyncio.create_task(collect())
+        try:
+            yield client, seen
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+def replies(seen: list[dict[str, Any]], cid: str) -> list[dict[str, Any]]:
+    return [m for m in seen if m["topic"] == "reply" and m["id"] == cid]
+
+
+def events(seen: list[dict[str, Any]], type_: str) -> list[dict[str, Any]]:
+    return [m for m in seen if m["topic"] == "evt" and m["type"] == type_]
+
+
+def reserved(seen: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in events(seen, "parcel_reserved") if e["data"]["parcel"] == "P-crash"]
+
+
+async def first_run(state: Path, broker: Broker) -> None:
+    """Create the hub (its keys, its session at the broker), then stop it cleanly."""
+    async with cloud(broker) as (_, seen):
+        proc = await start(state, broker)
+        await eventually(
+            lambda: any(m["topic"] == "status" and m["state"] == "online" for m in seen),
+            what="the hub's birth",
+            within=10,
+        )
+    proc.terminate()
+    assert await asyncio.wait_for(proc.wait(), 20) == 0
+
+
+@pytest.mark.parametrize("failpoint", ["cloud.command_received", "cloud.command_committed"])
+async def test_a_reservation_survives_a_kill_before_its_ack(
+    tmp_path: Path, broker: Broker, failpoint: str
+) -> None:
+    state = tmp_path / "hub"
+    await first_run(state, broker)
+    hasher = CodeHasher(load_key(state / "keys" / "code-hmac.key"))
+    now = int(time.time())
+    cmd = {
+        "id": "res-1",
+        "type": "parcel.reserve",
+        "hub": HUB,
+        "issued_at": now,
+        "parcel": "P-crash",
+        "size": "S",
+        "deposit_code_hash": hasher.hash("11223344"),
+        "pickup_code_hash": hasher.hash("55667788"),
+        "deposit_from": now - 60,
+        "deposit_until": now + 3600,
+    }
+    async with cloud(broker) as (client, seen):
+        proc = await start(state, broker, failpoint)
+        await client.publish(f"lockers/{HUB}/cmd", json.dumps(cmd), qos=1)
+        assert await asyncio.wait_for(proc.wait(), 20) == 99  # killed at the failpoint
+        proc = await start(state, broker)  # the broker redelivers: never acknowledged
+        try:
+            await eventually(lambda: bool(reserved(seen)), what="the effect")
+            await eventually(lambda: bool(replies(seen, "res-1")), what="a reply")
+            firsts = [r for r in replies(seen, "res-1") if not r["duplicate"]]
+            assert len(firsts) == 1
+            assert firsts[0]["ok"] is True
+        finally:
+            proc.terminate()
+            assert await asyncio.wait_for(proc.wait(), 20) == 0
+        assert len(reserved(seen)) == 1  # once in effect
+        # a kill may come between an event's PUBACK and its deletion: it is sent again,
+        # the same event under the same seq; deduplicated by seq, gapless
+        by_seq: dict[int, dict[str, Any]] = {}
+        for m in seen:
+            if m["topic"] == "evt":
+                assert by_seq.setdefault(m["seq"], m) == m
+        assert sorted(by_seq) == list(range(min(by_seq), max(by_seq) + 1))
+
+
+async def test_a_signed_open_killed_before_its_pulse_is_never_pulsed(
+    tmp_path: Path, broker: Broker
+) -> None:
+    state = tmp_path / "hub"
+    await first_run(state, broker)
+    key = serialization.load_pem_private_key(
+        (state / "keys" / "cloud-commands.key").read_bytes(), None
+    )
+    assert isinstance(key, Ed25519PrivateKey)
+    now = int(time.time())
+    cmd: dict[str, Any] = {
+        "id": "open-1",
+        "type": "compartment.open",
+        "hub": HUB,
+        "issued_at": now,
+        "expires_at": now + 120,
+        "compartment": "A05",
+        "reason": "support",
+    }
+    cmd["sig"] = base64.b64encode(key.sign(c.canonical(cmd))).decode()
+    async with cloud(broker) as (client, seen):
+        proc = await start(state, broker, "cloud.open_committed")
+        await client.publish(f"lockers/{HUB}/cmd", json.dumps(cmd), qos=1)
+        assert await asyncio.wait_for(proc.wait(), 20) == 99
+        proc = await start(state, broker)
+        try:
+            await eventually(
+                lambda: bool(events(seen, "open_interrupted")), what="the intent reconciled"
+            )
+            await eventually(lambda: len(replies(seen, "open-1")) >= 1, what="a reply")
+            statuses = {r["status"] for r in replies(seen, "open-1")}
+            assert statuses == {"interrupted"}
+        finally:
+            proc.terminate()
+            assert await asyncio.wait_for(proc.wait(), 20) == 0
+        assert not [e for e in events(seen, "door_opened") if e["data"]["compartment"] == "A05"]
