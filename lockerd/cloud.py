@@ -51,6 +51,7 @@ log = structlog.get_logger("lockerd.cloud")
 
 VERSION = "0.4.0"
 WINDOW = 200  # events in flight (published, PUBACK awaited) at once
+BIG = 64 * 1024  # commands larger than this are parsed on a worker thread
 
 
 def failpoint(name: str) -> None:
@@ -365,9 +366,12 @@ class CloudLink:
 
     async def handle(self, client: aiomqtt.Client, mqtt: _Mqtt, message: aiomqtt.Message) -> None:
         failpoint("cloud.command_received")
+        payload = message.payload
+        body = payload if isinstance(payload, bytes | bytearray) else str(payload).encode()
         raw: Any = None
         with contextlib.suppress(ValueError, UnicodeDecodeError):
-            raw = json.loads(bytes(message.payload))  # type: ignore[arg-type,unused-ignore]
+            # a big command (codes.bulk: megabytes) is parsed off the event loop
+            raw = await asyncio.to_thread(json.loads, body) if len(body) > BIG else json.loads(body)
         cid = raw.get("id") if isinstance(raw, dict) else None
         cid = cid if isinstance(cid, str) and 0 < len(cid) <= 64 else None
         ctype = raw.get("type") if isinstance(raw, dict) else None
@@ -385,7 +389,10 @@ class CloudLink:
             await self._refuse(mqtt, message, cid, ctype, "retained", "a retained command is stale")
             return
         try:
-            cmd = c.COMMAND.validate_python(raw)
+            if len(body) > BIG:
+                cmd = await asyncio.to_thread(c.COMMAND.validate_python, raw)
+            else:
+                cmd = c.COMMAND.validate_python(raw)
         except ValidationError as exc:
             first = exc.errors(include_url=False)[0]
             where = ".".join(str(p) for p in first["loc"])
@@ -492,7 +499,8 @@ class CloudLink:
             self._wake.set()
             return
         elif isinstance(cmd, c.CodesBulk):
-            fate = await s.reserve_many([reservation(r) for r in cmd.reservations], actor=actor)
+            items = await asyncio.to_thread(lambda: [reservation(r) for r in cmd.reservations])
+            fate = await s.reserve_many(items, actor=actor)
             result = {
                 "reserved": sum(1 for f in fate.values() if f == "reserved"),
                 "exists": sorted(p for p, f in fate.items() if f == "exists"),
