@@ -23,6 +23,7 @@ import os
 import sys
 from typing import Any
 
+from lockerd import cloudctl
 from lockerd.api import call
 
 DEFAULT_SOCKET = os.environ.get("LOCKERD_SOCKET", "/run/lockerd/api.sock")
@@ -59,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("empty-expired", help="open each expired parcel's door to take it out")
     ack = sub.add_parser("ack")
     ack.add_argument("id", type=int)
+    cloud = sub.add_parser("cloud", help="play the operator's cloud over MQTT (demos, tests)")
+    cloudctl.build_parser(cloud)
     sim = sub.add_parser("sim", help="on a simulated hub: play the person at the door")
     sim_sub = sim.add_subparsers(dest="sim_command", required=True)
     door = sim_sub.add_parser("door")
@@ -180,6 +183,8 @@ async def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "cloud":
+        return cloudctl.main(args)
     try:
         return asyncio.run(run(args))
     except KeyboardInterrupt:
