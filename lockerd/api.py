@@ -200,6 +200,8 @@ class ApiServer:
     async def _status(self) -> dict[str, Any]:
         """Compartments and alarms (the service), boards (the buses' health)."""
         status = await self.service.status()
+        if "cloud" in self.extra:
+            status["cloud"] = await self.extra["cloud"]()
         if "bus" in self.extra:
             status["boards"] = [
                 {"bus": bus["bus"], **board}

@@ -161,6 +161,22 @@ class CloudLink:
         self._open_tasks: set[asyncio.Task[None]] = set()
         service.on_commit.append(self.poke)
 
+    async def health(self) -> dict[str, Any]:
+        """For ``lockerctl status``: the link, and what waits for it."""
+        count, size = await self.service.run_db(self.store.outbox_size)
+        oldest = await self.service.run_db(self.store.oldest_event_at)
+        return {
+            "broker": self.cfg.url,
+            "connected": self.connected.is_set(),
+            "connects": self.reconnects,
+            "boot_seq": self.boot_seq,
+            "outbox_events": count,
+            "outbox_bytes": size,
+            "outbox_quota_bytes": self.store.outbox_quota,
+            "oldest_event_age_s": round(self.clock() - oldest, 1) if oldest else None,
+            "published": self.published,
+        }
+
     def _path(self, name: str) -> Path:
         path = Path(name)
         return path if path.is_absolute() else self.state_dir / path

@@ -138,6 +138,13 @@ def render(command: str, result: Any) -> str:  # noqa: PLR0911 - one per command
             )
         if result["alarms"]:
             text += "\n\nopen alarms:\n" + table(result["alarms"], ["id", "type", "target"])
+        if result.get("cloud"):
+            cl = result["cloud"]
+            state = "connected" if cl["connected"] else "NOT connected"
+            text += (
+                f"\n\ncloud: {state} to {cl['broker']}; {cl['outbox_events']} events waiting"
+                + (f" (oldest {cl['oldest_event_age_s']} s)" if cl["oldest_event_age_s"] else "")
+            )
         return text
     if command == "alarms":
         return table(result, ["id", "type", "target", "raised"]) if result else "no open alarms"

@@ -175,9 +175,10 @@ async def open_hub(cfg: HubConfig, *, simulate: bool = False) -> AsyncIterator[H
         async def bus_health() -> Any:
             return [bus.snapshot() for bus in buses.values()]
 
-        api = ApiServer(
-            service, cfg.paths.socket, group=cfg.paths.socket_group, extra={"bus": bus_health}
-        )
+        extra: dict[str, Any] = {"bus": bus_health}
+        if cloud is not None:
+            extra["cloud"] = cloud.health
+        api = ApiServer(service, cfg.paths.socket, group=cfg.paths.socket_group, extra=extra)
         if simulate:
             api.sim_door = _sim_door(cfg, sims)
         await api.start()

@@ -42,6 +42,11 @@ async def test_lockerctl_cloud_drives_a_demo_hub(tmp_path: Path, broker: Broker)
     as_cloud = ["cloud", "--mqtt", broker.url, "--hub", HUB, "--state-dir", str(state)]
     local = ["--socket", str(state / "api.sock"), "--json"]
     try:
+        rc, out = await lockerctl(*local, "status")
+        assert rc == 0, out
+        link = json.loads(out)["cloud"]
+        assert link["connected"] is True
+        assert link["broker"] == broker.url
         rc, out = await lockerctl(*as_cloud, "reserve", "M")
         assert rc == 0, out
         match = PARCEL.search(out)
