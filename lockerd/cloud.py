@@ -93,6 +93,8 @@ class Verifier:
             return "bad_signature"
         if cmd.expires_at is None:
             return "no_expiry"
+        if cmd.expires_at < cmd.issued_at:
+            return "expired"
         if cmd.expires_at - cmd.issued_at > self.max_life_s:
             return "lifetime_too_long"
         if cmd.issued_at > now + self.skew_s:
@@ -388,8 +390,7 @@ class CloudLink:
         with contextlib.suppress(ValueError, UnicodeDecodeError):
             # a big command (codes.bulk: megabytes) is parsed off the event loop
             raw = await asyncio.to_thread(json.loads, body) if len(body) > BIG else json.loads(body)
-        cid = raw.get("id") if isinstance(raw, dict) else None
-        cid = cid if isinstance(cid, str) and 0 < len(cid) <= 64 else None
+        cid = c.valid_id(raw.get("id")) if isinstance(raw, dict) else None
         ctype = raw.get("type") if isinstance(raw, dict) else None
         ctype = ctype if isinstance(ctype, str) and len(ctype) <= 64 else "unknown"
         if cid is not None:

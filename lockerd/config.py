@@ -95,7 +95,8 @@ class Paths(_Model):
 
 
 class Cloud(_Model):
-    """The MQTT link to the operator's cloud (docs/mqtt.md). Absent: the hub runs alone."""
+    """The MQTT link to the operator's cloud (docs/cloud-guide.md, docs/asyncapi.json).
+    Absent: the hub runs alone."""
 
     url: str = Field(
         pattern=r"^mqtts?://[^/:]+(:[0-9]{1,5})?/?$",

@@ -1,7 +1,7 @@
 """The hub <-> cloud contract over MQTT: every message as a pydantic model.
 
 One definition serves the code (parsing commands, building replies and events)
-and the published document (``docs/asyncapi.yaml``, generated from these models by
+and the published document (``docs/asyncapi.json``, generated from these models by
 ``python -m lockerd.asyncapi``; a test fails when the two disagree).
 
 Topics, under a configurable prefix (default ``lockers``):
@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -32,14 +33,26 @@ CodeHash = Annotated[
         description="HMAC-SHA256 of the code's digits with the hub's code key, lower-case hex",
     ),
 ]
-Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
+ID_PATTERN = r"^[A-Za-z0-9._:-]+$"
+Id = Annotated[str, Field(min_length=1, max_length=64, pattern=ID_PATTERN)]
+
+
+def valid_id(value: object) -> str | None:
+    """``value`` if it is a usable command id, else ``None``."""
+    if isinstance(value, str) and 0 < len(value) <= 64 and re.fullmatch(ID_PATTERN, value):
+        return value
+    return None
+
+
 Label = Annotated[str, Field(pattern=r"^[A-Z]{1,3}[0-9]{1,3}$")]
 SizeClass = Literal["S", "M", "L", "XL"]
 UnixTime = Annotated[int, Field(ge=0, description="Unix time, whole seconds")]
 
 
 class _Msg(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: what the published schema refuses ("42" for a number, 1 for a bool), the
+    # hub refuses too
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 # ======================================================================================
@@ -248,4 +261,5 @@ __all__ = [
     "SyncRequest",
     "canonical",
     "decode_sig",
+    "valid_id",
 ]

@@ -27,6 +27,7 @@ from lockerd.codes import new_code
 from lockerd.config import Cloud
 from lockerd.daemon import Hub, demo_config, open_hub
 from tests.broker import Broker
+from tests.contract_check import validate_message
 from tests.helpers import eventually
 
 HUB = "demo-hub"
@@ -147,6 +148,7 @@ def validate(side: CloudSide) -> None:
         kind = topic.rsplit("/", 1)[1]
         if kind in models:
             models[kind].model_validate(msg)
+            validate_message(kind, msg)  # and the published document (docs/asyncapi.json)
 
 
 async def test_reserve_deposit_collect_round_trip(tmp_path: Path, broker: Broker) -> None:

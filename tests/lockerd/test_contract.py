@@ -1,0 +1,518 @@
+"""The published contract against the code: docs/asyncapi.json is what lockerd/contract.py
+generates, its schemas accept what the hub accepts and refuse what it refuses, and the
+worked examples of docs/cloud-guide.md are real (computed here, verified by the hub's
+own Verifier)."""
+
+from __future__ import annotations
+
+import ast
+import copy
+import difflib
+import inspect
+import json
+import re
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import BaseModel, ValidationError
+
+from lockerd import asyncapi, cloud
+from lockerd import contract as c
+from lockerd.cloud import Verifier
+from lockerd.codes import CodeHasher
+from lockerd.config import Cloud
+from tests.contract_check import validate_message
+
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "cloud-guide.md"
+HUB_MODELS: dict[str, type[BaseModel]] = {
+    "reply": c.Reply,
+    "evt": c.EventMessage,
+    "status": c.Status,
+    "state": c.StateSnapshot,
+}
+SKEW = float(Cloud.model_fields["command_skew_s"].default)
+LIFE = float(Cloud.model_fields["command_max_life_s"].default)
+
+
+def parse(kind: str, payload: Any) -> Any:
+    """What the code does with a message of this kind (the hub parses commands with
+    COMMAND; the cloud can parse the rest with the same models)."""
+    if kind == "cmd":
+        return c.COMMAND.validate_python(payload)
+    return HUB_MODELS[kind].model_validate(payload)
+
+
+def doc() -> dict[str, Any]:
+    return cast(dict[str, Any], json.loads(asyncapi.DOC_PATH.read_text(encoding="utf-8")))
+
+
+def example(key: str, index: int = 0) -> dict[str, Any]:
+    return copy.deepcopy(asyncapi.examples()[key][index][1])
+
+
+# ======================================================================================
+# (a) the committed document is the generated one
+# ======================================================================================
+
+
+def test_the_committed_document_is_what_the_code_generates() -> None:
+    path = asyncapi.DOC_PATH
+    committed = path.read_text(encoding="utf-8") if path.exists() else ""
+    generated = asyncapi.render(asyncapi.document())
+    if committed != generated:
+        diff = difflib.unified_diff(
+            committed.splitlines(), generated.splitlines(), "committed", "generated", n=1
+        )
+        pytest.fail(
+            "docs/asyncapi.json differs from lockerd/contract.py: run "
+            "`python -m lockerd.asyncapi` and commit docs/asyncapi.json\n"
+            + "\n".join(list(diff)[:40]),
+            pytrace=False,
+        )
+
+
+def test_check_mode_fails_on_a_stale_file_and_passes_once_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "asyncapi.json"
+    out.write_text('{"asyncapi": "2.6.0"}\n')
+    assert asyncapi.main(["--check", "--out", str(out)]) == 1
+    assert "python -m lockerd.asyncapi" in capsys.readouterr().err
+    assert asyncapi.main(["--out", str(out)]) == 0
+    assert asyncapi.main(["--check", "--out", str(out)]) == 0
+    assert out.read_text().endswith("}\n")
+
+
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        own = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+        return own + [r for v in node.values() for r in _refs(v)]
+    if isinstance(node, list):
+        return [r for v in node for r in _refs(v)]
+    return []
+
+
+def test_every_reference_in_the_document_resolves() -> None:
+    d = doc()
+    refs = _refs(d)
+    assert refs
+    for ref in refs:
+        assert ref.startswith("#/"), ref
+        assert not ref.startswith("#/$defs"), f"{ref}: pydantic's $defs were not rewritten"
+        node: Any = d
+        for part in ref[2:].split("/"):
+            assert part in node, f"{ref} does not resolve"
+            node = node[part]
+
+
+def test_the_document_covers_every_command_and_message() -> None:
+    d = doc()
+    assert set(d["channels"]) == {"cmd", "reply", "evt", "status", "state"}
+    types = set(asyncapi.command_models())
+    assert types == set(d["channels"]["cmd"]["messages"])
+    assert set(c.SIGNED) <= types
+    for name in c.SIGNED:
+        assert "signature" in d["components"]["messages"][name]["description"]
+    for channel in d["channels"].values():
+        assert channel["address"].startswith("{prefix}/{hub}/")
+    qos = {op["channel"]["$ref"]: op["bindings"]["mqtt"] for op in d["operations"].values()}
+    assert qos["#/channels/cmd"] == {"qos": 1, "retain": False, "bindingVersion": "0.2.0"}
+    assert qos["#/channels/status"]["retain"] is True
+    assert qos["#/channels/state"]["retain"] is True
+    assert qos["#/channels/evt"]["retain"] is False
+    will = d["servers"]["broker"]["bindings"]["mqtt"]["lastWill"]
+    assert will["topic"] == "{prefix}/{hub}/status"
+    assert (will["qos"], will["retain"]) == (1, True)
+
+
+# ======================================================================================
+# (b) valid messages pass both the models and the schemas; invalid ones fail both
+# ======================================================================================
+
+
+def _kinds() -> dict[str, str]:
+    """message key -> channel (kind)"""
+    return {m: ch for ch, v in doc()["channels"].items() for m in v["messages"]}
+
+
+def test_every_message_has_examples_valid_for_the_model_and_the_schema() -> None:
+    d = doc()
+    kinds = _kinds()
+    for key, message in d["components"]["messages"].items():
+        assert message["examples"], f"{key} has no example"
+        for ex in message["examples"]:
+            parse(kinds[key], ex["payload"])
+            validate_message(kinds[key], ex["payload"])
+
+
+def test_messages_the_hub_builds_match_the_schema() -> None:
+    """As the hub serialises them (model_dump_json), defaults included."""
+    for kind, model in HUB_MODELS.items():
+        key = "event" if kind == "evt" else kind
+        for _, payload in asyncapi.examples()[key]:
+            built = model.model_validate(payload)
+            validate_message(kind, built.model_dump_json())
+    reply = c.Reply(id="unknown", hub="hub-0042", type="unknown", ok=False, status="x", at=1.5)
+    validate_message("reply", reply.model_dump(mode="json"))
+
+
+Mutation = Callable[[dict[str, Any]], None]
+
+
+def _set(path: str, value: Any) -> Mutation:
+    def go(m: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node: Any = m
+        for p in parents:
+            node = node[int(p)] if p.isdigit() else node[p]
+        node[last] = value
+
+    return go
+
+
+def _drop(field: str) -> Mutation:
+    def go(m: dict[str, Any]) -> None:
+        del m[field]
+
+    return go
+
+
+INVALID: list[tuple[str, str, Mutation]] = [
+    ("cmd", "parcel.cancel", _drop("id")),
+    ("cmd", "parcel.cancel", _set("id", "")),
+    ("cmd", "parcel.cancel", _set("id", "an id with spaces")),
+    ("cmd", "parcel.cancel", _set("id", "x" * 65)),
+    ("cmd", "parcel.cancel", _set("id", "cmd-1004\n")),
+    ("cmd", "parcel.cancel", _drop("hub")),
+    ("cmd", "parcel.cancel", _set("note", "extra field")),
+    ("cmd", "parcel.cancel", _set("issued_at", "tomorrow")),
+    ("cmd", "parcel.cancel", _set("issued_at", -1)),
+    ("cmd", "parcel.cancel", _set("issued_at", 1.5)),
+    ("cmd", "parcel.cancel", _set("type", "parcel.teleport")),
+    ("cmd", "parcel.reserve", _set("deposit_code_hash", "D" * 64)),
+    ("cmd", "parcel.reserve", _set("pickup_code_hash", "a" * 63)),
+    ("cmd", "parcel.reserve", _set("pickup_code_hash", "g" * 64)),
+    ("cmd", "parcel.reserve", _set("pickup_code_hash", "a" * 64 + "\n")),
+    ("cmd", "parcel.reserve", _set("size", "XXL")),
+    ("cmd", "parcel.reserve", _set("pickup_window_s", 0)),
+    ("cmd", "parcel.reserve", _set("kind", "return")),
+    ("cmd", "parcel.reserve", _drop("deposit_until")),
+    ("cmd", "parcel.recall", _set("recall_code_hash", None)),
+    ("cmd", "codes.bulk", _set("reservations.1.deposit_code_hash", "nothex")),
+    ("cmd", "codes.bulk", _set("reservations.0.code", "40185327")),
+    ("cmd", "codes.bulk", _set("reservations", {})),
+    ("cmd", "compartment.open", _set("compartment", "a5")),
+    ("cmd", "compartment.open", _set("reason", "")),
+    ("cmd", "compartment.open", _set("expires_at", "soon")),
+    ("cmd", "compartment.set_service", _set("in_service", "maybe")),
+    ("reply", "reply", _drop("at")),
+    ("reply", "reply", _set("id", "")),
+    ("reply", "reply", _set("ok", "perhaps")),
+    ("reply", "reply", _set("result", [])),
+    ("reply", "reply", _set("extra", 1)),
+    ("evt", "event", _set("seq", 0)),
+    ("evt", "event", _drop("seq")),
+    ("evt", "event", _set("data", ["a"])),
+    ("status", "status", _set("state", "away")),
+    ("status", "status", _set("boot_seq", 0)),
+    ("state", "state", _set("alarms", -1)),
+    ("state", "state", _set("compartments.0.state", "broken")),
+    ("state", "state", _set("compartments.1.colour", "red")),
+]
+
+
+@pytest.mark.parametrize(
+    ("kind", "key", "mutate"),
+    INVALID,
+    ids=[f"{k}-{i}" for i, (_, k, _m) in enumerate(INVALID)],
+)
+def test_an_invalid_message_is_refused_by_the_model_and_the_schema(
+    kind: str, key: str, mutate: Mutation
+) -> None:
+    message = example(key)
+    mutate(message)
+    with pytest.raises(ValidationError):
+        parse(kind, message)
+    with pytest.raises(AssertionError, match=r"does not match|not one of the contract"):
+        validate_message(kind, message)
+
+
+LAX: list[tuple[str, str, Mutation]] = [
+    ("cmd", "parcel.cancel", _set("issued_at", "1767225600")),
+    ("cmd", "parcel.cancel", _set("issued_at", True)),
+    ("cmd", "compartment.set_service", _set("in_service", "true")),
+    ("cmd", "parcel.reserve", _set("accessible", 1)),
+    ("reply", "reply", _set("ok", "yes")),
+    ("evt", "event", _set("seq", "42")),
+]
+
+
+@pytest.mark.parametrize(
+    ("kind", "key", "mutate"), LAX, ids=[f"{k}-{i}" for i, (_, k, _m) in enumerate(LAX)]
+)
+def test_what_the_schema_refuses_the_model_refuses_too(
+    kind: str, key: str, mutate: Mutation
+) -> None:
+    message = example(key)
+    mutate(message)
+    with pytest.raises(AssertionError):
+        validate_message(kind, message)
+    with pytest.raises(ValidationError):
+        parse(kind, message)
+
+
+ids = st.from_regex(r"[A-Za-z0-9._:-]{1,64}", fullmatch=True)
+hashes = st.from_regex(r"[0-9a-f]{64}", fullmatch=True)
+times = st.integers(min_value=0, max_value=2**40)
+labels = st.from_regex(r"[A-Z]{1,3}[0-9]{1,3}", fullmatch=True)
+sizes = st.sampled_from(["S", "M", "L", "XL"])
+envelope = {"id": ids, "hub": st.just("hub-0042"), "issued_at": times}
+optional = {"expires_at": times | st.none(), "sig": st.text(max_size=90) | st.none()}
+reservation = st.fixed_dictionaries(
+    {
+        "parcel": ids,
+        "size": sizes,
+        "deposit_code_hash": hashes,
+        "pickup_code_hash": hashes,
+        "deposit_from": times,
+        "deposit_until": times,
+    },
+    optional={
+        "recall_code_hash": hashes | st.none(),
+        "pickup_window_s": st.integers(min_value=1, max_value=90 * 86_400),
+        "accessible": st.booleans(),
+        "kind": st.sampled_from(["delivery", "return"]),
+    },
+)
+
+
+def _command(type_: str, **fields: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
+    return st.fixed_dictionaries({"type": st.just(type_), **envelope, **fields}, optional=optional)
+
+
+commands = st.one_of(
+    _command("parcel.cancel", parcel=ids),
+    _command("parcel.update_codes", parcel=ids),
+    _command("parcel.update_codes", parcel=ids, deposit_code_hash=hashes, pickup_code_hash=hashes),
+    _command("parcel.recall", parcel=ids, recall_code_hash=hashes),
+    _command("compartment.open", compartment=labels, reason=st.text(min_size=1, max_size=500)),
+    _command("compartment.set_service", compartment=labels, in_service=st.booleans()),
+    _command("sync.request"),
+    _command("codes.bulk", reservations=st.lists(reservation, max_size=3)),
+    st.builds(
+        lambda cmd, r, t: {**cmd, **{k: v for k, v in r.items() if k != "kind"}, "type": t},
+        _command("x"),
+        reservation,
+        st.sampled_from(["parcel.reserve", "return.reserve"]),
+    ),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(commands)
+def test_generated_commands_pass_the_model_and_the_schema(cmd: dict[str, Any]) -> None:
+    parsed = parse("cmd", cmd)
+    validate_message("cmd", cmd)
+    validate_message("cmd", parsed.model_dump(mode="json"))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(commands, st.data())
+def test_a_command_missing_a_required_field_or_with_an_extra_one_fails_both(
+    cmd: dict[str, Any], data: st.DataObject
+) -> None:
+    schema = doc()["components"]["schemas"][type(parse("cmd", cmd)).__name__]
+    if data.draw(st.booleans(), label="drop a required field"):
+        del cmd[data.draw(st.sampled_from(schema["required"]), label="field")]
+    else:
+        extra = data.draw(st.text(min_size=1, max_size=10), label="extra")
+        if extra in schema["properties"]:
+            return
+        cmd[extra] = 1
+    with pytest.raises(ValidationError):
+        parse("cmd", cmd)
+    with pytest.raises(AssertionError):
+        validate_message("cmd", cmd)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=8,
+)
+seconds = st.floats(min_value=0, max_value=2e9, allow_nan=False)
+hub_messages = st.one_of(
+    st.builds(
+        c.Reply,
+        id=ids,
+        hub=st.just("hub-0042"),
+        type=st.text(max_size=64),
+        ok=st.booleans(),
+        status=st.text(max_size=20),
+        message=st.text(max_size=20),
+        result=st.dictionaries(st.text(max_size=5), json_values, max_size=3),
+        duplicate=st.booleans(),
+        at=seconds,
+    ),
+    st.builds(
+        c.EventMessage,
+        hub=st.just("hub-0042"),
+        seq=st.integers(min_value=1, max_value=2**53),
+        id=st.uuids().map(str),
+        type=st.text(min_size=1, max_size=30),
+        at=seconds,
+        data=st.dictionaries(st.text(max_size=5), json_values, max_size=3),
+    ),
+    st.builds(
+        c.Status,
+        hub=st.just("hub-0042"),
+        state=st.sampled_from(["online", "offline"]),
+        boot_seq=st.integers(min_value=1, max_value=2**31),
+        at=seconds,
+        version=st.text(max_size=10),
+    ),
+    st.builds(
+        c.StateSnapshot,
+        hub=st.just("hub-0042"),
+        at=seconds,
+        alarms=st.integers(min_value=0, max_value=1000),
+        compartments=st.lists(
+            st.builds(
+                c.CompartmentState,
+                label=labels,
+                size=sizes,
+                state=st.sampled_from(
+                    ["free", "occupied", "in_use", "attention", "out_of_service"]
+                ),
+                door_open=st.booleans(),
+            ),
+            max_size=4,
+        ),
+    ),
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(hub_messages)
+def test_generated_hub_messages_match_the_schema(message: BaseModel) -> None:
+    kind = {v: k for k, v in HUB_MODELS.items()}[type(message)]
+    validate_message(kind, message.model_dump_json())
+
+
+# ======================================================================================
+# (c), (d) the guide's worked examples are real
+# ======================================================================================
+
+
+def guide() -> str:
+    return GUIDE.read_text(encoding="utf-8")
+
+
+def test_the_guide_quotes_the_worked_example_exactly() -> None:
+    text = guide()
+    w = asyncapi.worked_example()
+    missing = [name for name, value in w.quoted().items() if value not in text]
+    assert not missing, f"docs/cloud-guide.md no longer quotes: {', '.join(missing)}"
+    # and quotes nothing stale: every key, hash, signature and time in it is the example's
+    known_hex = {w.code_key.hex(), w.code_hash, w.seed.hex(), w.public_key.hex()}
+    assert set(re.findall(r"\b[0-9a-f]{64}\b", text)) <= known_hex | {w.canonical_sha256}
+    assert set(re.findall(r"[A-Za-z0-9+/]{86}==", text)) == {w.sig}
+    times = {str(w.command["issued_at"]), str(w.command["expires_at"])}
+    assert set(re.findall(r"\b1[0-9]{9}\b", text)) <= times
+
+
+def test_the_worked_code_hash_is_the_hubs() -> None:
+    w = asyncapi.worked_example()
+    hasher = CodeHasher(w.code_key)
+    assert hasher.hash(w.code) == w.code_hash
+    assert hasher.hash("4018-5327") == w.code_hash  # the guide says dashes are dropped
+    assert hasher.matches(w.code, w.code_hash)
+
+
+def _python_snippet(text: str) -> dict[str, Any]:
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) == 1, "the guide should have exactly one Python snippet"
+    namespace: dict[str, Any] = {}
+    exec(compile(blocks[0], "docs/cloud-guide.md", "exec"), namespace)
+    return namespace
+
+
+def test_the_guides_python_snippet_computes_the_worked_example() -> None:
+    w = asyncapi.worked_example()
+    snippet = _python_snippet(guide())
+    assert snippet["code_hash"](w.code_key, w.code) == w.code_hash
+    assert snippet["code_hash"](w.code_key, "4018 5327") == w.code_hash
+    assert snippet["sign"](w.command, w.seed) == w.signed
+    assert snippet["sign"](w.signed, w.seed) == w.signed  # an old sig is not signed over
+
+
+def test_the_guides_signed_command_verifies_with_the_hubs_verifier() -> None:
+    text = guide()
+    w = asyncapi.worked_example()
+    (pem,) = re.findall(r"-----BEGIN PUBLIC KEY-----.*?-----END PUBLIC KEY-----", text, re.S)
+    key = load_pem_public_key(pem.encode())
+    assert isinstance(key, Ed25519PublicKey)
+    signed = [b for b in re.findall(r"```json\n(.*?)```", text, re.S) if '"sig"' in b]
+    assert len(signed) == 1
+    raw = json.loads(signed[0])  # as the hub receives it
+    assert raw == w.signed
+    cmd = parse("cmd", raw)
+    assert cmd.type in c.SIGNED
+    verifier = Verifier(raw["hub"], key, SKEW, LIFE)
+    assert verifier.refusal(raw, cmd, w.now) is None
+    assert verifier.refusal(raw, cmd, raw["issued_at"] - SKEW) is None
+    assert verifier.refusal(raw, cmd, raw["expires_at"] + SKEW) is None
+    assert verifier.refusal(raw, cmd, raw["expires_at"] + SKEW + 1) == "expired"
+    assert verifier.refusal(raw, cmd, raw["issued_at"] - SKEW - 1) == "not_yet_valid"
+    tampered = {**raw, "compartment": "A06"}
+    assert verifier.refusal(tampered, parse("cmd", tampered), w.now) == "bad_signature"
+    reordered = json.loads(json.dumps(dict(reversed(list(raw.items())))))
+    assert verifier.refusal(reordered, cmd, w.now) is None  # key order on the wire is free
+    unsigned = {k: v for k, v in raw.items() if k != "sig"}
+    assert verifier.refusal(unsigned, parse("cmd", unsigned), w.now) == "unsigned"
+    assert Verifier(raw["hub"], None, SKEW, LIFE).refusal(raw, cmd, w.now) == "no_command_key"
+
+
+def _reasons() -> set[str]:
+    """Every refusal reason the hub can send: the Verifier's, and those lockerd.cloud
+    passes to ``_refuse`` itself."""
+    reasons = set()
+    verifier = ast.parse(textwrap.dedent(inspect.getsource(Verifier.refusal)))
+    for node in ast.walk(verifier):
+        if (
+            isinstance(node, ast.Return)
+            and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, str)
+        ):
+            reasons.add(node.value.value)
+    for node in ast.walk(ast.parse(inspect.getsource(cloud))):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "_refuse"
+        ):
+            given = [k.value for k in node.keywords if k.arg == "reason"] + node.args[4:5]
+            reasons.update(
+                g.value for g in given if isinstance(g, ast.Constant) and isinstance(g.value, str)
+            )
+    return reasons
+
+
+def test_the_guide_lists_every_refusal_reason_and_the_defaults() -> None:
+    text = guide()
+    reasons = _reasons()
+    assert {"malformed", "wrong_hub", "retained", "unsigned", "expired"} <= reasons
+    missing = sorted(r for r in reasons if f"| `{r}` |" not in text)
+    assert not missing, f"docs/cloud-guide.md's refusal table lacks {missing}"
+    assert f"(default {LIFE:g} s)" in text
+    assert f"(default {SKEW:g} s)" in text
+    days = Cloud.model_fields["session_expiry_s"].default / 86_400
+    assert f"(default {days:g} days)" in text
+    assert f"(default `{Cloud.model_fields['prefix'].default}`)" in text
