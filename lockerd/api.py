@@ -278,5 +278,7 @@ async def call(
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
+    if not line:
+        raise ConnectionError("lockerd closed the connection without a reply (did it stop?)")
     reply: dict[str, Any] = json.loads(line)
     return reply

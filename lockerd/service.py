@@ -232,7 +232,7 @@ class HubService:
 
     async def _wrong(self, terminal: str, now: float, refusal: d.Refusal) -> Outcome:
         for event in self.throttle.wrong(terminal, now):
-            log.error("code_guessing", terminal=terminal, **event.data)
+            log.error(event.type, **{"terminal": terminal, **event.data})
             await self._commit(
                 d.Change(events=(event,)),
                 now=now,
@@ -634,6 +634,15 @@ class HubService:
                     )
             for comp in await self._db(self.store.open_for_someone):
                 if comp.label in self._alarmed_open:
+                    continue
+                assert comp.operation is not None
+                if await self._db(
+                    self.store.alarm_raised_since,
+                    "door_left_open",
+                    comp.label,
+                    comp.operation.started_at,
+                ):  # this opening alarmed already, before a restart
+                    self._alarmed_open.add(comp.label)
                     continue
                 change = d.left_open(comp, now, self.left_open_alarm_s)
                 if change.events:

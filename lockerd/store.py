@@ -22,7 +22,7 @@ import sqlite3
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -490,7 +490,13 @@ class Store:
         items: list[tuple[d.Parcel, dict[d.Purpose, str]]],
         now: float,
     ) -> None:
-        db.executemany(_INSERT_PARCEL, [(*_parcel_row(p), now, now) for p, _ in items])
+        # a recall code given with the reservation makes the parcel recallable
+        parcels = [
+            replace(p, has_recall_code=True) if d.Purpose.RECALL in codes else p
+            for p, codes in items
+        ]
+        rows = [(*_parcel_row(p), now, now) for p in parcels]
+        db.executemany(_INSERT_PARCEL, rows)
         db.executemany(
             "INSERT INTO codes(hash, parcel_id, purpose) VALUES(?,?,?)",
             [(h, p.id, purpose.value) for p, codes in items for purpose, h in codes.items()],
@@ -807,6 +813,15 @@ class Store:
             {**dict(r), "data": json.loads(r["data"])}
             for r in self._db.execute(f"SELECT * FROM alarms {where} ORDER BY id")  # noqa: S608
         ]
+
+    def alarm_raised_since(self, type_: str, target: str, since: float) -> bool:
+        """Whether an alarm (acknowledged or not) of this type and target was raised at
+        or after ``since``."""
+        row = self._db.execute(
+            "SELECT 1 FROM alarms WHERE type=? AND target=? AND raised >= ? LIMIT 1",
+            (type_, target, since),
+        ).fetchone()
+        return row is not None
 
     def ack(self, alarm_id: int, *, actor: str, now: float) -> bool:
         """Acknowledge an open alarm; ``False`` if there is no such open alarm."""

@@ -19,6 +19,8 @@ import aiomqtt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from pydantic import BaseModel
 
 from lockerd import contract as c
@@ -266,40 +268,82 @@ async def test_a_signed_open_opens_once_even_when_replayed(tmp_path: Path, broke
 
 
 async def test_an_outage_loses_nothing_and_commands_wait(tmp_path: Path, broker: Broker) -> None:
+    """The broker stops mid-stream; deposits happen meanwhile; a command is queued for the
+    hub while it is away. After the restart the cloud (a persistent session of its own)
+    gets every event once, in seq order, and the command is applied once."""
+    seen: list[dict[str, Any]] = []
+    subscribed = asyncio.Event()
+
+    def cloud_client() -> aiomqtt.Client:
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = 3600
+        return aiomqtt.Client(
+            broker.host,
+            broker.port,
+            identifier="cloud-persistent",
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=False,
+            properties=props,
+        )
+
+    async def listen() -> None:
+        while True:
+            try:
+                async with cloud_client() as client:
+                    await client.subscribe(f"lockers/{HUB}/evt", qos=1)
+                    subscribed.set()
+                    async for m in client.messages:
+                        seen.append(json.loads(bytes(m.payload)))  # type: ignore[arg-type,unused-ignore]  # noqa: PERF401
+            except aiomqtt.MqttError:
+                await asyncio.sleep(0.05)
+
     async with running_hub(tmp_path, broker) as hub:
         assert hub.cloud is not None
-        await asyncio.wait_for(hub.cloud.connected.wait(), 10)
-        async with cloud_side(broker, hub) as cloud:
-            await eventually(lambda: bool(cloud.of("status")), what="birth")
-        # the cloud's session is gone with it; a persistent cloud session is the cloud's
-        # business. The hub's own session must persist: commands sent while it is away
-        broker.stop()
-        await eventually(lambda: not hub.cloud.connected.is_set(), what="link down")  # type: ignore[union-attr]
-        codes = [(new_code(8), new_code(8)) for _ in range(3)]
-        for i, (dep, pick) in enumerate(codes):
-            await hub.service.reserve(*_parcel(hub, f"OFF-{i}", dep, pick), actor="test")
-            out = await hub.service.enter_code(dep, "keypad")
-            assert out.status == "opened"
-            hub.sims["A"].board(0).close_door(int(out.compartment[1:]))  # type: ignore[index]
-        await eventually(
-            lambda: sum(1 for r in hub.store.outbox(limit=1000) if r.type == "deposited") == 3,
-            what="three deposits stored offline",
-            within=10,
-        )
-        broker.start()
-        async with aiomqtt.Client(
-            broker.host, broker.port, identifier="cloud-2", protocol=aiomqtt.ProtocolVersion.V5
-        ) as sender:
-            # sent before the hub is back: queued in the hub's persistent session
-            cmd = reserve_cmd(hub, "cmd-offline", "P-offline", new_code(8), new_code(8))
-            await sender.publish(f"lockers/{HUB}/cmd", json.dumps(cmd), qos=1)
-        async with cloud_side(broker, hub) as cloud:
-            await asyncio.wait_for(hub.cloud.connected.wait(), 10)
+        link = hub.cloud
+        await asyncio.wait_for(link.connected.wait(), 10)
+        listener = asyncio.create_task(listen())
+        try:
+            await asyncio.wait_for(subscribed.wait(), 10)
+            broker.stop()
+            await eventually(lambda: not link.connected.is_set(), what="link down")
+            for i in range(3):
+                dep, pick = new_code(8), new_code(8)
+                await hub.service.reserve(*_parcel(hub, f"OFF-{i}", dep, pick), actor="test")
+                out = await hub.service.enter_code(dep, "keypad")
+                assert out.status == "opened"
+                assert out.compartment is not None
+                hub.sims["A"].board(0).close_door(int(out.compartment[1:]))
+            await eventually(
+                lambda: sum(1 for r in hub.store.outbox(limit=1000) if r.type == "deposited") == 3,
+                what="three deposits stored offline",
+                within=10,
+            )
+            broker.start()
+            async with aiomqtt.Client(
+                broker.host, broker.port, identifier="sender", protocol=aiomqtt.ProtocolVersion.V5
+            ) as sender:
+                cmd = reserve_cmd(hub, "cmd-offline", "P-offline", new_code(8), new_code(8))
+                await sender.publish(f"lockers/{HUB}/cmd", json.dumps(cmd), qos=1)
+            await asyncio.wait_for(link.connected.wait(), 10)
             await eventually(lambda: not hub.store.outbox(), what="outbox drained", within=10)
             await eventually(
                 lambda: hub.store.parcel("P-offline") is not None, what="queued command applied"
             )
-        assert not hub.store.outbox()
+            await eventually(
+                lambda: len({e["data"]["parcel"] for e in seen if e["type"] == "deposited"}) == 3,
+                what="the offline deposits at the cloud",
+            )
+        finally:
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
+    by_seq: dict[int, dict[str, Any]] = {}
+    for e in seen:
+        assert by_seq.setdefault(e["seq"], e) == e  # a repeat is the same event
+    assert sorted(by_seq) == list(range(min(by_seq), max(by_seq) + 1))  # gapless
+    first = [e["seq"] for e in seen if by_seq[e["seq"]] is e]
+    assert first == sorted(first)  # each event's first arrival is in seq order
+    deposited = [e for e in by_seq.values() if e["type"] == "deposited"]
+    assert sorted(e["data"]["parcel"] for e in deposited) == ["OFF-0", "OFF-1", "OFF-2"]
 
 
 def _parcel(hub: Hub, pid: str, dep: str, pick: str) -> tuple[Any, Any]:

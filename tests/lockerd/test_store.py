@@ -290,3 +290,30 @@ def test_allocation_candidates_choose_what_allocate_would_choose(
     )
     assert (few.label if few else None) == (everything.label if everything else None)
     s.close()
+
+
+def test_the_outbox_quota_drops_only_door_telemetry_and_keeps_seq_gapless(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "hub.db")
+    store.outbox_quota = 2_000  # bytes
+    door = d.Event("door_opened", {"compartment": "A01"})
+    deposit = d.Event("deposited", {"compartment": "A01", "parcel": "P1"})
+    for _ in range(30):
+        store.apply(d.Change(events=(door, deposit)), now=1.0, actor="t", action="t", target="-")
+    rows = store.outbox(limit=1000)
+    assert [r.seq for r in rows] == list(range(1, len(rows) + 1))  # gapless
+    types = [r.type for r in rows]
+    assert types.count("deposited") == 30  # never dropped
+    assert types.count("outbox_quota_reached") == 1  # one alarm when it fills up
+    assert types.count("door_opened") < 30  # telemetry past the quota is not queued
+    assert [a["type"] for a in store.alarms()] == ["outbox_quota_reached"]
+    dropped = [a for a in store.audit(1000) if a["detail"].get("dropped")]
+    assert dropped  # the audit says what was not queued
+    store.delete_outbox([r.seq for r in rows])  # the cloud took them
+    store.apply(d.Change(events=(door,)), now=2.0, actor="t", action="t", target="-")
+    assert [r.type for r in store.outbox()] == ["door_opened"]  # queued again
+    store.close()
+    reopened = Store(tmp_path / "hub.db")  # the counter is rebuilt from the file
+    assert reopened.outbox_size()[0] == 1
+    reopened.close()
