@@ -435,3 +435,33 @@ async def test_a_hub_with_a_bad_certificate_is_refused(tmp_path: Path, make_brok
         assert not hub.cloud.connected.is_set()
         # and the hub serves on without its cloud
         assert (await hub.service.enter_code("00000000", "keypad")).status == "refused"
+
+
+async def test_username_and_password_instead_of_a_certificate(
+    tmp_path: Path, make_broker: Any
+) -> None:
+    broker = make_broker(passwords={HUB: "s3cret-hub", "cloud": "s3cret-cloud"})
+    (tmp_path / "mqtt-password").write_text("s3cret-hub\n")
+    cloud = Cloud(
+        url=broker.plain_url,
+        username=HUB,
+        password_file=str(tmp_path / "mqtt-password"),
+        reconnect_min_s=0.05,
+        reconnect_max_s=0.2,
+    )
+    async with running_hub(tmp_path, broker, cloud=cloud) as hub:
+        assert hub.cloud is not None
+        await asyncio.wait_for(hub.cloud.connected.wait(), 10)
+        health = await hub.cloud.health()
+        assert health["connected"] is True
+    (tmp_path / "mqtt-password").write_text("wrong\n")
+    async with running_hub(tmp_path, broker, cloud=cloud) as hub:
+        assert hub.cloud is not None
+        await eventually(
+            lambda: (
+                "not authorised" in broker.log_tail(100).lower()
+                or "bad user name or password" in broker.log_tail(100).lower()
+            ),
+            what="the broker refusing the password",
+        )
+        assert not hub.cloud.connected.is_set()
