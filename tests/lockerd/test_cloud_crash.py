@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,20 @@ from tests.broker import Broker
 from tests.helpers import eventually
 
 HUB = "crash-hub"
+
+
+_STARTED: list[asyncio.subprocess.Process] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_daemon_left_behind() -> Iterator[None]:
+    """Whatever a test asserts, every daemon it started is gone afterwards."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
 
 
 async def start(
@@ -50,6 +65,7 @@ async def start(
         stderr=asyncio.subprocess.DEVNULL,
         env=env,
     )
+    _STARTED.append(proc)
     assert proc.stdout is not None
     while True:
         line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
