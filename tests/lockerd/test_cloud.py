@@ -128,7 +128,11 @@ async def cloud_side(
 
         async def collect() -> None:
             async for m in client.messages:
-                side.seen.append((str(m.topic), json.loads(bytes(m.payload)), m.retain))  # type: ignore[arg-type,unused-ignore]
+                topic = str(m.topic)
+                body = json.loads(bytes(m.payload))  # type: ignore[arg-type,unused-ignore]
+                if not topic.endswith("/cmd"):  # what the hub sends: always to the contract
+                    validate_message(topic.rsplit("/", 1)[1], body)
+                side.seen.append((topic, body, m.retain))
 
         task = asyncio.create_task(collect())
         try:
@@ -465,3 +469,91 @@ async def test_username_and_password_instead_of_a_certificate(
             what="the broker refusing the password",
         )
         assert not hub.cloud.connected.is_set()
+
+
+async def test_every_other_command_over_mqtt(tmp_path: Path, broker: Broker) -> None:
+    """update_codes, recall, set_service, sync.request, return.reserve and codes.bulk."""
+    async with running_hub(tmp_path, broker) as hub, cloud_side(broker, hub) as cloud:
+        assert hub.cloud is not None
+        await asyncio.wait_for(hub.cloud.connected.wait(), 10)
+        h = hub.service.hasher
+        now = int(time.time())
+        env = {"hub": HUB, "issued_at": now}
+        dep, pick, new_pick, recall = (new_code(8) for _ in range(4))
+        await cloud.send(reserve_cmd(hub, "c-res", "P-1", dep, pick))
+        await cloud.send(
+            {
+                **env,
+                "id": "c-upd",
+                "type": "parcel.update_codes",
+                "parcel": "P-1",
+                "pickup_code_hash": h.hash(new_pick),
+            }
+        )
+        await cloud.send(
+            {
+                **env,
+                "id": "c-svc",
+                "type": "compartment.set_service",
+                "compartment": "A01",
+                "in_service": False,
+            }
+        )
+        await cloud.send(
+            {
+                **env,
+                "id": "c-ret",
+                "type": "return.reserve",
+                "parcel": "R-1",
+                "size": "S",
+                "deposit_code_hash": h.hash(new_code(8)),
+                "pickup_code_hash": h.hash(new_code(8)),
+                "deposit_from": now - 60,
+                "deposit_until": now + 3600,
+            }
+        )
+        bulk = [
+            {
+                "parcel": f"B-{i}",
+                "size": "S",
+                "deposit_code_hash": h.hash(f"7{i:07d}"),
+                "pickup_code_hash": h.hash(f"8{i:07d}"),
+                "deposit_from": now - 60,
+                "deposit_until": now + 3600,
+            }
+            for i in range(3)
+        ]
+        bulk.append({**bulk[0], "parcel": "B-dup-code"})
+        await cloud.send({**env, "id": "c-bulk", "type": "codes.bulk", "reservations": bulk})
+        await cloud.send({**env, "id": "c-sync", "type": "sync.request"})
+        ids = ["c-res", "c-upd", "c-svc", "c-ret", "c-bulk", "c-sync"]
+        await eventually(lambda: all(cloud.replies(i) for i in ids), what="every reply")
+        assert all(cloud.replies(i)[0]["ok"] for i in ids), [cloud.replies(i) for i in ids]
+        result = cloud.replies("c-bulk")[0]["result"]
+        assert result["reserved"] == 3
+        assert result["code_conflict"] == ["B-dup-code"]
+        snap = cloud.replies("c-sync")[0]["result"]
+        a01 = next(x for x in snap["compartments"] if x["label"] == "A01")
+        assert a01["state"] == "out_of_service"
+        # the new pickup code replaced the old one
+        out = await hub.service.enter_code(dep, "keypad")
+        assert out.status == "opened"
+        assert out.compartment is not None
+        hub.sims["A"].board(0).close_door(int(out.compartment[1:]))
+        await eventually(lambda: bool(cloud.events("deposited")), what="deposited", within=10)
+        assert (await hub.service.enter_code(pick, "keypad")).status == "refused"
+        # a recall code for a stored (not yet expired) parcel is accepted; it opens only
+        # once the parcel has expired (the domain rules)
+        await cloud.send(
+            {
+                **env,
+                "id": "c-rec",
+                "type": "parcel.recall",
+                "parcel": "P-1",
+                "recall_code_hash": h.hash(recall),
+            }
+        )
+        await eventually(lambda: bool(cloud.replies("c-rec")), what="recall reply")
+        assert cloud.replies("c-rec")[0]["ok"] is True
+        assert (await hub.service.enter_code(recall, "keypad:2")).status == "refused"
+        assert (await hub.service.enter_code(new_pick, "keypad:3")).status == "opened"
