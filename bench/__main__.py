@@ -1,4 +1,9 @@
-"""``python -m bench [--quick]``: run every benchmark, print the figures, write them down.
+"""``python -m bench [--quick] [--million]``: run every benchmark, print and write the figures.
+
+bus_bench (the hardware layer), hub_bench (enter-code through the service with many
+stored parcels; ``--million`` adds 1,000,000), e2e_bench (API request to the unlock
+frame on the demo hub), startup_bench (daemon start-up and peak RSS, 1,000
+compartments and 100,000 parcels).
 
 Writes ``bench/results/latest.md`` (a table of every figure with its target and
 the machine it ran on) and ``bench/results/latest.json``.
@@ -13,7 +18,7 @@ import platform
 import sys
 from pathlib import Path
 
-from bench import bus_bench, hub_bench
+from bench import bus_bench, e2e_bench, hub_bench, startup_bench
 from bench.bus_bench import Figure
 from lockerd.logs import configure
 
@@ -49,7 +54,7 @@ def write(figures: list[Figure], quick: bool) -> Path:
         "",
         f"- when: {when}",
         f"- machine: {machine()}",
-        f"- command: `./dev bench{' --quick' if quick else ''}` (python -m bench)",
+        f"- command: `./dev bench{''.join(' ' + a for a in sys.argv[1:])}` (python -m bench)",
         "",
         "| figure | value | unit | target | |",
         "| --- | ---: | --- | --- | --- |",
@@ -78,6 +83,8 @@ def main() -> int:
     configure(level="warning", stream=sys.stderr)
     figures = bus_bench.main(quick=quick)
     figures += hub_bench.main(quick=quick, million="--million" in sys.argv[1:])
+    figures += e2e_bench.main(quick=quick)
+    figures += startup_bench.main(quick=quick)
     width = max(len(f.name) for f in figures)
     for f in figures:
         print(f"{f.name:<{width}}  {f.value:>10.3f} {f.unit:<9} {f.target:<8} {verdict(f)}")
