@@ -3,7 +3,8 @@
 bus_bench (the hardware layer), hub_bench (enter-code through the service with many
 stored parcels; ``--million`` adds 1,000,000), e2e_bench (API request to the unlock
 frame on the demo hub), startup_bench (daemon start-up and peak RSS, 1,000
-compartments and 100,000 parcels).
+compartments and 100,000 parcels), cloud_bench (outbox drain against a bare aiomqtt loop;
+codes.bulk of 100,000 while doors are handled).
 
 Writes ``bench/results/latest.md`` (a table of every figure with its target and
 the machine it ran on) and ``bench/results/latest.json``.
@@ -18,7 +19,7 @@ import platform
 import sys
 from pathlib import Path
 
-from bench import bus_bench, e2e_bench, hub_bench, startup_bench
+from bench import bus_bench, cloud_bench, e2e_bench, hub_bench, startup_bench
 from bench.bus_bench import Figure
 from lockerd.logs import configure
 
@@ -85,6 +86,7 @@ def main() -> int:
     figures += hub_bench.main(quick=quick, million="--million" in sys.argv[1:])
     figures += e2e_bench.main(quick=quick)
     figures += startup_bench.main(quick=quick)
+    figures += cloud_bench.main(quick=quick)
     width = max(len(f.name) for f in figures)
     for f in figures:
         print(f"{f.name:<{width}}  {f.value:>10.3f} {f.unit:<9} {f.target:<8} {verdict(f)}")

@@ -28,7 +28,8 @@ from lockerd.service import HubService, Outcome
 
 log = structlog.get_logger("lockerd.api")
 
-MAX_LINE = 64 * 1024
+MAX_LINE = 64 * 1024  # a request
+MAX_REPLY = 64 * 1024 * 1024
 
 
 class _Req(BaseModel):
@@ -269,7 +270,9 @@ async def call(
 ) -> dict[str, Any]:
     """One request to the daemon's socket (what lockerctl does)."""
     async with asyncio.timeout(within):
-        reader, writer = await asyncio.open_unix_connection(str(path), limit=MAX_LINE)
+        # replies can be long (status of a 1,000-door hub is ~80 kB): the request limit
+        # protects the daemon, not the client
+        reader, writer = await asyncio.open_unix_connection(str(path), limit=MAX_REPLY)
         try:
             writer.write(json.dumps(request).encode() + b"\n")
             await writer.drain()

@@ -129,7 +129,18 @@ SCHEMA: list[str] = [
         reply TEXT NOT NULL
     ) STRICT;
     """,
+    # 5: allocation reads the free compartments of one size through an index
+    """
+    CREATE INDEX compartments_free ON compartments(size, accessible, label)
+        WHERE in_service=1 AND content='empty' AND op_purpose IS NULL AND door_open=0
+        AND parcel_id IS NULL;
+    """,
 ]
+
+# a compartment a deposit may take (the partial index compartments_free covers it)
+_FREE = (
+    "in_service=1 AND content='empty' AND op_purpose IS NULL AND door_open=0 AND parcel_id IS NULL"
+)
 
 _INSERT_PARCEL = (
     "INSERT INTO parcels(id, kind, size, state, compartment, deposit_from, deposit_until, "
@@ -352,19 +363,23 @@ class Store:
     ) -> list[d.Compartment]:
         """The few free compartments :func:`domain.allocate` would choose among, in its
         own order (smallest size, accessible ones kept for those who need them, label):
-        a deposit loads a handful of rows, not every door of the hub."""
-        ranks = {s: s.rank for s in d.Size}
-        allowed = [s.value for s in d.Size if ranks[s] >= size.rank] if fallback else [size.value]
-        marks = ",".join("?" * len(allowed))
-        rank_sql = "CASE size " + " ".join(f"WHEN '{s.value}' THEN {r}" for s, r in ranks.items())
-        rows = self._db.execute(
-            f"SELECT * FROM compartments WHERE in_service=1 AND content='empty' "  # noqa: S608
-            f"AND op_purpose IS NULL AND door_open=0 AND parcel_id IS NULL "
-            f"AND size IN ({marks}) {'AND accessible=1 ' if accessible else ''}"
-            f"ORDER BY {rank_sql} END, (accessible=1 AND ?=0), label LIMIT ?",
-            (*allowed, int(accessible), limit),
-        )
-        return [_compartment(r) for r in rows]
+        a deposit reads a handful of rows through the ``compartments_free`` index, not
+        every door of the hub."""
+        sizes = [s for s in d.Size if s.rank >= size.rank] if fallback else [size]
+        # accessible parcels take only accessible doors; others take the rest first
+        kinds = [1] if accessible else [0, 1]
+        found: list[d.Compartment] = []
+        for s in sorted(sizes, key=lambda x: x.rank):
+            for acc in kinds:
+                rows = self._db.execute(
+                    f"SELECT * FROM compartments WHERE {_FREE} "  # noqa: S608
+                    "AND size=? AND accessible=? ORDER BY label LIMIT ?",
+                    (s.value, acc, limit - len(found)),
+                )
+                found += [_compartment(r) for r in rows]
+                if len(found) >= limit:
+                    return found
+        return found
 
     def compartment(self, label: str) -> d.Compartment | None:
         row = self._db.execute("SELECT * FROM compartments WHERE label=?", (label,)).fetchone()
