@@ -58,9 +58,8 @@ from drivers.boards import Board, UnlockAck
 from drivers.framing import wire_time
 from lockerd import domain as d
 from lockerd.api import call
-from lockerd.codes import new_code
 from lockerd.config import HubConfig
-from lockerd.daemon import Hub, demo_config, open_hub
+from lockerd.daemon import Hub, demo_config, open_hub, reserve_sample
 from lockerd.logs import configure
 from simulator.boards import SimBoard
 
@@ -125,27 +124,10 @@ class Reservation:
 
 def reserve(hub: Hub, n: int) -> list[Reservation]:
     """``n`` fresh parcels (size S), created as ``daemon.sample_reservations`` does."""
-    now = hub.service.clock()
-    hasher = hub.service.hasher
     out = []
     for i in range(n):
         pid = f"BENCH-{i:04d}"
-        deposit, pickup = new_code(hub.cfg.codes.length), new_code(hub.cfg.codes.length)
-        parcel = d.Parcel(
-            pid,
-            d.Kind.DELIVERY,
-            d.Size.S,
-            deposit_from=now - 60,
-            deposit_until=now + 7 * 86_400,
-            collect_window_s=hub.cfg.timers.pickup_window_h * 3600,
-        )
-        hub.store.add_parcel(
-            parcel,
-            {d.Purpose.DEPOSIT: hasher.hash(deposit), d.Purpose.COLLECT: hasher.hash(pickup)},
-            now=now,
-            actor="bench",
-            events=[d.Event("parcel_reserved", {"parcel": pid, "size": "S"})],
-        )
+        deposit, pickup = reserve_sample(hub, pid, d.Size.S, actor="bench")
         out.append(Reservation(pid, deposit, pickup))
     return out
 

@@ -270,51 +270,45 @@ async def serve(hub: Hub, ready: Callable[[], None] | None = None) -> None:
     log.info("lockerd_stopping")
 
 
-def sample_reservations(hub: Hub, say: Any) -> None:
-    """A fresh demo hub gets three parcels to deposit and collect."""
-    if hub.store.parcels():
-        say("resumed an existing demo hub: its codes were printed when it was created")
-        return
+def reserve_sample(
+    hub: Hub, pid: str, size: d.Size, *, kind: d.Kind = d.Kind.DELIVERY, actor: str = "demo"
+) -> tuple[str, str]:
+    """A reservation with two new codes (deposit, pickup), stored as hashes only; the
+    codes are returned once, for the demo to print (or a benchmark to enter)."""
     now = hub.service.clock()
     hasher = hub.service.hasher
-    for n, size in enumerate(("S", "M", "L"), start=1):
-        pid = f"DEMO-{n:03d}"
-        deposit, pickup = new_code(hub.cfg.codes.length), new_code(hub.cfg.codes.length)
-        parcel = d.Parcel(
-            pid,
-            d.Kind.DELIVERY,
-            d.Size(size),
-            deposit_from=now - 60,
-            deposit_until=now + 7 * 86_400,
-            collect_window_s=hub.cfg.timers.pickup_window_h * 3600,
-        )
-        hub.store.add_parcel(
-            parcel,
-            {d.Purpose.DEPOSIT: hasher.hash(deposit), d.Purpose.COLLECT: hasher.hash(pickup)},
-            now=now,
-            actor="demo",
-            events=[d.Event("parcel_reserved", {"parcel": pid, "size": size})],
-        )
-        say(f"parcel {pid} size {size} deposit {deposit} pickup {pickup}")
-    pid = "DEMO-004"
-    drop, collect = new_code(hub.cfg.codes.length), new_code(hub.cfg.codes.length)
+    deposit, pickup = new_code(hub.cfg.codes.length), new_code(hub.cfg.codes.length)
     parcel = d.Parcel(
         pid,
-        d.Kind.RETURN,
-        d.Size.S,
+        kind,
+        size,
         deposit_from=now - 60,
         deposit_until=now + 7 * 86_400,
         collect_window_s=hub.cfg.timers.pickup_window_h * 3600,
     )
     hub.store.add_parcel(
         parcel,
-        {d.Purpose.DEPOSIT: hasher.hash(drop), d.Purpose.COLLECT: hasher.hash(collect)},
+        {d.Purpose.DEPOSIT: hasher.hash(deposit), d.Purpose.COLLECT: hasher.hash(pickup)},
         now=now,
-        actor="demo",
-        events=[d.Event("parcel_reserved", {"parcel": pid, "size": "S", "kind": "return"})],
+        actor=actor,
+        events=[
+            d.Event("parcel_reserved", {"parcel": pid, "size": size.value, "kind": kind.value})
+        ],
     )
-    say(f"parcel {pid} size S deposit {drop} pickup {collect}")
-    say(f"  ({pid} is a return: a resident drops it off with its deposit code,")
+    return deposit, pickup
+
+
+def sample_reservations(hub: Hub, say: Any) -> None:
+    """A fresh demo hub gets three deliveries and a return to play with."""
+    if hub.store.parcels():
+        say("resumed an existing demo hub: its codes were printed when it was created")
+        return
+    for n, size in enumerate((d.Size.S, d.Size.M, d.Size.L), start=1):
+        deposit, pickup = reserve_sample(hub, f"DEMO-{n:03d}", size)
+        say(f"parcel DEMO-{n:03d} size {size.value} deposit {deposit} pickup {pickup}")
+    drop, collect = reserve_sample(hub, "DEMO-004", d.Size.S, kind=d.Kind.RETURN)
+    say(f"parcel DEMO-004 size S deposit {drop} pickup {collect}")
+    say("  (DEMO-004 is a return: a resident drops it off with its deposit code,")
     say("   a carrier collects it with its pickup code)")
 
 

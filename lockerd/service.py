@@ -180,7 +180,7 @@ class HubService:
         return await self._db(self.store.parcel, pid) if pid else None
 
     # ------------------------------------------------------------------ the keypad
-    async def enter_code(self, code: str, terminal: str) -> Outcome:  # noqa: PLR0911
+    async def enter_code(self, code: str, terminal: str) -> Outcome:
         """Exactly what the hub's keypad does with a code."""
         now = self.clock()
         wait = self.throttle.wait(terminal, now)
@@ -190,45 +190,53 @@ class HubService:
             return Outcome("refused", d.terminal_message(d.Refusal.UNKNOWN_CODE))
         code_hash = self.hasher.hash(code)
         async with self._lock:
-            found = await self._db(self.store.code, code_hash)
-            if found is None:
-                return await self._wrong(terminal, now, d.Refusal.UNKNOWN_CODE)
-            parcel, purpose = found
-            if purpose is d.Purpose.DEPOSIT:
-                comps = await self._db(
-                    self.store.allocation_candidates,
-                    parcel.size,
-                    accessible=parcel.accessible,
-                    fallback=self.fallback,
-                )
-                comp = d.allocate(
-                    comps, parcel.size, accessible=parcel.accessible, fallback=self.fallback
-                )
-                if comp is None:
-                    refusal = d.check_code(parcel, purpose, now) or d.Refusal.NO_COMPARTMENT
-                    return await self._refused(terminal, now, refusal, parcel.id)
-            else:
-                comp = (
-                    await self._db(self.store.compartment, parcel.compartment)
-                    if parcel.compartment
-                    else None
-                )
-                if comp is None:
-                    return await self._wrong(terminal, now, d.Refusal.WRONG_STATE)
-            change = d.start(parcel, purpose, comp, now, actor=terminal)
-            if change.refusal is not None:
-                return await self._refused(terminal, now, change.refusal, parcel.id)
-            intent = await self._commit(
-                change,
-                now=now,
-                actor=terminal,
-                action="enter_code",
-                target=comp.label,
-                intent=(comp.label, purpose, parcel.id),
-            )
-            assert intent is not None
-            assert change.compartment is not None
+            # one trip to the store's thread: look up, allocate, decide, commit the intent
+            decided = await self._db(self._decide_code, code_hash, terminal, now)
+            if isinstance(decided, d.Refusal):
+                return await self._wrong(terminal, now, decided)
+            if isinstance(decided, tuple) and isinstance(decided[0], d.Refusal):
+                return await self._refused(terminal, now, decided[0], decided[1])
+            change, intent = decided
+            self._changed()
+        assert change.compartment is not None
         return await self._pulse_and_confirm(change.compartment, intent, actor=terminal)
+
+    def _decide_code(
+        self, code_hash: str, terminal: str, now: float
+    ) -> d.Refusal | tuple[d.Refusal, str] | tuple[d.Change, int]:
+        """On the store's thread, under the service lock: what a code opens, and its
+        intent committed. A refusal alone counts as a wrong code; with a parcel id it
+        is a right code that cannot open now."""
+        found = self.store.code(code_hash)
+        if found is None:
+            return d.Refusal.UNKNOWN_CODE
+        parcel, purpose = found
+        if purpose is d.Purpose.DEPOSIT:
+            comps = self.store.allocation_candidates(
+                parcel.size, accessible=parcel.accessible, fallback=self.fallback
+            )
+            comp = d.allocate(
+                comps, parcel.size, accessible=parcel.accessible, fallback=self.fallback
+            )
+            if comp is None:
+                return (d.check_code(parcel, purpose, now) or d.Refusal.NO_COMPARTMENT, parcel.id)
+        else:
+            comp = self.store.compartment(parcel.compartment) if parcel.compartment else None
+            if comp is None:
+                return d.Refusal.WRONG_STATE
+        change = d.start(parcel, purpose, comp, now, actor=terminal)
+        if change.refusal is not None:
+            return (change.refusal, parcel.id)
+        intent = self.store.apply(
+            change,
+            now=now,
+            actor=terminal,
+            action="enter_code",
+            target=comp.label,
+            intent=(comp.label, purpose, parcel.id),
+        )
+        assert intent is not None
+        return change, intent
 
     async def _wrong(self, terminal: str, now: float, refusal: d.Refusal) -> Outcome:
         for event in self.throttle.wrong(terminal, now):
@@ -267,20 +275,10 @@ class HubService:
                 "parcel_reserved",
                 {"parcel": parcel.id, "kind": parcel.kind.value, "size": parcel.size.value},
             )
-            try:
-                await self._db(
-                    self.store.add_parcel,
-                    parcel,
-                    codes,
-                    now=self.clock(),
-                    actor=actor,
-                    events=[event],
-                    command=command,
-                )
-            except StoreConflict:
-                return Outcome("refused", "a code of this parcel is already in use")
-        self._changed()
-        return Outcome("ok", f"parcel {parcel.id} reserved")
+            refused = await self._write_codes(
+                self.store.add_parcel, parcel, codes, actor, event, command
+            )
+        return refused or Outcome("ok", f"parcel {parcel.id} reserved")
 
     async def cancel(self, parcel_id: str, *, actor: str, command: Inbox | None = None) -> Outcome:
         """The cloud cancels a reservation: only before the parcel is in a compartment."""
@@ -328,20 +326,36 @@ class HubService:
                 "parcel_codes_changed",
                 {"parcel": parcel_id, "purposes": sorted(p.value for p in codes)},
             )
-            try:
-                await self._db(
-                    self.store.set_codes,
-                    parcel_id,
-                    codes,
-                    now=self.clock(),
-                    actor=actor,
-                    events=[event],
-                    command=command,
-                )
-            except StoreConflict:
-                return Outcome("refused", "a code of this parcel is already in use")
+            refused = await self._write_codes(
+                self.store.set_codes, parcel_id, codes, actor, event, command
+            )
+        return refused or Outcome("ok", f"parcel {parcel_id}: codes changed")
+
+    async def _write_codes(  # noqa: PLR0917 - the store call and its arguments
+        self,
+        write: Callable[..., None],
+        target: Any,
+        codes: dict[d.Purpose, str],
+        actor: str,
+        event: d.Event,
+        command: Inbox | None,
+    ) -> Outcome | None:
+        """Store code hashes (a new parcel's, or new ones for a parcel); ``None`` when
+        done, a refusal when a hash is already live for another parcel."""
+        try:
+            await self._db(
+                write,
+                target,
+                codes,
+                now=self.clock(),
+                actor=actor,
+                events=[event],
+                command=command,
+            )
+        except StoreConflict:
+            return Outcome("refused", "a code of this parcel is already in use")
         self._changed()
-        return Outcome("ok", f"parcel {parcel_id}: codes changed")
+        return None
 
     async def reserve_many(
         self,
