@@ -54,6 +54,10 @@ WINDOW = 200  # events in flight (published, PUBACK awaited) at once
 BIG = 64 * 1024  # commands larger than this are parsed on a worker thread
 
 
+class _Stopped(Exception):
+    """The daemon is stopping (see :meth:`CloudLink.close`)."""
+
+
 def failpoint(name: str) -> None:
     """A named crash point for tests: ``LOCKERD_FAILPOINT=name`` kills the process here,
     as a power cut would (no clean-up, no flush)."""
@@ -161,6 +165,8 @@ class CloudLink:
         self._state_dirty = asyncio.Event()
         self._last_state: str | None = None
         self._open_tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
+        self._stop = asyncio.Event()
         service.on_commit.append(self.poke)
 
     async def health(self) -> dict[str, Any]:
@@ -182,6 +188,18 @@ class CloudLink:
     def _path(self, name: str) -> Path:
         path = Path(name)
         return path if path.is_absolute() else self.state_dir / path
+
+    def close(self) -> None:
+        """The daemon is stopping: :meth:`run` ends even if the cancellation that comes
+        with the stop is lost. Python 3.11's ``wait_for`` (inside aiomqtt) can swallow a
+        cancel that lands as its inner call completes; seen as a link that kept running
+        after SIGTERM, right after a (re)connect."""
+        self._closing = True
+        self._stop.set()
+
+    async def _until_stopped(self) -> None:
+        await self._stop.wait()
+        raise _Stopped
 
     def poke(self) -> None:
         """Something was committed: events to send, maybe a new snapshot."""
@@ -232,7 +250,7 @@ class CloudLink:
     async def run(self) -> None:
         """Connect, serve, reconnect with jittered exponential backoff; forever."""
         failures = 0
-        while True:
+        while not self._closing:
             try:
                 client = self._client()
                 mqtt = _Mqtt(client)  # before connecting: a resumed session delivers at once
@@ -250,8 +268,15 @@ class CloudLink:
                                 retain=True,
                                 timeout=2,
                             )
+                        # and do not wait long for the broker to see us go: aiomqtt's
+                        # disconnect waits `timeout` for it (seen stuck for 10 s)
+                        client.timeout = 1.0
                         raise
             except aiomqtt.MqttError as exc:
+                if self._closing:
+                    # stopping: the connection's error may come instead of the cancellation
+                    # (and Task.cancelling() cannot tell: a failing task group leaves it set)
+                    raise asyncio.CancelledError from exc
                 was = self.connected.is_set()
                 self.connected.clear()
                 failures += 1
@@ -266,7 +291,9 @@ class CloudLink:
                     retry_in_s=round(delay, 2),
                     hint="the hub keeps working; events wait in the outbox",
                 )
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):  # a stop ends the wait too
+                    async with asyncio.timeout(delay):
+                        await self._stop.wait()
 
     async def _serve(self, client: aiomqtt.Client, mqtt: _Mqtt) -> None:
         # retain-as-published: a command published with the retain flag reaches us
@@ -284,6 +311,9 @@ class CloudLink:
                 tg.create_task(self._drain(client))
                 tg.create_task(self._state_loop(client))
                 tg.create_task(self._commands(client, mqtt))
+                tg.create_task(self._until_stopped())
+        except* _Stopped:
+            raise asyncio.CancelledError from None  # a stop: leave as a cancel would
         except* aiomqtt.MqttError as group:
             raise group.exceptions[0] from None  # the connection is gone: reconnect
 

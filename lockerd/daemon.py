@@ -37,6 +37,8 @@ from lockerd.store import Store
 from simulator.boards import BOARD_TYPES, SimBoard, SimCu16
 from simulator.line import Simulator
 
+STOP_GRACE_S = 10.0  # a stop waits this long for the monitor, the tick and the cloud link
+
 if TYPE_CHECKING:
     from lockerd.cloud import CloudLink
 
@@ -76,6 +78,20 @@ def _open_store(cfg: HubConfig, *, simulate: bool) -> tuple[CodeHasher, Store]:
         store.close()
         raise
     return hasher, store
+
+
+def _where(task: asyncio.Task[Any]) -> str:
+    """Where a task is waiting, outermost coroutine first (for a stuck stop's log)."""
+    out = []
+    coro: Any = task.get_coro()
+    while coro is not None:  # follow the awaits down, into library coroutines too
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is None:
+            break
+        name = frame.f_code.co_filename.rsplit("/", 2)[-1]
+        out.append(f"{name}:{frame.f_lineno} {frame.f_code.co_name}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return " -> ".join(out)
 
 
 def _settle_heap() -> None:
@@ -264,9 +280,22 @@ async def serve(hub: Hub, ready: Callable[[], None] | None = None) -> None:
         tasks.append(asyncio.create_task(hub.cloud.run(), name="cloud link"))
     waiter = asyncio.create_task(stop.wait())
     await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    if hub.cloud is not None:
+        hub.cloud.close()
     for t in [waiter, *tasks]:
         t.cancel()
-    await asyncio.gather(waiter, *tasks, return_exceptions=True)
+    _, stuck = await asyncio.wait([waiter, *tasks], timeout=STOP_GRACE_S)
+    if stuck:  # never hang a stop: the service manager would have to kill us
+        log.error(
+            "stop_incomplete",
+            tasks=sorted(t.get_name() for t in stuck),
+            where=[
+                f"{t.get_name()}: {_where(t)}"
+                for t in asyncio.all_tasks()
+                if t is not asyncio.current_task()
+            ],
+            hint="these did not end within the grace period; exiting anyway",
+        )
     log.info("lockerd_stopping")
 
 

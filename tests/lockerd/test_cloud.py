@@ -557,3 +557,27 @@ async def test_every_other_command_over_mqtt(tmp_path: Path, broker: Broker) -> 
         assert cloud.replies("c-rec")[0]["ok"] is True
         assert (await hub.service.enter_code(recall, "keypad:2")).status == "refused"
         assert (await hub.service.enter_code(new_pick, "keypad:3")).status == "opened"
+
+
+async def test_a_stop_while_the_broker_goes_away_still_stops(
+    tmp_path: Path, broker: Broker
+) -> None:
+    """The daemon's stop (close, then cancel) as the connection breaks: the link ends.
+    (A cancel alone can be lost: Python 3.11's wait_for, inside aiomqtt, may swallow it,
+    and a failing task group can surface the connection's error instead; the link once
+    went on reconnecting and the daemon never exited on SIGTERM.)"""
+    cfg, _ = demo_config(str(tmp_path / "hub"), str(tmp_path / "api.sock"))
+    cloud = Cloud(url=broker.url, reconnect_min_s=0.05, reconnect_max_s=0.2)
+    async with open_hub(cfg.model_copy(update={"cloud": cloud}), simulate=True) as hub:
+        assert hub.cloud is not None
+        task = asyncio.create_task(hub.cloud.run())
+        await asyncio.wait_for(hub.cloud.connected.wait(), 10)
+        broker.kill()
+        hub.cloud.close()  # what serve() does on SIGTERM, before cancelling
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=5)
+        assert done, "the link did not stop"
+        # and a link told to stop never starts again
+        again = asyncio.create_task(hub.cloud.run())
+        done, _ = await asyncio.wait([again], timeout=5)
+        assert done

@@ -50,6 +50,7 @@ async def start(
     env.pop("LOCKERD_FAILPOINT", None)
     if failpoint:
         env["LOCKERD_FAILPOINT"] = failpoint
+    log = (state.parent / "daemon.log").open("ab")  # for a failure's post-mortem
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
@@ -62,9 +63,10 @@ async def start(
         "--hub-id",
         HUB,
         stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
+        stderr=log,
         env=env,
     )
+    log.close()  # the daemon has its own copy
     _STARTED.append(proc)
     assert proc.stdout is not None
     while True:
@@ -101,6 +103,17 @@ def replies(seen: list[dict[str, Any]], cid: str) -> list[dict[str, Any]]:
 
 def events(seen: list[dict[str, Any]], type_: str) -> list[dict[str, Any]]:
     return [m for m in seen if m["topic"] == "evt" and m["type"] == type_]
+
+
+async def born(seen: list[dict[str, Any]], *, boot: int) -> None:
+    await eventually(
+        lambda: any(
+            m["topic"] == "status" and m["state"] == "online" and m["boot_seq"] == boot
+            for m in seen
+        ),
+        what=f"the hub's birth (boot {boot})",
+        within=20,
+    )
 
 
 def reserved(seen: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -142,6 +155,7 @@ async def test_a_reservation_survives_a_kill_before_its_ack(
     }
     async with cloud(broker) as (client, seen):
         proc = await start(state, broker, failpoint)
+        await born(seen, boot=2)  # subscribed again: the command reaches it live
         await client.publish(f"lockers/{HUB}/cmd", json.dumps(cmd), qos=1)
         assert await asyncio.wait_for(proc.wait(), 20) == 99  # killed at the failpoint
         proc = await start(state, broker)  # the broker redelivers: never acknowledged
@@ -186,6 +200,7 @@ async def test_a_signed_open_killed_before_its_pulse_is_never_pulsed(
     cmd["sig"] = base64.b64encode(key.sign(c.canonical(cmd))).decode()
     async with cloud(broker) as (client, seen):
         proc = await start(state, broker, "cloud.open_committed")
+        await born(seen, boot=2)  # subscribed again: the command reaches it live
         await client.publish(f"lockers/{HUB}/cmd", json.dumps(cmd), qos=1)
         assert await asyncio.wait_for(proc.wait(), 20) == 99
         proc = await start(state, broker)
