@@ -362,7 +362,7 @@ class HubService:
         items: list[tuple[d.Parcel, dict[d.Purpose, str]]],
         *,
         actor: str,
-        chunk: int = 2000,
+        chunk: int = 500,
     ) -> dict[str, str]:
         """Many reservations (``codes.bulk``): chunk by chunk, each chunk one transaction
         taken between door events (the lock is released between chunks, so the door

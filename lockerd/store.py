@@ -466,26 +466,34 @@ class Store:
         fate: dict[str, str] = {}
         with self.transaction() as db:
             accepted: list[tuple[d.Parcel, dict[d.Purpose, str]]] = []
-            hashes: set[str] = set()
+            ids = [p.id for p, _ in items]
+            hashes_in = [h for _, codes in items for h in codes.values()]
+            # two lookups for the whole batch, not two per parcel
+            taken_ids = {
+                r[0]
+                for r in db.execute(
+                    f"SELECT id FROM parcels WHERE id IN ({','.join('?' * len(ids))})",  # noqa: S608
+                    ids,
+                )
+            }
+            taken = {
+                r[0]
+                for r in db.execute(
+                    f"SELECT hash FROM codes WHERE hash IN ({','.join('?' * len(hashes_in))})",  # noqa: S608
+                    hashes_in,
+                )
+            }
             for parcel, codes in items:
                 mine = list(codes.values())
                 if parcel.id in fate:
                     continue  # twice in one batch: the first one's fate stands
-                if db.execute("SELECT 1 FROM parcels WHERE id=?", (parcel.id,)).fetchone():
+                if parcel.id in taken_ids:
                     fate[parcel.id] = "exists"
                     continue
-                marks = ",".join("?" * len(mine))
-                if (
-                    len(set(mine)) != len(mine)
-                    or hashes.intersection(mine)
-                    or db.execute(
-                        f"SELECT 1 FROM codes WHERE hash IN ({marks})",  # noqa: S608
-                        mine,
-                    ).fetchone()
-                ):
+                if len(set(mine)) != len(mine) or taken.intersection(mine):
                     fate[parcel.id] = "code_conflict"
                     continue
-                hashes.update(mine)
+                taken.update(mine)
                 accepted.append((parcel, codes))
                 fate[parcel.id] = "reserved"
             self._insert_parcels(db, accepted, now)
