@@ -53,7 +53,6 @@ from typing import Any, TextIO
 
 from bench.bus_bench import Figure, percentile
 from bench.hub_bench import FsyncFloor
-from drivers import kerong, modbus
 from drivers.boards import Board, UnlockAck
 from drivers.framing import wire_time
 from lockerd import domain as d
@@ -62,20 +61,13 @@ from lockerd.config import HubConfig
 from lockerd.daemon import Hub, demo_config, open_hub, reserve_sample
 from lockerd.logs import configure
 from simulator.boards import SimBoard
+from simulator.line import request_len
 
 TARGET_MS = 15.0
 WARMUP = 2
 
 
-def frame_len(request: Any) -> int:
-    """Wire length of a decoded request frame."""
-    if isinstance(request, kerong.Cu48Request):
-        return kerong.CU48_REQUEST_LEN
-    if isinstance(request, kerong.Cu16Request):
-        return kerong.CU16_REQUEST_LEN
-    if isinstance(request, modbus.ModbusRequest) and request.function == modbus.FC_WRITE_COILS:
-        return 9 + (request.count + 7) // 8
-    return 8  # every other Modbus request used for an unlock (FC05, FC06)
+frame_len = request_len  # the simulator's own: the wire length of a decoded request
 
 
 @dataclass(frozen=True)

@@ -83,11 +83,9 @@ class HubService:
         return await loop.run_in_executor(self._io, lambda: fn(*args, **kwargs))
 
     async def run_db(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """A store call on the store's own thread (for the cloud link); a write pokes
-        every ``on_commit`` listener."""
-        result = await self._db(fn, *args, **kwargs)
-        self._changed()
-        return result
+        """A store call on the store's own thread (for the cloud link). It pokes no
+        ``on_commit`` listener: the link's own reads would wake its drain loop forever."""
+        return await self._db(fn, *args, **kwargs)
 
     def _changed(self) -> None:
         for listener in self.on_commit:

@@ -40,7 +40,7 @@ log = structlog.get_logger("lockerd.sim")
 Send = Callable[[bytes], None]
 
 
-def _request_len(request: Any) -> int:
+def request_len(request: Any) -> int:
     """Wire length of a decoded request, for line-speed emulation."""
     if isinstance(request, kerong.Cu48Request):
         return kerong.CU48_REQUEST_LEN
@@ -269,7 +269,7 @@ class SimLine:
             reply = board.corrupt(reply)
         delay = faults.late_reply_s
         if self.emulate_line_speed:
-            delay += wire_time(_request_len(request) + len(reply), self.baudrate)
+            delay += wire_time(request_len(request) + len(reply), self.baudrate)
         parts = [reply]
         if faults.split_reply:
             cut = max(1, len(reply) // 2)
