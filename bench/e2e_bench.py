@@ -130,6 +130,12 @@ class Sample:
     to_unlock: float  # request written -> the driver's unlock() called (seconds)
     bus: str
     wire: float  # the unlock frame's wire time at its bus's baud rate (seconds)
+    ahead: float  # wire time still ahead of it when unlock() was called (Bus.wire_ahead)
+
+    @property
+    def over_wire(self) -> float:
+        """The latency less all wire time: the software's own part (and the VM's)."""
+        return self.latency - self.ahead
 
 
 class Bench:
@@ -141,16 +147,20 @@ class Bench:
         self.baud = {b.name: b.baudrate for b in cfg.buses}
         self.probe = UnlockProbe(hub)
         self.rng = random.Random(3)
-        # when the service called the driver's unlock(), per (bus, address, channel)
-        self.unlock_called: dict[tuple[str, int, int], float] = {}
+        # when the service called the driver's unlock(), and the wire time ahead of it
+        # then (a poll on the wire, the silence between frames), per (bus, address, channel)
+        self.unlock_called: dict[tuple[str, int, int], tuple[float, float]] = {}
         for (bus, address), board in hub.boards.items():
             self._wrap_unlock(bus, address, board)
 
     def _wrap_unlock(self, bus: str, address: int, board: Board[Any]) -> None:
         unlock = board.unlock
 
+        line = self.hub.buses[bus]
+
         async def probed(channel: int) -> UnlockAck:
-            self.unlock_called[(bus, address, channel)] = time.perf_counter()
+            ahead = line.wire_ahead()
+            self.unlock_called[(bus, address, channel)] = (time.perf_counter(), ahead)
             return await unlock(channel)
 
         board.unlock = probed  # type: ignore[method-assign]  # a run-time hook, bench only
@@ -195,8 +205,8 @@ class Bench:
         if len(unlocks) != 1 or len(self.probe.seen) != 1:
             raise RuntimeError(f"e2e bench: expected one unlock of {label}, saw {self.probe.seen}")
         u = unlocks[0]
-        called = self.unlock_called[self.where[label]]
-        return Sample(u.at - t0, called - t0, bus, wire_time(u.frame_len, self.baud[bus]))
+        called, ahead = self.unlock_called[self.where[label]]
+        return Sample(u.at - t0, called - t0, bus, wire_time(u.frame_len, self.baud[bus]), ahead)
 
     async def collect(self, done: list[Reservation]) -> None:
         """Empty every compartment again: all pickups at once, then every door shut."""
@@ -285,17 +295,30 @@ async def measure(tmp: Path, samples: int, log: TextIO) -> Run:
 
 def figures(run: Run) -> list[Figure]:
     samples, cfg = run.samples, run.cfg
-    name = "e2e demo hub: API enter_code -> unlock frame at the board, less its wire time"
+    raw = "e2e demo hub: API enter_code -> unlock frame at the board, less its wire time"
+    name = "e2e demo hub: API enter_code -> unlock frame at the board, over the wire time"
     ms = [s.latency * 1e3 for s in samples]
-    p99 = percentile(ms, 0.99)
+    over = [s.over_wire * 1e3 for s in samples]
+    ahead = [s.ahead * 1e3 for s in samples]
+    p99 = percentile(over, 0.99)
     service = [s.to_unlock * 1e3 for s in samples]
     bus = [(s.latency - s.to_unlock) * 1e3 for s in samples]
     stage1 = "e2e demo hub, part: API request -> driver unlock() called (API, service, commit)"
     stage2 = "e2e demo hub, part: driver unlock() -> frame at the board (bus queue, poll, gap)"
     out = [
-        Figure(f"{name}: p50", percentile(ms, 0.5), "ms"),
+        Figure(f"{name}: p50", percentile(over, 0.5), "ms"),
         Figure(f"{name}: p99", p99, "ms", f"< {TARGET_MS:g} ms", p99 < TARGET_MS),
-        Figure(f"{name}: max", max(ms), "ms"),
+        Figure(f"{name}: max", max(over), "ms"),
+        Figure(f"{raw} (wire time ahead included): p50", percentile(ms, 0.5), "ms"),
+        Figure(f"{raw} (wire time ahead included): p99", percentile(ms, 0.99), "ms"),
+        Figure(f"{raw} (wire time ahead included): max", max(ms), "ms"),
+        Figure(
+            "e2e demo hub: unlocks that found the line taken (a poll on the wire, the silence)",
+            100 * sum(a > 0 for a in ahead) / len(ahead),
+            "%",
+        ),
+        Figure("e2e demo hub: wire time ahead of the unlock p99", percentile(ahead, 0.99), "ms"),
+        Figure("e2e demo hub: wire time ahead of the unlock max", max(ahead), "ms"),
         Figure(f"{stage1} p50", percentile(service, 0.5), "ms"),
         Figure(f"{stage1} p99", percentile(service, 0.99), "ms"),
         Figure(f"{stage2} p50", percentile(bus, 0.5), "ms"),
@@ -307,11 +330,15 @@ def figures(run: Run) -> list[Figure]:
             continue
         kinds = "/".join(sorted({b.kind for b in bus_cfg.boards}))
         where = f"bus {bus_cfg.name} ({kinds}, {bus_cfg.baudrate} baud)"
+        bus_over = [s.over_wire * 1e3 for s in on_bus]
         bus_ms = [s.latency * 1e3 for s in on_bus]
         out += [
             Figure(f"{name}, {where}: samples", len(on_bus), "samples"),
-            Figure(f"{name}, {where}: p50", percentile(bus_ms, 0.5), "ms"),
-            Figure(f"{name}, {where}: p99", percentile(bus_ms, 0.99), "ms"),
+            Figure(f"{name}, {where}: p50", percentile(bus_over, 0.5), "ms"),
+            Figure(f"{name}, {where}: p99", percentile(bus_over, 0.99), "ms"),
+            Figure(
+                f"{raw}, {where} (wire time ahead included): p99", percentile(bus_ms, 0.99), "ms"
+            ),
             Figure(f"e2e demo hub, {where}: unlock frame wire time", on_bus[0].wire * 1e3, "ms"),
         ]
     out += [

@@ -257,6 +257,7 @@ class Bus:
         self._gap = max(settings.gap_ms / 1000, frame_silence(settings.baudrate))
         self._timeout = settings.timeout_ms / 1000
         self._turn = _PriorityMutex()
+        self._holder: Exchange[Any] | None = None  # the exchange whose turn it is
         self._link: _Link | None = None
         self._current: _InFlight | None = None
         self._quiet_until = 0.0
@@ -296,6 +297,23 @@ class Bus:
     @property
     def is_open(self) -> bool:
         return self._link is not None
+
+    def wire_ahead(self) -> float:
+        """Seconds the line stays taken before a new request may go out: what is left
+        of the transaction on the wire (its request and expected reply at the baud
+        rate, then the silence between frames), or of the silence after the last one.
+        Physics, not software: benchmarks report latency over it."""
+        now = asyncio.get_running_loop().time()
+        silence = max(0.0, self._quiet_until - now)
+        current, holder = self._current, self._holder
+        if current is not None:
+            ex = current.exchange
+            wire = wire_time(len(ex.request) + ex.reply_len, self.settings.baudrate)
+            return max(0.0, current.timing.written + wire + self._gap - now)
+        if holder is not None:  # its turn came; it keeps the silence, then goes out
+            wire = wire_time(len(holder.request) + holder.reply_len, self.settings.baudrate)
+            return silence + wire + self._gap
+        return silence
 
     @contextlib.asynccontextmanager
     async def hold(self) -> AsyncIterator[None]:
@@ -353,6 +371,7 @@ class Bus:
         attempts = self._attempts(exchange, health)
         for attempt in range(1, attempts + 1):
             await self._turn.acquire(exchange.priority)
+            self._holder = exchange
             try:
                 self._check_usable(exchange)  # things may have changed while it waited
                 if exchange.precheck is not None and self._last_unanswered:
@@ -368,6 +387,7 @@ class Bus:
             else:
                 return result
             finally:
+                self._holder = None
                 self._turn.release()
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -236,6 +237,9 @@ def _translate(exc: sqlite3.Error, path: Path) -> StoreError:
 class Store:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        # how long the last COMMIT took (writing the WAL and, with synchronous=FULL, the
+        # disk's flush): benchmarks take the disk's part out of latency figures with it
+        self.last_commit_s = 0.0
         existed = self.path.exists()
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -295,7 +299,9 @@ class Store:
             raise _translate(exc, self.path) from exc
         try:
             yield db
+            started = time.perf_counter()
             db.execute("COMMIT")
+            self.last_commit_s = time.perf_counter() - started
         except sqlite3.Error as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")
