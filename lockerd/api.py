@@ -16,6 +16,7 @@ import contextlib
 import grp
 import json
 import os
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -99,6 +100,17 @@ class SimDoor(_Req):
     action: Literal["open", "close", "put", "take", "jam", "unjam"]
 
 
+class SimBus(_Req):
+    op: Literal["sim_bus"]
+    bus: str
+    action: Literal["dead", "alive"]
+
+
+class SimStall(_Req):
+    op: Literal["sim_stall"]
+    seconds: float = Field(gt=0, le=120)
+
+
 Request = Annotated[
     Status
     | EnterCode
@@ -110,7 +122,9 @@ Request = Annotated[
     | Alarms
     | Ack
     | EmptyExpired
-    | SimDoor,
+    | SimDoor
+    | SimBus
+    | SimStall,
     Field(discriminator="op"),
 ]
 _REQUEST: TypeAdapter[Any] = TypeAdapter(Request)
@@ -140,6 +154,8 @@ class ApiServer:
         self.extra = extra or {}  # read-only extras, e.g. "bus": the buses' health
         # on a simulated hub: play the person at a door (lockerctl sim door LABEL open|close)
         self.sim_door: Callable[[str, str], str] | None = None
+        # ... and every board of a bus losing power (lockerctl sim bus NAME dead|alive)
+        self.sim_bus: Callable[[str, str], str] | None = None
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
@@ -151,6 +167,11 @@ class ApiServer:
         if self.group:
             os.chown(self.path, -1, grp.getgrnam(self.group).gr_gid)
         log.info("api_listening", socket=str(self.path), group=self.group)
+
+    def stop_accepting(self) -> None:
+        """No new connections (a stop drains); requests on open ones are still answered."""
+        if self._server is not None:
+            self._server.close()
 
     async def close(self) -> None:
         if self._server is not None:
@@ -203,6 +224,8 @@ class ApiServer:
         status = await self.service.status()
         if "cloud" in self.extra:
             status["cloud"] = await self.extra["cloud"]()
+        if "watchdog" in self.extra:
+            status["watchdog"] = await self.extra["watchdog"]()
         if "bus" in self.extra:
             status["boards"] = [
                 {"bus": bus["bus"], **board}
@@ -210,6 +233,21 @@ class ApiServer:
                 for board in bus["boards"]
             ]
         return status
+
+    def _sim(self, req: SimDoor | SimBus | SimStall) -> Any:
+        """A simulated hub's stage: the person at a door, a bus losing power, a stall."""
+        if self.sim_door is None or self.sim_bus is None:
+            return _error("bad_request", "this hub is not simulated: nothing to play with")
+        if isinstance(req, SimStall):
+            log.warning("sim_stall", seconds=req.seconds)
+            time.sleep(req.seconds)
+            return {"message": f"the event loop was blocked for {req.seconds:g} s"}
+        try:
+            if isinstance(req, SimBus):
+                return {"message": self.sim_bus(req.bus, req.action)}
+            return {"message": self.sim_door(req.label, req.action)}
+        except KeyError as exc:
+            return _error("bad_request", str(exc.args[0]))
 
     async def _dispatch(self, req: Any) -> Any:  # noqa: PLR0911 - one per request type
         s = self.service
@@ -229,13 +267,8 @@ class ApiServer:
             return _outcome(await s.ack(req.id, actor=req.actor))
         if isinstance(req, EmptyExpired):
             return [_outcome(o) for o in await s.empty_expired(actor=req.actor)]
-        if isinstance(req, SimDoor):
-            if self.sim_door is None:
-                return _error("bad_request", "this hub is not simulated: no door to play with")
-            try:
-                return {"message": self.sim_door(req.label, req.action)}
-            except KeyError as exc:
-                return _error("bad_request", str(exc.args[0]))
+        if isinstance(req, SimDoor | SimBus | SimStall):
+            return self._sim(req)
         if isinstance(req, Parcels):
             parcels = await s.parcels(req.states)
             return [

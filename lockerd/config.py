@@ -71,6 +71,12 @@ class Timers(_Model):
     debounce_reads: int = Field(
         default=2, ge=1, le=10, description="equal readings before a door change counts"
     )
+    bus_stale_s: float = Field(
+        default=30.0,
+        ge=2,
+        description="watchdog: a bus that answered and then stays silent this long with its "
+        "port open is wedged; the ping to systemd is held back so that it restarts lockerd",
+    )
 
 
 class Codes(_Model):

@@ -72,11 +72,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="a person opens or shuts the door, puts something in or takes it out "
         "(boards with occupancy sensors); jam/unjam the lock (a pulse will not open it)",
     )
+    bus = sim_sub.add_parser("bus")
+    bus.add_argument("name")
+    bus.add_argument(
+        "action",
+        choices=["dead", "alive"],
+        help="every board on the bus loses its power (or gets it back)",
+    )
+    stall = sim_sub.add_parser("stall", help="block the daemon's event loop (watchdog demo)")
+    stall.add_argument("seconds", type=float)
     return p
 
 
 def _actor() -> str:
     return f"tech:{getpass.getuser()}"
+
+
+def _sim_request(args: argparse.Namespace) -> dict[str, Any]:
+    if args.sim_command == "bus":
+        return {"op": "sim_bus", "bus": args.name, "action": args.action}
+    if args.sim_command == "stall":
+        return {"op": "sim_stall", "seconds": args.seconds}
+    return {"op": "sim_door", "label": args.label, "action": args.action}
 
 
 def request_for(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0911
@@ -106,7 +123,7 @@ def request_for(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0911
             "actor": _actor(),
         }
     if c == "sim":
-        return {"op": "sim_door", "label": args.label, "action": args.action}
+        return _sim_request(args)
     if c == "expired":
         return {"op": "parcels", "states": ["expired"]}
     if c == "empty-expired":

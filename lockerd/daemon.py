@@ -32,8 +32,10 @@ from lockerd.api import ApiServer
 from lockerd.codes import CodeHasher, create_key, load_key, new_code
 from lockerd.config import Cloud, HubConfig, load
 from lockerd.monitor import DoorMonitor
+from lockerd.sdnotify import Notifier
 from lockerd.service import Door, HubService
 from lockerd.store import Store
+from lockerd.watchdog import Watchdog
 from simulator.boards import BOARD_TYPES, SimBoard, SimCu16
 from simulator.line import Simulator
 
@@ -58,6 +60,7 @@ class Hub:
     api: ApiServer
     sims: dict[str, Simulator] = field(default_factory=dict)
     cloud: CloudLink | None = None
+    watchdog: Watchdog | None = None  # set while serve() runs
 
 
 def _open_store(cfg: HubConfig, *, simulate: bool) -> tuple[CodeHasher, Store]:
@@ -221,10 +224,24 @@ async def open_hub(cfg: HubConfig, *, simulate: bool = False) -> AsyncIterator[H
         api = ApiServer(service, cfg.paths.socket, group=cfg.paths.socket_group, extra=extra)
         if simulate:
             api.sim_door = _sim_door(cfg, sims)
+            api.sim_bus = _sim_bus(sims)
         await api.start()
         stack.push_async_callback(api.close)
         _settle_heap()
         yield Hub(cfg, store, service, buses, boards, monitor, api, sims, cloud)
+
+
+def _sim_bus(sims: dict[str, Simulator]) -> Any:
+    def bus(name: str, action: str) -> str:
+        if name not in sims:
+            raise KeyError(f"no bus {name}")
+        for board in sims[name].line.boards:
+            board.faults.dead = action == "dead"
+        if action == "dead":
+            return f"every board on bus {name} lost its power"
+        return f"every board on bus {name} has its power back"
+
+    return bus
 
 
 def _sim_door(cfg: HubConfig, sims: dict[str, Simulator]) -> Any:
@@ -257,31 +274,64 @@ def _sim_door(cfg: HubConfig, sims: dict[str, Simulator]) -> Any:
     return door
 
 
-async def serve(hub: Hub, ready: Callable[[], None] | None = None) -> None:
-    """Run until SIGINT/SIGTERM: the door monitor, a tick for time-driven rules, and
-    the cloud link. ``ready`` is called once the signals are handled."""
+async def serve(
+    hub: Hub, ready: Callable[[], None] | None = None, notifier: Notifier | None = None
+) -> None:
+    """Run until SIGINT/SIGTERM: the door monitor, a tick for time-driven rules, the
+    cloud link and the watchdog. ``ready`` is called once the signals are handled;
+    systemd (``notifier``) is told READY then (the store is open and every bus was
+    polled once by :func:`open_hub`), and STOPPING when a stop begins.
+
+    A stop drains: no new open starts (the API stops accepting, the keypad and the
+    technician are told to retry, the cloud link stops taking commands), every open
+    under way reaches its outcome with the door monitor still running, and only
+    then do the tasks end."""
+    notifier = notifier or Notifier({})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     if ready is not None:
         ready()
+    notifier.ready(f"serving {len(hub.cfg.compartments)} compartments")
 
     async def ticker() -> None:
         while True:
             await hub.service.tick()
             await asyncio.sleep(1.0)
 
+    watchdog = Watchdog(
+        notifier,
+        hub.buses,
+        lambda now: hub.service.run_db(hub.store.probe_write, now),
+        bus_stale_s=hub.cfg.timers.bus_stale_s,
+    )
+    hub.watchdog = watchdog
+    hub.api.extra["watchdog"] = watchdog.snapshot
     tasks = [
         asyncio.create_task(hub.monitor.run(), name="monitor"),
         asyncio.create_task(ticker(), name="ticker"),
+        asyncio.create_task(watchdog.run(), name="watchdog"),
     ]
     if hub.cloud is not None:
         tasks.append(asyncio.create_task(hub.cloud.run(), name="cloud link"))
     waiter = asyncio.create_task(stop.wait())
-    await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    notifier.stopping("draining: opens under way finish, then lockerd stops")
+    if waiter in done:
+        log.info("lockerd_draining")
+    else:
+        ended = next(t for t in done if t is not waiter)
+        log.error("task_ended", task=ended.get_name(), error=repr(ended.exception()))
     if hub.cloud is not None:
         hub.cloud.close()
+    hub.api.stop_accepting()
+    if not await hub.service.drain(hub.cfg.timers.open_confirm_s + 2.0):
+        log.error(
+            "drain_incomplete",
+            hint="an open did not reach its outcome in time; the next start reconciles "
+            "its intent from the door",
+        )
     for t in [waiter, *tasks]:
         t.cancel()
     _, stuck = await asyncio.wait([waiter, *tasks], timeout=STOP_GRACE_S)
@@ -407,12 +457,16 @@ async def run_demo(
         say(f"  {ctl} open A05 --reason 'check'  # a technician's audited open")
         say(f"  {ctl} sim door D01 put            # D01-D08 have occupancy sensors:")
         say("                                       # put something in before shutting")
-        await serve(hub, ready=lambda: say("serving until Ctrl-C"))
+        await serve(hub, ready=lambda: say("serving until Ctrl-C"), notifier=Notifier())
     return 0
 
 
 async def run_hub(cfg: HubConfig) -> int:
     async with open_hub(cfg, simulate=cfg.simulated) as hub:
         log.info("lockerd_ready", hub=cfg.hub_id, compartments=len(cfg.compartments))
-        await serve(hub)
+        notifier = Notifier()
+        try:
+            await serve(hub, notifier=notifier)
+        finally:
+            notifier.close()
     return 0

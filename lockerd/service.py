@@ -77,6 +77,11 @@ class HubService:
         self._seen_open: dict[str, asyncio.Event] = {}
         self.on_commit: list[Callable[[], None]] = []  # e.g. the cloud link's outbox wake-up
         self._alarmed_open: set[str] = set()
+        # a stop drains: no new open starts, every open under way reaches its outcome
+        self.stopping = False
+        self._opening = 0
+        self._no_opens = asyncio.Event()
+        self._no_opens.set()
 
     async def _db(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
@@ -134,6 +139,23 @@ class HubService:
     def close(self) -> None:
         self._io.shutdown(wait=True)
 
+    async def drain(self, within: float) -> bool:
+        """Refuse new opens and wait up to ``within`` seconds for every open under way
+        to reach its outcome (door seen open, jammed, not sent); ``False`` if some did
+        not. The door monitor must keep running meanwhile: it sees the doors open."""
+        self.stopping = True
+        try:
+            async with asyncio.timeout(within):
+                await self._no_opens.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def _refuse_while_stopping(self) -> Outcome | None:
+        if not self.stopping:
+            return None
+        return Outcome("refused", "The hub is restarting. Please try again in a minute.")
+
     def label_of(self, board_key: str, channel: int) -> str | None:
         return self._by_channel.get((board_key, channel))
 
@@ -186,6 +208,8 @@ class HubService:
             return Outcome("wait", f"Please wait {wait:.0f} s before the next code.", wait_s=wait)
         if not normalise(code):
             return Outcome("refused", d.terminal_message(d.Refusal.UNKNOWN_CODE))
+        if (stopping := self._refuse_while_stopping()) is not None:
+            return stopping  # not a wrong code: nothing counted against the terminal
         code_hash = self.hasher.hash(code)
         async with self._lock:
             # one trip to the store's thread: look up, allocate, decide, commit the intent
@@ -390,6 +414,8 @@ class HubService:
         acknowledges the command there."""
         if not reason.strip():
             return Outcome("refused", "a reason is required (it goes to the audit log)")
+        if command is None and (stopping := self._refuse_while_stopping()) is not None:
+            return stopping  # (a cloud command under way when the stop came completes)
         async with self._lock:
             comp = await self._db(self.store.compartment, label)
             if comp is None or label not in self.doors:
@@ -418,6 +444,9 @@ class HubService:
         technician to take it out; each door shut ends that parcel as recalled."""
         outcomes = []
         for parcel in await self.parcels([d.ParcelState.EXPIRED]):
+            if (stopping := self._refuse_while_stopping()) is not None:
+                outcomes.append(stopping)
+                break
             async with self._lock:
                 fresh = await self._db(self.store.parcel, parcel.id)
                 comp = (
@@ -493,6 +522,18 @@ class HubService:
 
     # ------------------------------------------------------------------ the pulse
     async def _pulse_and_confirm(self, comp: d.Compartment, intent: int, *, actor: str) -> Outcome:
+        self._opening += 1
+        self._no_opens.clear()
+        try:
+            return await self._pulse_and_confirm_now(comp, intent, actor=actor)
+        finally:
+            self._opening -= 1
+            if self._opening == 0:
+                self._no_opens.set()
+
+    async def _pulse_and_confirm_now(
+        self, comp: d.Compartment, intent: int, *, actor: str
+    ) -> Outcome:
         label = comp.label
         assert comp.operation is not None
         if comp.operation.seen_open:  # the door stood open already: nothing to pulse

@@ -316,6 +316,12 @@ class Store:
         row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return None if row is None else str(row[0])
 
+    def probe_write(self, now: float) -> None:
+        """A tiny committed write (the watchdog's "is the store writable" check): takes
+        the write lock, writes a page, flushes. Raises :class:`StoreError` if it cannot."""
+        with self.transaction() as db:
+            self._set_meta(db, "alive_at", str(int(now)))
+
     def _set_meta(self, db: sqlite3.Connection, key: str, value: str) -> None:
         db.execute(
             "INSERT INTO meta(key, value) VALUES(?, ?) "
