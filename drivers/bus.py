@@ -39,6 +39,7 @@ the reply. The bus guarantees (ADR 0002):
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import fcntl
 import heapq
@@ -48,7 +49,7 @@ import socket
 import struct
 import termios
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Generic, TypeVar
 
@@ -107,6 +108,11 @@ class Exchange(Generic[F]):
     precheck: Exchange[Any] | None = None
 
 
+# upper bounds (seconds) of the transaction latency buckets (metrics' histogram): a
+# status poll at 9600 baud takes ~15 ms of wire time, a slow board up to its timeout
+LATENCY_BUCKETS_S = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
 @dataclass(slots=True)
 class BoardHealth:
     """What the bus knows of one board; also the figures ``lockerctl bus`` shows."""
@@ -124,6 +130,10 @@ class BoardHealth:
     last_ok_at: float | None = None
     last_error: str = ""
     next_probe_at: float = 0.0
+    # answered transactions' latency (request written -> reply matched), counted per
+    # bucket of LATENCY_BUCKETS_S (cumulative counts are made when exported)
+    latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1))
+    latency_sum_s: float = 0.0
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -551,6 +561,8 @@ class Bus:
         health.consecutive_failures = 0
         health.last_latency_s = latency
         health.max_latency_s = max(health.max_latency_s, latency)
+        health.latency_counts[bisect.bisect_left(LATENCY_BUCKETS_S, latency)] += 1
+        health.latency_sum_s += latency
         health.last_ok_at = now
         if not health.online:
             health.online = True

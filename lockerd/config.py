@@ -154,6 +154,17 @@ class Cloud(_Model):
         return int(rest.split(":")[1]) if ":" in rest else (8883 if self.tls else 1883)
 
 
+class MetricsEndpoint(_Model):
+    """Prometheus metrics (lockerd/metrics.py). Absent: no metrics endpoint."""
+
+    address: str = Field(
+        default="127.0.0.1",
+        description="where to listen; keep it on localhost (or a management network): "
+        "the metrics name compartments, terminals and boards",
+    )
+    port: int = Field(default=9417, ge=0, le=65535, description="0: any free port (tests)")
+
+
 class HubConfig(_Model):
     hub_id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{2,62}$", description="e.g. hub-0042")
     buses: list[BusConfig] = Field(min_length=1)
@@ -162,6 +173,7 @@ class HubConfig(_Model):
     codes: Codes = Codes()
     paths: Paths = Paths()
     cloud: Cloud | None = None
+    metrics: MetricsEndpoint | None = None
     simulated: bool = Field(
         default=False, description="buses are served by the built-in simulator (demo, tests)"
     )

@@ -42,6 +42,8 @@ from simulator.line import Simulator
 STOP_GRACE_S = 10.0  # a stop waits this long for the monitor, the tick and the cloud link
 
 if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
     from lockerd.cloud import CloudLink
 
 log = structlog.get_logger("lockerd.daemon")
@@ -315,6 +317,7 @@ async def serve(
     ]
     if hub.cloud is not None:
         tasks.append(asyncio.create_task(hub.cloud.run(), name="cloud link"))
+    metrics_server = _start_metrics(hub, tasks)
     waiter = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
     notifier.stopping("draining: opens under way finish, then lockerd stops")
@@ -346,7 +349,31 @@ async def serve(
             ],
             hint="these did not end within the grace period; exiting anyway",
         )
+    if metrics_server is not None:
+        await asyncio.to_thread(metrics_server.shutdown)  # its loop wakes every 0.5 s
+        metrics_server.server_close()
     log.info("lockerd_stopping")
+
+
+def _start_metrics(hub: Hub, tasks: list[asyncio.Task[Any]]) -> WSGIServer | None:
+    """The Prometheus endpoint, if configured, and its refresh task (added to ``tasks``)."""
+    if hub.cfg.metrics is None:
+        return None
+    from lockerd.metrics import refresh, serve_metrics  # noqa: PLC0415 - only when used
+
+    try:
+        server, collector = serve_metrics(hub, hub.cfg.metrics.address, hub.cfg.metrics.port)
+    except OSError as exc:  # a taken port must not keep the hub from serving
+        log.error(  # noqa: TRY400 - a known condition, not a traceback
+            "metrics_not_served",
+            address=hub.cfg.metrics.address,
+            port=hub.cfg.metrics.port,
+            error=str(exc),
+            hint="another process holds the metrics port: change [metrics] port",
+        )
+        return None
+    tasks.append(asyncio.create_task(refresh(hub, collector), name="metrics"))
+    return server
 
 
 def reserve_sample(

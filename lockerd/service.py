@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ log = structlog.get_logger("lockerd.service")
 
 P = ParamSpec("P")
 T = TypeVar("T")
+MAX_TERMINALS = 64  # distinct terminals counted apart in the metrics
 
 Status = Literal["opened", "jammed", "refused", "wait", "failed", "already_open", "ok"]
 
@@ -77,6 +79,7 @@ class HubService:
         self._seen_open: dict[str, asyncio.Event] = {}
         self.on_commit: list[Callable[[], None]] = []  # e.g. the cloud link's outbox wake-up
         self._alarmed_open: set[str] = set()
+        self.wrong_codes: Counter[str] = Counter()  # wrong codes per terminal (metrics)
         # a stop drains: no new open starts, every open under way reaches its outcome
         self.stopping = False
         self._opening = 0
@@ -261,6 +264,9 @@ class HubService:
         return change, intent
 
     async def _wrong(self, terminal: str, now: float, refusal: d.Refusal) -> Outcome:
+        # per keypad for the metrics; a flood of made-up terminal names shares one row
+        known = terminal in self.wrong_codes or len(self.wrong_codes) < MAX_TERMINALS
+        self.wrong_codes[terminal if known else "other"] += 1
         for event in self.throttle.wrong(terminal, now):
             log.error(event.type, **{"terminal": terminal, **event.data})
             await self._commit(

@@ -21,6 +21,7 @@ import json
 import sqlite3
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -240,6 +241,12 @@ class Store:
         # how long the last COMMIT took (writing the WAL and, with synchronous=FULL, the
         # disk's flush): benchmarks take the disk's part out of latency figures with it
         self.last_commit_s = 0.0
+        # what committed transactions recorded, by kind (metrics read them): outbox
+        # event types, and open intents' outcomes; counted only once committed
+        self.committed_events: Counter[str] = Counter()
+        self.open_outcomes: Counter[str] = Counter()
+        self._tx_events: list[str] = []
+        self._tx_outcomes: list[str] = []
         existed = self.path.exists()
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -297,11 +304,15 @@ class Store:
             db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise _translate(exc, self.path) from exc
+        self._tx_events.clear()
+        self._tx_outcomes.clear()
         try:
             yield db
             started = time.perf_counter()
             db.execute("COMMIT")
             self.last_commit_s = time.perf_counter() - started
+            self.committed_events.update(self._tx_events)
+            self.open_outcomes.update(self._tx_outcomes)
         except sqlite3.Error as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")
@@ -606,10 +617,12 @@ class Store:
                 )
                 intent_id = cur.lastrowid
             if resolve is not None:
-                db.execute(
+                cur = db.execute(
                     "UPDATE intents SET outcome=?, decided=? WHERE id=? AND outcome IS NULL",
                     (resolve[1], now, resolve[0]),
                 )
+                if cur.rowcount:
+                    self._tx_outcomes.append(resolve[1])
             self._record(db, change.events, now=now, actor=actor, action=action, target=target)
             return intent_id
 
@@ -668,6 +681,7 @@ class Store:
                     "INSERT INTO outbox(seq, id, type, at, data) VALUES(?,?,?,?,?)",
                     (seq, str(uuid.uuid4()), e.type, now, data),
                 )
+                self._tx_events.append(e.type)
                 self._outbox_bytes += len(data) + len(e.type) + 64
                 seq += 1
                 if e.type in ALARM_EVENTS:
@@ -683,6 +697,7 @@ class Store:
                         (e.type, target, now, data),
                     )
             self._set_meta(db, "next_seq", str(seq))
+            self._tx_events.extend(dropped)  # not queued for the cloud, but they happened
         self._audit(
             db,
             now=now,

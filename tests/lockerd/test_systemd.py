@@ -28,6 +28,7 @@ import pytest
 from lockerd.api import call
 from lockerd.sdnotify import Notifier
 from lockerd.store import Store
+from tests.lockerd.daemonproc import hub_config, run_daemon
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "lockerd.service"
@@ -84,16 +85,6 @@ class NotifySocket:
         self.sock.close()
 
 
-def hub_config(root: Path) -> Path:
-    text = (ROOT / "config" / "demo-hub.toml").read_text()
-    text = text.replace("[timers]\n", f"[timers]\nbus_stale_s = {BUS_STALE_S}\n", 1)
-    text = re.sub(r'state_dir = "[^"]*"', f'state_dir = "{root / "state"}"', text, count=1)
-    text = re.sub(r'socket = "[^"]*"', f'socket = "{root / "api.sock"}"', text, count=1)
-    path = root / "hub.toml"
-    path.write_text(text)
-    return path
-
-
 @pytest.fixture
 async def notify(tmp_path: Path) -> AsyncIterator[NotifySocket]:
     ns = NotifySocket(tmp_path / "notify.sock")
@@ -103,31 +94,9 @@ async def notify(tmp_path: Path) -> AsyncIterator[NotifySocket]:
 
 @contextlib.asynccontextmanager
 async def daemon(root: Path, notify: NotifySocket) -> AsyncIterator[asyncio.subprocess.Process]:
-    env = {
-        **os.environ,
-        "NOTIFY_SOCKET": str(notify.path),
-        "WATCHDOG_USEC": str(WATCHDOG_USEC),
-    }
-    env.pop("WATCHDOG_PID", None)
-    log = (root / "daemon.log").open("ab")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        "from lockerd.cli import main; raise SystemExit(main())",
-        "run",
-        "--config",
-        str(hub_config(root)),
-        stdout=log,
-        stderr=log,
-        env=env,
-    )
-    log.close()
-    try:
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+    env = {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": str(WATCHDOG_USEC)}
+    async with run_daemon(root, hub_config(root, timers={"bus_stale_s": BUS_STALE_S}), env) as p:
+        yield p
 
 
 async def test_ready_then_pings_then_stopping_on_sigterm(
