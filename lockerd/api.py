@@ -25,6 +25,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from lockerd import domain as d
+from lockerd.logs import bound
 from lockerd.service import HubService, Outcome
 
 log = structlog.get_logger("lockerd.api")
@@ -214,7 +215,8 @@ class ApiServer:
             return _error("bad_request", f"{where}: {first['msg']}" if where else first["msg"])
         log.info("api_request", op=req.op)  # never the code itself
         try:
-            return {"ok": True, "result": await self._dispatch(req)}
+            with bound(request=req.op):
+                return {"ok": True, "result": await self._dispatch(req)}
         except Exception as exc:
             log.exception("api_request_failed", op=req.op)
             return _error("internal", f"{type(exc).__name__}: the request failed; see the log")

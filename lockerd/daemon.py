@@ -31,6 +31,7 @@ from lockerd import domain as d
 from lockerd.api import ApiServer
 from lockerd.codes import CodeHasher, create_key, load_key, new_code
 from lockerd.config import Cloud, HubConfig, load
+from lockerd.logs import bind
 from lockerd.monitor import DoorMonitor
 from lockerd.sdnotify import Notifier
 from lockerd.service import Door, HubService
@@ -455,6 +456,7 @@ async def run_demo(
     hub_id: str | None = None,
 ) -> int:
     cfg, throwaway = demo_config(state_dir, socket, cloud=cloud, hub_id=hub_id)
+    bind(hub=cfg.hub_id)  # on every line from here, ours and the libraries'
 
     def say(line: str) -> None:
         print(line, flush=True)
@@ -489,8 +491,9 @@ async def run_demo(
 
 
 async def run_hub(cfg: HubConfig) -> int:
+    bind(hub=cfg.hub_id)  # on every line from here, ours and the libraries'
     async with open_hub(cfg, simulate=cfg.simulated) as hub:
-        log.info("lockerd_ready", hub=cfg.hub_id, compartments=len(cfg.compartments))
+        log.info("lockerd_ready", compartments=len(cfg.compartments))
         notifier = Notifier()
         try:
             await serve(hub, notifier=notifier)

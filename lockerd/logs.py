@@ -1,7 +1,8 @@
 """structlog set-up: JSON lines (journald) or a console format in a terminal.
 
 Third-party stdlib loggers (pymodbus, aiomqtt) go through the same processors,
-so every line in the journal has one shape.
+so every line in the journal has one shape, with the same bound context (the hub,
+and the compartment, parcel or command being handled) and the same redaction.
 """
 
 from __future__ import annotations
@@ -11,7 +12,20 @@ import sys
 from typing import Any, TextIO
 
 import structlog
-from structlog.typing import Processor
+from structlog.typing import EventDict, Processor
+
+# keys whose values never reach a log line, whoever logs them (defence in depth: no
+# code of ours logs a code, a key, a password or a signature; a library might)
+SECRET_KEYS = frozenset(
+    {"code", "pin", "password", "passwd", "secret", "key", "private_key", "signature", "token"}
+)
+
+
+def redact(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
+    for name in SECRET_KEYS.intersection(event_dict):
+        event_dict[name] = "[redacted]"
+    return event_dict
+
 
 LEVELS = {
     "debug": logging.DEBUG,
@@ -29,6 +43,7 @@ def configure(
     level_no = LEVELS[level]
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
+        redact,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
@@ -59,4 +74,9 @@ def configure(
 
 
 def bind(**context: Any) -> None:
+    """Context for every line logged from here on in this task and the tasks it starts
+    (``hub`` at start-up; ``compartment``, ``parcel``, ``command`` around an action)."""
     structlog.contextvars.bind_contextvars(**context)
+
+
+bound = structlog.contextvars.bound_contextvars  # the same, for a ``with`` block

@@ -24,6 +24,7 @@ from drivers.boards import Board
 from drivers.errors import BusError, DriverError
 from lockerd import domain as d
 from lockerd.codes import CodeHasher, Throttle, ThrottlePolicy, normalise
+from lockerd.logs import bound
 from lockerd.store import Inbox, Store, StoreConflict
 
 log = structlog.get_logger("lockerd.service")
@@ -530,8 +531,11 @@ class HubService:
     async def _pulse_and_confirm(self, comp: d.Compartment, intent: int, *, actor: str) -> Outcome:
         self._opening += 1
         self._no_opens.clear()
+        parcel = comp.operation.parcel_id if comp.operation else comp.parcel_id
         try:
-            return await self._pulse_and_confirm_now(comp, intent, actor=actor)
+            # every line logged on the way (the bus, the driver, the outcome) says which
+            with bound(compartment=comp.label, parcel=parcel, intent=intent, by=actor):
+                return await self._pulse_and_confirm_now(comp, intent, actor=actor)
         finally:
             self._opening -= 1
             if self._opening == 0:
