@@ -7,8 +7,9 @@ one per line, to play the people and the faults:
     open ADDR CH | close ADDR CH | parcel ADDR CH on|off
     fault ADDR dead|no-reply|corrupt-checksum|split-reply on|off
     fault ADDR late-reply SECONDS | fault ADDR garbage HEX | fault ADDR jammed|bouncing CH on|off
-    clear ADDR | told ADDR | stats | vanish | reappear
+    clear ADDR | told ADDR | doors ADDR | stats | vanish | reappear
 
+``doors`` answers each channel's door, ``1`` open, ``0`` shut (``0110...``).
 ``stats`` answers the line's counts, e.g. ``requests=12 replies=10 collisions=0
 gap_violations=0 dropped=0``: a master that does not keep the half-duplex
 discipline (a request on top of a reply, or too soon after one) shows up there.
@@ -98,13 +99,19 @@ async def apply_command(sim: Simulator, line: str) -> str:
         board.put_parcel(int(args[1]), _on_off(args[2]))
     elif cmd == "clear":
         board.faults.clear()
-    elif cmd == "told":
-        return " ".join(f"{t.command}:{t.channel}" for t in board.told) or "nothing"
+    elif cmd in ("doors", "told"):
+        return _report(board, cmd)
     elif cmd == "fault":
         _apply_fault(board, args[1], args[2:])
     else:
         raise ValueError(f"unknown command {cmd!r}")
     return "ok"
+
+
+def _report(board: SimBoard, what: str) -> str:
+    if what == "doors":
+        return "".join("1" if is_open else "0" for is_open in board.doors_open)
+    return " ".join(f"{t.command}:{t.channel}" for t in board.told) or "nothing"
 
 
 def _apply_fault(board: SimBoard, name: str, rest: list[str]) -> None:
