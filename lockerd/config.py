@@ -98,6 +98,13 @@ class Paths(_Model):
     socket_group: str | None = Field(
         default=None, description="group allowed to use the local API (lockerctl, kiosk)"
     )
+    disk_reserve_mb: float = Field(
+        default=8.0,
+        ge=0,
+        le=1024,
+        description="space kept back next to the store: when the disk fills up it is freed "
+        "so that pickups go on (0: none)",
+    )
 
 
 class Cloud(_Model):

@@ -31,6 +31,7 @@ from lockerd import domain as d
 from lockerd.api import ApiServer
 from lockerd.codes import CodeHasher, create_key, load_key, new_code
 from lockerd.config import Cloud, HubConfig, load
+from lockerd.diskreserve import DiskReserve
 from lockerd.logs import bind
 from lockerd.monitor import DoorMonitor
 from lockerd.sdnotify import Notifier
@@ -207,6 +208,11 @@ async def open_hub(cfg: HubConfig, *, simulate: bool = False) -> AsyncIterator[H
             fallback_to_larger=cfg.codes.fallback_to_larger,
         )
         stack.callback(service.close)
+        service.disk_reserve = DiskReserve(
+            state / "disk-reserve", int(cfg.paths.disk_reserve_mb * 2**20)
+        )
+        if not service.disk_reserve.ensure():
+            service.disk_low = True  # no room even for the reserve: no new reservations
         await service.reconcile(await _first_readings(pollers, service))
         cloud = None
         if cfg.cloud is not None:

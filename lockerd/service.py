@@ -24,8 +24,9 @@ from drivers.boards import Board
 from drivers.errors import BusError, DriverError
 from lockerd import domain as d
 from lockerd.codes import CodeHasher, Throttle, ThrottlePolicy, normalise
+from lockerd.diskreserve import DiskReserve
 from lockerd.logs import bound
-from lockerd.store import Inbox, Store, StoreConflict
+from lockerd.store import Inbox, Store, StoreConflict, StoreFull
 
 log = structlog.get_logger("lockerd.service")
 
@@ -81,6 +82,11 @@ class HubService:
         self.on_commit: list[Callable[[], None]] = []  # e.g. the cloud link's outbox wake-up
         self._alarmed_open: set[str] = set()
         self.wrong_codes: Counter[str] = Counter()  # wrong codes per terminal (metrics)
+        # space kept back for when the disk fills up (lockerd/diskreserve.py)
+        self.disk_reserve: DiskReserve | None = None
+        self.disk_low = False
+        self._full_logged = False
+        self._background: set[asyncio.Task[None]] = set()
         # a stop drains: no new open starts, every open under way reaches its outcome
         self.stopping = False
         self._opening = 0
@@ -89,7 +95,64 @@ class HubService:
 
     async def _db(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._io, lambda: fn(*args, **kwargs))
+        try:
+            return await loop.run_in_executor(self._io, lambda: fn(*args, **kwargs))
+        except StoreFull as exc:
+            # the change was rolled back: free the disk reserve and try once more in it
+            if self.disk_reserve is None or not self.disk_reserve.release():
+                if not self._full_logged:
+                    self._full_logged = True
+                    log.error(  # noqa: TRY400 - a known condition, not a traceback
+                        "disk_full_no_reserve",
+                        error=str(exc),
+                        hint="the store's disk is full and its reserve is used up: writes "
+                        "fail (nothing stored is lost); free space on the device now",
+                    )
+                raise
+            self._disk_full(str(exc))
+            return await loop.run_in_executor(self._io, lambda: fn(*args, **kwargs))
+
+    def _disk_full(self, error: str) -> None:
+        self.disk_low = True
+        log.error(
+            "disk_full",
+            error=error,
+            hint="the store's disk is full: its reserve was freed so that pickups and "
+            "opens go on; new reservations are refused until there is room; free space "
+            "on the device (the reserve is made again by itself)",
+        )
+        event = d.Event("disk_full", {"path": str(self.store.path.parent)})
+        task = asyncio.get_running_loop().create_task(self._alarm(event, "disk"))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _alarm(self, event: d.Event, target: str) -> None:
+        async with self._lock:
+            await self._commit(
+                d.Change(events=(event,)),
+                now=self.clock(),
+                actor="lockerd",
+                action="alarm",
+                target=target,
+            )
+
+    def _refuse_while_low_on_disk(self) -> Outcome | None:
+        if not self.disk_low:
+            return None
+        return Outcome(
+            "refused",
+            "the hub's disk is full: new reservations are refused until there is room; "
+            "send it again later",
+        )
+
+    def _disk_check(self) -> None:
+        """Low on disk: is there room again? Then the reserve is made anew."""
+        if not self.disk_low or self.disk_reserve is None:
+            return
+        if self.disk_reserve.room_again() and self.disk_reserve.ensure():
+            self.disk_low = False
+            self._full_logged = False
+            log.info("disk_space_back", reserve_mb=round(self.disk_reserve.size / 2**20, 1))
 
     async def run_db(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """A store call on the store's own thread (for the cloud link). It pokes no
@@ -297,6 +360,8 @@ class HubService:
         command: Inbox | None = None,
     ) -> Outcome:
         """A new reservation (from the cloud) with its code hashes; never a plain code."""
+        if (low := self._refuse_while_low_on_disk()) is not None:
+            return low
         async with self._lock:
             if await self._db(self.store.parcel, parcel.id) is not None:
                 return Outcome("refused", f"parcel {parcel.id} is already reserved")
@@ -341,6 +406,8 @@ class HubService:
     ) -> Outcome:
         """New code hashes for a live parcel (the cloud re-issues a code, or gives the
         carrier a recall code for an expired parcel)."""
+        if (low := self._refuse_while_low_on_disk()) is not None:
+            return low
         async with self._lock:
             parcel = await self._db(self.store.parcel, parcel_id)
             if parcel is None:
@@ -683,6 +750,7 @@ class HubService:
 
     async def tick(self) -> None:
         """Time-driven rules: parcels past their window expire; doors left open alarm."""
+        self._disk_check()
         now = self.clock()
         async with self._lock:
             for parcel in await self._db(self.store.parcels_due, now):

@@ -168,6 +168,7 @@ ALARM_EVENTS = frozenset(
         "board_offline",
         "open_interrupted",
         "sensor_fault",
+        "disk_full",
     }
 )
 

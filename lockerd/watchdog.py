@@ -12,7 +12,9 @@ each ping the hub checks itself:
   boards are reported offline, with alarms, and in ``lockerctl bus``). An
   unplugged adapter is not a wedge either: the bus reopens it by itself;
 - the store takes a small committed write (its write lock is free, the disk takes
-  a flush) within the check's own time.
+  a flush) within the check's own time. A *full* disk does not hold the ping back:
+  the service has alarmed it and keeps serving from its reserve
+  (lockerd/diskreserve.py), and a restart would free nothing.
 
 When a check fails, the ping is held back and the reason logged (once per change)
 and shown in systemd's STATUS; systemd restarts the service once ``WatchdogSec``
@@ -29,7 +31,7 @@ import structlog
 
 from drivers.bus import Bus
 from lockerd.sdnotify import Notifier
-from lockerd.store import StoreError
+from lockerd.store import StoreError, StoreFull
 
 log = structlog.get_logger("lockerd.watchdog")
 
@@ -87,6 +89,10 @@ class Watchdog:
                 f"store: a small write took over {self.interval_s:.1f} s "
                 "(the disk or the store's thread is stuck)"
             )
+        except StoreFull:
+            # a full disk is alarmed and logged by the service; a restart would not
+            # free it, and would stop the pickups the hub can still serve
+            return None
         except StoreError as exc:
             return f"store: not writable ({exc})"
         return None

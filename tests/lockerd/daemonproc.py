@@ -14,12 +14,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def hub_config(root: Path, *, timers: dict[str, float] | None = None, extra: str = "") -> Path:
-    """The demo hub's config with its state and socket under ``root``; ``timers`` added
-    to ``[timers]``, ``extra`` (TOML tables) appended."""
+def hub_config(
+    root: Path,
+    *,
+    timers: dict[str, float] | None = None,
+    paths: dict[str, float] | None = None,
+    extra: str = "",
+) -> Path:
+    """The demo hub's config with its state and socket under ``root``; ``timers`` and
+    ``paths`` added to their sections, ``extra`` (TOML tables) appended."""
     text = (ROOT / "config" / "demo-hub.toml").read_text()
-    added = "".join(f"{k} = {v}\n" for k, v in (timers or {}).items())
-    text = text.replace("[timers]\n", f"[timers]\n{added}", 1)
+    for section, values in (("timers", timers), ("paths", paths)):
+        added = "".join(f"{k} = {v}\n" for k, v in (values or {}).items())
+        text = text.replace(f"[{section}]\n", f"[{section}]\n{added}", 1)
     text = re.sub(r'state_dir = "[^"]*"', f'state_dir = "{root / "state"}"', text, count=1)
     text = re.sub(r'socket = "[^"]*"', f'socket = "{root / "api.sock"}"', text, count=1)
     path = root / "hub.toml"
