@@ -1,10 +1,13 @@
-"""``python -m bench [--quick] [--million]``: run every benchmark, print and write the figures.
+"""``python -m bench [--quick] [--million] [--campaign N]``: run every benchmark, print and
+write the figures.
 
 bus_bench (the hardware layer), hub_bench (enter-code through the service with many
 stored parcels; ``--million`` adds 1,000,000), e2e_bench (API request to the unlock
 frame on the demo hub), startup_bench (daemon start-up and peak RSS, 1,000
 compartments and 100,000 parcels), cloud_bench (outbox drain against a bare aiomqtt loop;
-codes.bulk of 100,000 while doors are handled).
+codes.bulk of 100,000 while doors are handled); with ``--campaign N``, the crash
+campaign of N runs (bench/crash_campaign.py, which also runs on its own and writes
+bench/results/crash_campaign.md).
 
 Writes ``bench/results/latest.md`` (a table of every figure with its target and
 the machine it ran on) and ``bench/results/latest.json``.
@@ -87,6 +90,11 @@ def main() -> int:
     figures += e2e_bench.main(quick=quick)
     figures += startup_bench.main(quick=quick)
     figures += cloud_bench.main(quick=quick)
+    if "--campaign" in sys.argv[1:]:  # --campaign N: the crash campaign, N runs
+        from bench import crash_campaign  # noqa: PLC0415 - minutes long: only when asked
+
+        runs = int(sys.argv[sys.argv.index("--campaign") + 1])
+        figures += crash_campaign.figures(crash_campaign.run(runs, seed=runs))
     width = max(len(f.name) for f in figures)
     for f in figures:
         print(f"{f.name:<{width}}  {f.value:>10.3f} {f.unit:<9} {f.target:<8} {verdict(f)}")

@@ -72,6 +72,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from bench.__main__ import machine
+from bench.bus_bench import Figure
 from lockerd import contract as c
 from lockerd import domain as d
 from lockerd.api import call
@@ -649,6 +650,40 @@ def report(tally: Tally, runs: int, seed: int, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def figures(tally: Tally) -> list[Figure]:
+    """The campaign's figures for bench/results/latest.md (``python -m bench --campaign N``)."""
+    name = "crash campaign"
+    return [
+        Figure(f"{name}: runs (load, SIGKILL, restart, checks)", tally.runs, "runs"),
+        Figure(f"{name}: broker outages during the load", tally.broker_restarts, ""),
+        Figure(f"{name}: bus adapter vanished and came back", tally.adapter_vanishes, ""),
+        Figure(f"{name}: actions acknowledged", sum(tally.acked.values()), ""),
+        Figure(f"{name}: events the cloud received (distinct seq)", tally.events, ""),
+        Figure(
+            f"{name}: violations found",
+            len(tally.violations),
+            "",
+            "0",
+            not tally.violations,
+        ),
+    ]
+
+
+def run(
+    runs: int,
+    seed: int,
+    *,
+    broker_every: int = 7,
+    vanish_every: int = 11,
+    say: Callable[[str], None] = lambda _: None,
+) -> Tally:
+    with tempfile.TemporaryDirectory(prefix="lockerd-campaign-") as tmp:
+        campaign = Campaign(
+            Path(tmp), seed=seed, broker_every=broker_every, vanish_every=vanish_every, say=say
+        )
+        return asyncio.run(campaign.campaign(runs))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.crash_campaign", description=__doc__)
     p.add_argument("--runs", type=int, default=20)
@@ -658,15 +693,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(RESULTS / "crash_campaign.md"))
     args = p.parse_args(argv)
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
-    with tempfile.TemporaryDirectory(prefix="lockerd-campaign-") as tmp:
-        campaign = Campaign(
-            Path(tmp),
-            seed=seed,
-            broker_every=args.broker_every,
-            vanish_every=args.vanish_every,
-            say=lambda line: print(line, flush=True),
-        )
-        tally = asyncio.run(campaign.campaign(args.runs))
+    tally = run(
+        args.runs,
+        seed,
+        broker_every=args.broker_every,
+        vanish_every=args.vanish_every,
+        say=lambda line: print(line, flush=True),
+    )
     command = "python -m bench.crash_campaign " + " ".join(argv or sys.argv[1:])
     text = report(tally, args.runs, seed, command.strip())
     out = Path(args.out)
