@@ -44,7 +44,8 @@ from pydantic import ValidationError
 from lockerd import contract as c
 from lockerd import domain as d
 from lockerd.config import Cloud
-from lockerd.service import HubService, Outcome
+from lockerd.logs import bind, bound
+from lockerd.service import BULK_CHUNK, HubService, Outcome
 from lockerd.store import Inbox, StoreError
 
 log = structlog.get_logger("lockerd.cloud")
@@ -402,7 +403,8 @@ class CloudLink:
     async def _commands(self, client: aiomqtt.Client, mqtt: _Mqtt) -> None:
         async for message in client.messages:
             try:
-                await self.handle(client, mqtt, message)
+                with bound(command=None, command_type=None):  # (handle() names them)
+                    await self.handle(client, mqtt, message)
             except StoreError as exc:
                 # nothing acknowledged: the broker redelivers it once the store works
                 log.error(  # noqa: TRY400 - the hint says what to do
@@ -416,13 +418,8 @@ class CloudLink:
         failpoint("cloud.command_received")
         payload = message.payload
         body = payload if isinstance(payload, bytes | bytearray) else str(payload).encode()
-        raw: Any = None
-        with contextlib.suppress(ValueError, UnicodeDecodeError):
-            # a big command (codes.bulk: megabytes) is parsed off the event loop
-            raw = await asyncio.to_thread(json.loads, body) if len(body) > BIG else json.loads(body)
-        cid = c.valid_id(raw.get("id")) if isinstance(raw, dict) else None
-        ctype = raw.get("type") if isinstance(raw, dict) else None
-        ctype = ctype if isinstance(ctype, str) and len(ctype) <= 64 else "unknown"
+        raw, cmd, cid, ctype = await _read(body)
+        bind(command=cid, command_type=ctype)  # on every line logged while it is handled
         if cid is not None:
             stored = await self.service.run_db(self.store.inbox, cid)
             if stored is not None and stored.get("status") != "opening":
@@ -436,10 +433,12 @@ class CloudLink:
             await self._refuse(mqtt, message, cid, ctype, "retained", "a retained command is stale")
             return
         try:
-            if len(body) > BIG:
-                cmd = await asyncio.to_thread(c.COMMAND.validate_python, raw)
-            else:
-                cmd = c.COMMAND.validate_python(raw)
+            if cmd is None:  # (a big codes.bulk is validated already)
+                cmd = (
+                    await asyncio.to_thread(c.COMMAND.validate_python, raw)
+                    if len(body) > BIG
+                    else c.COMMAND.validate_python(raw)
+                )
         except ValidationError as exc:
             first = exc.errors(include_url=False)[0]
             where = ".".join(str(p) for p in first["loc"])
@@ -545,9 +544,10 @@ class CloudLink:
             mqtt.ack(message)
             self._wake.set()
             return
+        elif isinstance(cmd, c.CodesBulk) and s.disk_low:
+            outcome = Outcome("refused", "the hub's disk is full: send the reservations later")
         elif isinstance(cmd, c.CodesBulk):
-            items = await asyncio.to_thread(lambda: [reservation(r) for r in cmd.reservations])
-            fate = await s.reserve_many(items, actor=actor)
+            fate = await self._reserve_bulk(cmd, actor)
             result = {
                 "reserved": sum(1 for f in fate.values() if f == "reserved"),
                 "exists": sorted(p for p, f in fate.items() if f == "exists"),
@@ -568,6 +568,30 @@ class CloudLink:
         failpoint("cloud.command_committed")
         mqtt.ack(message)
         self._wake.set()
+
+    async def _reserve_bulk(self, cmd: c.CodesBulk, actor: str) -> dict[str, str]:
+        """A codes.bulk's reservations, chunk by chunk as :meth:`HubService.reserve_many`
+        takes them (a transaction each), each chunk's parcels built on a worker thread
+        while the store writes the chunk before (whose commit, mostly, holds no GIL): the
+        store waits only for the first chunk's."""
+        rs = cmd.reservations
+        parts = [rs[i : i + BULK_CHUNK] for i in range(0, len(rs), BULK_CHUNK)]
+        fate: dict[str, str] = {}
+        if not parts:
+            return fate
+        items = await asyncio.to_thread(_parcels, parts[0])
+        nxt: asyncio.Task[list[tuple[d.Parcel, dict[d.Purpose, str]]]] | None = None
+        try:
+            for k in range(len(parts)):
+                if k + 1 < len(parts):
+                    nxt = asyncio.create_task(asyncio.to_thread(_parcels, parts[k + 1]))
+                fate.update(await self.service.reserve_many(items, actor=actor))
+                if nxt is not None:
+                    items, nxt = await nxt, None
+        finally:
+            if nxt is not None:  # the store failed: the command is not acknowledged
+                nxt.cancel()
+        return fate
 
     def _open(self, cmd: c.CompartmentOpen, mqtt: _Mqtt, message: aiomqtt.Message) -> None:
         """A signed remote open: the intent and the inbox row commit together, the
@@ -611,6 +635,44 @@ class CloudLink:
                 "at": self.clock(),
             }
             await self.service.run_db(self.store.answer, Inbox(cid, final), now=self.clock())
+
+
+async def _read(body: bytes | bytearray) -> tuple[Any, Any, str | None, str]:
+    """A command's JSON, its model if it is validated already, and its id and type as far
+    as they can be read (``None``, ``"unknown"``): the id finds a redelivery in the inbox,
+    and both go in a refusal's reply."""
+    if len(body) > BIG:
+        # a big command (codes.bulk: megabytes) is parsed off the event loop; a valid
+        # codes.bulk straight into its model
+        bulk = await asyncio.to_thread(_valid_bulk, body)
+        if bulk is not None:
+            return None, bulk, bulk.id, bulk.type  # what the ordinary way reads in it too
+    raw: Any = None
+    with contextlib.suppress(ValueError, UnicodeDecodeError):
+        raw = await asyncio.to_thread(json.loads, body) if len(body) > BIG else json.loads(body)
+    cid = c.valid_id(raw.get("id")) if isinstance(raw, dict) else None
+    ctype = raw.get("type") if isinstance(raw, dict) else None
+    ctype = ctype if isinstance(ctype, str) and len(ctype) <= 64 else "unknown"
+    return raw, None, cid, ctype
+
+
+def _valid_bulk(body: bytes | bytearray) -> c.CodesBulk | None:
+    """A valid ``codes.bulk`` validated straight from its JSON bytes, with no dict of
+    its thousands of reservations built first (``json.loads``) only to be validated;
+    ``None`` for anything else, which then takes the ordinary way (``json.loads``, the
+    id for the inbox, ``validate_python``), refusals included. The same strict models:
+    whatever they accept from the bytes, the ordinary way accepts too, as the same
+    command (the last of duplicate keys wins in both); a few bodies only the ordinary
+    way reads (a UTF-8 byte order mark, a lone surrogate escape) take it, as before."""
+    try:
+        cmd = c.COMMAND.validate_json(body)
+    except ValueError:  # ValidationError, whatever is wrong with it
+        return None
+    return cmd if isinstance(cmd, c.CodesBulk) else None
+
+
+def _parcels(rs: list[c.Reservation]) -> list[tuple[d.Parcel, dict[d.Purpose, str]]]:
+    return [reservation(r) for r in rs]
 
 
 def reservation(r: c.Reservation) -> tuple[d.Parcel, dict[d.Purpose, str]]:

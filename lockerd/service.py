@@ -34,6 +34,10 @@ P = ParamSpec("P")
 T = TypeVar("T")
 MAX_TERMINALS = 64  # distinct terminals counted apart in the metrics
 
+# reservations a transaction in reserve_many: a chunk holds the store (and the door
+# monitor behind it) for some 10-50 ms, growing with the codes already stored
+BULK_CHUNK = 500
+
 Status = Literal["opened", "jammed", "refused", "wait", "failed", "already_open", "ok"]
 
 
@@ -458,7 +462,7 @@ class HubService:
         items: list[tuple[d.Parcel, dict[d.Purpose, str]]],
         *,
         actor: str,
-        chunk: int = 500,
+        chunk: int = BULK_CHUNK,
     ) -> dict[str, str]:
         """Many reservations (``codes.bulk``): chunk by chunk, each chunk one transaction
         taken between door events (the lock is released between chunks, so the door

@@ -149,6 +149,9 @@ _INSERT_PARCEL = (
     "collect_window_s, collect_until, accessible, has_recall, created, updated) "
     "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
+_PARCEL_BLOCK = 32  # new parcels a statement (one multi-row VALUES): see _insert_parcels
+_INSERT_PARCEL_BLOCK = _INSERT_PARCEL + ",(?,?,?,?,?,?,?,?,?,?,?,?,?)" * (_PARCEL_BLOCK - 1)
+_INSERT_CODE = "INSERT INTO codes(hash, parcel_id, purpose) VALUES(?,?,?)"
 
 # door telemetry: not queued for the cloud once the outbox is past its quota
 TELEMETRY_EVENTS = frozenset(
@@ -486,13 +489,30 @@ class Store:
         self, items: list[tuple[d.Parcel, dict[d.Purpose, str]]], *, now: float, actor: str
     ) -> dict[str, str]:
         """Reservations in one transaction, each kept only if its id and codes are new:
-        ``{parcel id: "reserved" | "exists" | "code_conflict"}``."""
-        fate: dict[str, str] = {}
+        ``{parcel id: "reserved" | "exists" | "code_conflict"}``.
+
+        The ids are looked up first; the codes are not: they are inserted as if none were
+        stored yet, the codes' unique index checking each on the way in (looking up
+        random code hashes first was a second read of as many index pages). When one is
+        already stored (rare: the cloud re-used a live code), that transaction is rolled
+        back and done again with every code looked up first: the fates are the same
+        either way (see :func:`_sort_out`)."""
+        try:
+            return self._add_new_parcels(items, now=now, actor=actor, look_up_codes=False)
+        except StoreConflict:
+            return self._add_new_parcels(items, now=now, actor=actor, look_up_codes=True)
+
+    def _add_new_parcels(
+        self,
+        items: list[tuple[d.Parcel, dict[d.Purpose, str]]],
+        *,
+        now: float,
+        actor: str,
+        look_up_codes: bool,
+    ) -> dict[str, str]:
         with self.transaction() as db:
-            accepted: list[tuple[d.Parcel, dict[d.Purpose, str]]] = []
             ids = [p.id for p, _ in items]
-            hashes_in = [h for _, codes in items for h in codes.values()]
-            # two lookups for the whole batch, not two per parcel
+            # one lookup for the whole batch, not one per parcel
             taken_ids = {
                 r[0]
                 for r in db.execute(
@@ -500,26 +520,18 @@ class Store:
                     ids,
                 )
             }
-            taken = {
-                r[0]
-                for r in db.execute(
-                    f"SELECT hash FROM codes WHERE hash IN ({','.join('?' * len(hashes_in))})",  # noqa: S608
-                    hashes_in,
-                )
-            }
-            for parcel, codes in items:
-                mine = list(codes.values())
-                if parcel.id in fate:
-                    continue  # twice in one batch: the first one's fate stands
-                if parcel.id in taken_ids:
-                    fate[parcel.id] = "exists"
-                    continue
-                if len(set(mine)) != len(mine) or taken.intersection(mine):
-                    fate[parcel.id] = "code_conflict"
-                    continue
-                taken.update(mine)
-                accepted.append((parcel, codes))
-                fate[parcel.id] = "reserved"
+            taken: set[str] = set()
+            if look_up_codes:
+                hashes_in = [h for _, codes in items for h in codes.values()]
+                taken = {
+                    r[0]
+                    for r in db.execute(
+                        f"SELECT hash FROM codes WHERE hash IN ({','.join('?' * len(hashes_in))})",  # noqa: S608
+                        hashes_in,
+                    )
+                }
+            fate, accepted = _sort_out(items, taken_ids, taken)
+            # without the lookup, a code already stored fails the insert: StoreConflict
             self._insert_parcels(db, accepted, now)
             self._audit(
                 db,
@@ -538,15 +550,30 @@ class Store:
         now: float,
     ) -> None:
         # a recall code given with the reservation makes the parcel recallable
-        parcels = [
-            replace(p, has_recall_code=True) if d.Purpose.RECALL in codes else p
+        rows = [
+            _new_parcel_row(
+                replace(p, has_recall_code=True) if d.Purpose.RECALL in codes else p, now
+            )
             for p, codes in items
         ]
-        rows = [(*_parcel_row(p), now, now) for p in parcels]
-        db.executemany(_INSERT_PARCEL, rows)
+        # parcels in their order, _PARCEL_BLOCK rows a statement (run once per row, the
+        # statement cost about as much again as the row's insert)
+        whole = len(rows) - len(rows) % _PARCEL_BLOCK
         db.executemany(
-            "INSERT INTO codes(hash, parcel_id, purpose) VALUES(?,?,?)",
-            [(h, p.id, purpose.value) for p, codes in items for purpose, h in codes.items()],
+            _INSERT_PARCEL_BLOCK,
+            [
+                tuple(v for row in rows[i : i + _PARCEL_BLOCK] for v in row)
+                for i in range(0, whole, _PARCEL_BLOCK)
+            ],
+        )
+        db.executemany(_INSERT_PARCEL, rows[whole:])
+        # codes in hash order: the unique index on the (random) hash is walked once, leaf
+        # after leaf, instead of jumping about and re-reading (and re-writing, once the
+        # page cache spilled them) the same pages. One row a statement: a statement of
+        # many rows journals every index page it touches, in case it must be undone
+        db.executemany(
+            _INSERT_CODE,
+            sorted((h, p.id, purpose.value) for p, codes in items for purpose, h in codes.items()),
         )
 
     def set_codes(
@@ -927,7 +954,8 @@ def _parcel(r: sqlite3.Row) -> d.Parcel:
     )
 
 
-def _parcel_row(p: d.Parcel) -> tuple[Any, ...]:
+def _new_parcel_row(p: d.Parcel, now: float) -> tuple[Any, ...]:
+    """A new parcel's row for :data:`_INSERT_PARCEL` (created and updated now)."""
     return (
         p.id,
         p.kind.value,
@@ -940,4 +968,33 @@ def _parcel_row(p: d.Parcel) -> tuple[Any, ...]:
         p.collect_until,
         int(p.accessible),
         int(p.has_recall_code),
+        now,
+        now,
     )
+
+
+def _sort_out(
+    items: list[tuple[d.Parcel, dict[d.Purpose, str]]], taken_ids: set[str], taken: set[str]
+) -> tuple[dict[str, str], list[tuple[d.Parcel, dict[d.Purpose, str]]]]:
+    """Each parcel's fate, in the batch's order, and the parcels to insert. ``taken_ids``:
+    the batch's ids already stored; ``taken``: its code hashes already stored, or an
+    empty set when they were not looked up. Then a parcel accepted here may hold a
+    stored code, and its insert fails; if none does, every fate is the one the lookup
+    would have given (a stored code only ever turns an accepted parcel away: one turned
+    away here is turned away with it too, and the parcels accepted before are the same)."""
+    fate: dict[str, str] = {}
+    accepted: list[tuple[d.Parcel, dict[d.Purpose, str]]] = []
+    for parcel, codes in items:
+        if parcel.id in fate:
+            continue  # twice in one batch: the first one's fate stands
+        if parcel.id in taken_ids:
+            fate[parcel.id] = "exists"
+            continue
+        mine = list(codes.values())
+        if len(set(mine)) != len(mine) or taken.intersection(mine):
+            fate[parcel.id] = "code_conflict"
+            continue
+        taken.update(mine)
+        accepted.append((parcel, codes))
+        fate[parcel.id] = "reserved"
+    return fate, accepted
