@@ -162,6 +162,11 @@ def render(command: str, result: Any) -> str:  # noqa: PLR0911 - one per command
                 f"\n\ncloud: {state} to {cl['broker']}; {cl['outbox_events']} events waiting"
                 + (f" (oldest {cl['oldest_event_age_s']} s)" if cl["oldest_event_age_s"] else "")
             )
+        if result.get("watchdog"):
+            wd = result["watchdog"]
+            text += "\n\nwatchdog: " + (
+                "healthy" if wd["healthy"] else "UNHEALTHY: " + "; ".join(wd["problems"])
+            )
         return text
     if command == "alarms":
         return table(result, ["id", "type", "target", "raised"]) if result else "no open alarms"
