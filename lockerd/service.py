@@ -126,17 +126,20 @@ class HubService:
             "on the device (the reserve is made again by itself)",
         )
         event = d.Event("disk_full", {"path": str(self.store.path.parent)})
-        task = asyncio.get_running_loop().create_task(self._alarm(event, "disk"))
+        task = asyncio.get_running_loop().create_task(
+            self._event(event, actor="lockerd", action="alarm", target="disk")
+        )
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _alarm(self, event: d.Event, target: str) -> None:
+    async def _event(self, event: d.Event, *, actor: str, action: str, target: str) -> None:
+        """One event (an alarm, a hardware report) with no other change, committed."""
         async with self._lock:
             await self._commit(
                 d.Change(events=(event,)),
                 now=self.clock(),
-                actor="lockerd",
-                action="alarm",
+                actor=actor,
+                action=action,
                 target=target,
             )
 
@@ -743,14 +746,7 @@ class HubService:
         """What the monitor saw of the hardware itself (a board offline or back, a failing
         sensor): into the outbox for the cloud, and an alarm where it is one."""
         target = str(event.data.get("compartment") or event.data.get("board"))
-        async with self._lock:
-            await self._commit(
-                d.Change(events=(event,)),
-                now=self.clock(),
-                actor="monitor",
-                action="hardware",
-                target=target,
-            )
+        await self._event(event, actor="monitor", action="hardware", target=target)
 
     async def tick(self) -> None:
         """Time-driven rules: parcels past their window expire; doors left open alarm."""
