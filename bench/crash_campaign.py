@@ -79,7 +79,8 @@ from lockerd.api import call
 from lockerd.codes import CodeHasher, create_key, load_key, new_code
 from lockerd.daemon import demo_command_keys
 from tests.broker import Broker
-from tests.lockerd.test_e2e_flows import CHANNEL, LOCKERD, THROTTLE, SimProcess, _config
+from tests.lockerd.daemonproc import api_up, spawn
+from tests.lockerd.test_e2e_flows import CHANNEL, THROTTLE, SimProcess, _config
 
 HUB = "e2e-hub"  # the hub id of tests.lockerd.test_e2e_flows's config
 TIMERS: dict[str, float] = {
@@ -261,29 +262,9 @@ class Campaign:
     # ------------------------------------------------------------------ the daemon
     async def start(self) -> None:
         self.started_at = time.time()
-        out, err = self.logs[0].open("ab"), self.logs[1].open("ab")
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            LOCKERD,
-            "run",
-            "--config",
-            str(self.config),
-            stdout=out,
-            stderr=err,
-        )
-        out.close()
-        err.close()
-        deadline = time.monotonic() + 60
-        while True:
-            if self.proc.returncode is not None:
-                raise RuntimeError(f"lockerd exited {self.proc.returncode} at start")
-            with contextlib.suppress(OSError, TimeoutError, ValueError):
-                if (await call(self.sock, {"op": "status"}, within=2)).get("ok"):
-                    return
-            if time.monotonic() > deadline:
-                raise RuntimeError("lockerd did not answer within 60 s of its start")
-            await asyncio.sleep(0.05)
+        with self.logs[0].open("ab") as out, self.logs[1].open("ab") as err:
+            self.proc = await spawn(self.config, out, err)
+        await api_up(self.sock, self.proc, within=60)
 
     async def kill(self) -> None:
         assert self.proc is not None

@@ -8,8 +8,12 @@ import contextlib
 import os
 import re
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import IO
+
+from lockerd.api import call
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,6 +38,24 @@ def hub_config(
     return path
 
 
+async def spawn(
+    config: Path, out: IO[bytes], err: IO[bytes], *, env: dict[str, str] | None = None
+) -> asyncio.subprocess.Process:
+    """``lockerd run --config CONFIG`` (the files may be closed once it runs: it has
+    its own copies)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "from lockerd.cli import main; raise SystemExit(main())",
+        "run",
+        "--config",
+        str(config),
+        stdout=out,
+        stderr=err,
+        env=env,
+    )
+
+
 @contextlib.asynccontextmanager
 async def run_daemon(
     root: Path, config: Path, env: dict[str, str] | None = None
@@ -44,22 +66,28 @@ async def run_daemon(
     for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LOCKERD_FAILPOINT"):
         if name not in (env or {}):
             environ.pop(name, None)
-    log = (root / "daemon.log").open("ab")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        "from lockerd.cli import main; raise SystemExit(main())",
-        "run",
-        "--config",
-        str(config),
-        stdout=log,
-        stderr=log,
-        env=environ,
-    )
-    log.close()
+    with (root / "daemon.log").open("ab") as log:
+        proc = await spawn(config, log, log, env=environ)
     try:
         yield proc
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def api_up(
+    sock: Path, proc: asyncio.subprocess.Process | None = None, *, within: float = 30.0
+) -> None:
+    """Wait until the daemon at ``sock`` answers ``status``; fail at once if ``proc``
+    exits first, and after ``within`` seconds otherwise."""
+    deadline = time.monotonic() + within
+    while True:
+        if proc is not None and proc.returncode is not None:
+            raise RuntimeError(f"lockerd exited {proc.returncode} before its API answered")
+        with contextlib.suppress(OSError, TimeoutError, ValueError):
+            if (await call(sock, {"op": "status"}, within=2)).get("ok"):
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"lockerd did not answer on {sock} within {within:.0f} s")
+        await asyncio.sleep(0.05)

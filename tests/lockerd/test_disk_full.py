@@ -8,7 +8,6 @@ Mounting a tmpfs needs root (CAP_SYS_ADMIN); elsewhere the test is skipped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import os
 import signal
@@ -26,7 +25,7 @@ from lockerd.api import call
 from lockerd.codes import CodeHasher, create_key, load_key
 from lockerd.store import Store
 from tests.helpers import until_result
-from tests.lockerd.daemonproc import hub_config, run_daemon
+from tests.lockerd.daemonproc import api_up, hub_config, run_daemon
 
 
 @pytest.fixture
@@ -101,13 +100,8 @@ async def test_a_full_disk_keeps_pickups_going(tmp_path: Path, small_disk: Path)
     async def parcel_state(pid: str) -> str:
         return str(next(p["state"] for p in await api("parcels") if p["id"] == pid))
 
-    async def up() -> bool:
-        with contextlib.suppress(OSError, TimeoutError, ValueError):
-            return bool((await call(sock, {"op": "status"}, within=2))["ok"])
-        return False
-
     async with run_daemon(tmp_path, config) as proc:
-        await until_result(up, bool, within=30, what="lockerd up")
+        await api_up(sock, proc)
         assert (state / "disk-reserve").stat().st_size == 2**20
         opened = await api("enter_code", code=codes["DF-1"][0], terminal="keypad:1")
         assert opened["status"] == "opened", opened

@@ -36,6 +36,7 @@ from lockerd.api import call
 from lockerd.codes import CodeHasher, create_key, load_key, new_code
 from lockerd.store import Store
 from tests.helpers import until_result
+from tests.lockerd.daemonproc import api_up, spawn
 
 SIM = "from simulator.cli import main; raise SystemExit(main())"
 LOCKERD = "from lockerd.cli import main; raise SystemExit(main())"
@@ -216,27 +217,11 @@ class Hub:
         out = self.logs[0].open("ab")
         err = self.logs[1].open("ab")
         self._files += [out, err]
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            LOCKERD,
-            "run",
-            "--config",
-            str(self.config),
-            stdout=out,
-            stderr=err,
-        )
-        proc = self.proc
-
-        async def status() -> Json:
-            if proc.returncode is not None:
-                raise AssertionError(f"lockerd exited {proc.returncode}: {self.log_text()[-3000:]}")
-            try:
-                return await call(self.sock, {"op": "status"}, within=2)
-            except (OSError, TimeoutError, ValueError):
-                return None
-
-        await until_result(status, lambda r: bool(r and r["ok"]), within=30, what="lockerd up")
+        self.proc = await spawn(self.config, out, err)
+        try:
+            await api_up(self.sock, self.proc)
+        except RuntimeError as exc:
+            raise AssertionError(f"{exc}: {self.log_text()[-3000:]}") from None
 
     async def kill(self) -> None:
         """A crash (SIGKILL: no clean-up at all); the boards, and the doors, stay as
