@@ -112,6 +112,11 @@ class SimProcess:
         return cls(proc, first)
 
     async def ask(self, command: str) -> str:
+        # shielded: a caller cancelled between the command and its answer (the crash
+        # campaign cancels its load) must not leave the answer for the next command
+        return await asyncio.shield(self._ask(command))
+
+    async def _ask(self, command: str) -> str:
         assert self.proc.stdin is not None
         assert self.proc.stdout is not None
         async with self._lock:
