@@ -539,11 +539,11 @@ class Campaign:
             if line and not line.startswith("-----")
         ]
         for s in secrets_:
-            if s in logs:
+            if s in logs and (len(s) > 16 or standalone(logs.encode(), s.encode())):
                 self.violation("end", "a secret (code, key or signature) in the daemon's log")
                 break
         for s in self.codes:
-            if s.encode() in stored:
+            if standalone(stored, s.encode()):
                 self.violation("end", "a plain code in the store's files")
                 break
 
@@ -565,6 +565,27 @@ class Campaign:
             self.tally.elapsed_s = time.monotonic() - started
             await self.close()
         return self.tally
+
+
+_HEXISH = frozenset(b"0123456789abcdefABCDEF")
+
+
+def standalone(haystack: bytes, code: bytes) -> bool:
+    """``code`` (8 digits) occurs in ``haystack`` as a value of its own, not as 8 digits
+    inside a longer run of hex digits or digits: a code hash (64 hex), an event id (a
+    UUID), a timestamp. With thousands of random 8-digit codes and megabytes of a
+    store's pages, such chance matches are expected; a stored code stands alone."""
+    start = haystack.find(code)
+    while start != -1:
+        left, right = start, start + len(code)
+        while left > 0 and haystack[left - 1] in _HEXISH:
+            left -= 1
+        while right < len(haystack) and haystack[right] in _HEXISH:
+            right += 1
+        if right - left == len(code):
+            return True
+        start = haystack.find(code, start + 1)
+    return False
 
 
 def store_problems(db: sqlite3.Connection, started: float = float("inf")) -> list[str]:

@@ -20,3 +20,14 @@ async def test_a_short_campaign_finds_nothing(tmp_path: Path) -> None:
     assert sum(tally.acked.values()) > 0  # the load really did things
     assert tally.events > 0  # ... and the cloud saw them, every seq
     assert tally.unlocks > 0
+
+
+def test_a_code_counts_as_stored_only_when_it_stands_alone() -> None:
+    from bench.crash_campaign import standalone  # noqa: PLC0415
+
+    code = b"12345678"
+    assert standalone(b'{"code": "12345678"}', code)  # a leak
+    assert standalone(b"\x03\x1712345678\x00", code)  # a TEXT value in a record
+    assert not standalone(b"9f3e12345678ab01", code)  # inside a code hash
+    assert not standalone(b"1763812345678.25", code)  # inside a timestamp
+    assert not standalone(b"no code here", code)
