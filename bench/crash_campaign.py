@@ -104,6 +104,8 @@ class Tally:
     events: int = 0  # distinct events the cloud received (by seq)
     redeliveries: int = 0  # events received again (same seq, same id)
     unlocks: int = 0  # pulses the board received
+    codes: int = 0  # codes issued (each a secret the logs and the store must not hold)
+    code_lookalikes: int = 0  # codes found only inside longer hex or digit runs (chance)
     violations: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
 
@@ -521,6 +523,7 @@ class Campaign:
                 break
             await asyncio.sleep(0.1)
         self.tally.events = len(self.cloud.events)
+        self.tally.codes = len(self.codes)
         self.tally.redeliveries = self.cloud.redeliveries
         await self.unlock_check("end")
         self.check("end")
@@ -546,6 +549,10 @@ class Campaign:
             if standalone(stored, s.encode()):
                 self.violation("end", "a plain code in the store's files")
                 break
+        # how many codes turn up only inside longer runs (hashes, ids, timestamps)
+        self.tally.code_lookalikes = sum(
+            1 for s in self.codes if s.encode() in stored and not standalone(stored, s.encode())
+        )
 
     async def campaign(self, runs: int) -> Tally:
         started = time.monotonic()
@@ -644,6 +651,9 @@ def report(tally: Tally, runs: int, seed: int, command: str) -> str:
         f"| events the cloud received (distinct seq) | {tally.events} |",
         f"| events delivered again (same seq and id) | {tally.redeliveries} |",
         f"| lock pulses | {tally.unlocks} |",
+        f"| codes issued (none may be in the logs or stored in plain) | {tally.codes} |",
+        f"| codes seen by chance inside longer runs of the store's bytes (hashes, ids, "
+        f"timestamps) | {tally.code_lookalikes} |",
         f"| **violations** (target 0) | **{len(tally.violations)}** |",
         f"| elapsed | {tally.elapsed_s:.0f} s |",
         "",
