@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import signal
 import statistics
 import subprocess
@@ -36,11 +35,12 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from bench.bus_bench import Figure
 from bench.hub_bench import load_parcels
 from lockerd import domain as d
+from lockerd.api import call
 from lockerd.codes import create_key, load_key
 from lockerd.config import load
 from lockerd.store import Store
@@ -56,7 +56,6 @@ CHANNELS = 48
 BOARDS = {"A": 7, "B": 7, "C": 7}
 TARGET_S = 1.5
 TARGET_MB = 80.0
-REPLY_LIMIT = 16 * 1024 * 1024
 
 
 def _size(channel: int) -> str:
@@ -145,23 +144,6 @@ class Start:
     returncode: int
 
 
-async def status(socket: Path, within: float = 5.0) -> dict[str, Any]:
-    """A ``status`` request, as ``lockerd.api.call`` makes it but with room for the reply:
-    on 1,000 compartments it is longer than ``call``'s line limit (``api.MAX_LINE``)."""
-    async with asyncio.timeout(within):
-        reader, writer = await asyncio.open_unix_connection(str(socket), limit=REPLY_LIMIT)
-        try:
-            writer.write(b'{"op": "status"}\n')
-            await writer.drain()
-            line = await reader.readline()
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
-    reply: dict[str, Any] = json.loads(line)
-    return reply
-
-
 def _proc_status(pid: int) -> dict[str, int]:
     out = {}
     with open(f"/proc/{pid}/status") as f:
@@ -191,7 +173,7 @@ async def start_once(config: Path, socket: Path, log: IO[bytes], within: float =
             if proc.returncode is not None:
                 raise RuntimeError(f"lockerd exited with {proc.returncode} during start-up")
             with contextlib.suppress(OSError, TimeoutError):
-                reply = await status(socket)
+                reply = await call(socket, {"op": "status"}, within=5.0)
                 if reply.get("ok"):
                     break
             if time.perf_counter() - t0 > within:
@@ -201,7 +183,7 @@ async def start_once(config: Path, socket: Path, log: IO[bytes], within: float =
         slowest = 0.0
         for _ in range(5):
             t = time.perf_counter()
-            reply = await status(socket)
+            reply = await call(socket, {"op": "status"}, within=5.0)
             slowest = max(slowest, time.perf_counter() - t)
             assert len(reply["result"]["compartments"]) == COMPARTMENTS
         mem = _proc_status(proc.pid)
