@@ -333,24 +333,23 @@ class Campaign:
         return dict(reply["result"])
 
     async def deposit(self) -> None:
-        waiting = await self._parcels("reserved")
-        if not waiting:
-            return
-        pid = self.rng.choice(waiting)
-        result = await self._enter(self.parcels[pid].deposit)
-        if result["status"] == "opened":
-            self.acked_deposit.add(pid)
-            self.tally.acked["deposit"] += 1
+        await self._use_code("deposit", "reserved", self.acked_deposit)
 
     async def pickup(self) -> None:
-        stored = await self._parcels("stored")
-        if not stored:
+        await self._use_code("pickup", "stored", self.acked_pickup)
+
+    async def _use_code(self, kind: str, state: str, acked: set[str]) -> None:
+        """A carrier (deposit) or a resident (pickup) enters the code of a parcel in
+        ``state``; an open the keypad reports is acknowledged."""
+        ready = await self._parcels(state)
+        if not ready:
             return
-        pid = self.rng.choice(stored)
-        result = await self._enter(self.parcels[pid].pickup)
+        pid = self.rng.choice(ready)
+        parcel = self.parcels[pid]
+        result = await self._enter(parcel.deposit if kind == "deposit" else parcel.pickup)
         if result["status"] == "opened":
-            self.acked_pickup.add(pid)
-            self.tally.acked["pickup"] += 1
+            acked.add(pid)
+            self.tally.acked[kind] += 1
 
     async def technician_open(self) -> None:
         label = self.rng.choice(list(CHANNEL))
