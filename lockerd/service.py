@@ -127,21 +127,10 @@ class HubService:
         )
         event = d.Event("disk_full", {"path": str(self.store.path.parent)})
         task = asyncio.get_running_loop().create_task(
-            self._event(event, actor="lockerd", action="alarm", target="disk")
+            self.record(d.Change(events=(event,)), actor="lockerd", action="alarm", target="disk")
         )
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-    async def _event(self, event: d.Event, *, actor: str, action: str, target: str) -> None:
-        """One event (an alarm, a hardware report) with no other change, committed."""
-        async with self._lock:
-            await self._commit(
-                d.Change(events=(event,)),
-                now=self.clock(),
-                actor=actor,
-                action=action,
-                target=target,
-            )
 
     def _refuse_while_low_on_disk(self) -> Outcome | None:
         if not self.disk_low:
@@ -170,15 +159,24 @@ class HubService:
         for listener in self.on_commit:
             listener()
 
-    async def record(self, change: d.Change, *, actor: str, command: Inbox | None = None) -> None:
-        """Events (and a command's reply) with no other effect, e.g. a refused command."""
+    async def record(
+        self,
+        change: d.Change,
+        *,
+        actor: str,
+        action: str = "record",
+        target: str | None = None,
+        command: Inbox | None = None,
+    ) -> None:
+        """Events (and a command's reply) with no other effect: a refused command, an
+        alarm, a hardware report."""
         async with self._lock:
             await self._commit(
                 change,
                 now=self.clock(),
                 actor=actor,
-                action="record",
-                target=command.command_id if command else "-",
+                action=action,
+                target=target or (command.command_id if command else "-"),
                 command=command,
             )
 
@@ -746,7 +744,9 @@ class HubService:
         """What the monitor saw of the hardware itself (a board offline or back, a failing
         sensor): into the outbox for the cloud, and an alarm where it is one."""
         target = str(event.data.get("compartment") or event.data.get("board"))
-        await self._event(event, actor="monitor", action="hardware", target=target)
+        await self.record(
+            d.Change(events=(event,)), actor="monitor", action="hardware", target=target
+        )
 
     async def tick(self) -> None:
         """Time-driven rules: parcels past their window expire; doors left open alarm."""
