@@ -630,7 +630,7 @@ def store_problems(db: sqlite3.Connection, started: float = float("inf")) -> lis
     return problems
 
 
-def report(tally: Tally, runs: int, seed: int, command: str) -> str:
+def report(tally: Tally, seed: int, command: str) -> str:
     lines = [
         "# Crash campaign",
         "",
@@ -718,7 +718,7 @@ def main(argv: list[str] | None = None) -> int:
         say=lambda line: print(line, flush=True),
     )
     command = "python -m bench.crash_campaign " + " ".join(argv or sys.argv[1:])
-    text = report(tally, args.runs, seed, command.strip())
+    text = report(tally, seed, command.strip())
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
