@@ -5,9 +5,11 @@ bus_bench (the hardware layer), hub_bench (enter-code through the service with m
 stored parcels; ``--million`` adds 1,000,000), e2e_bench (API request to the unlock
 frame on the demo hub), startup_bench (daemon start-up and peak RSS, 1,000
 compartments and 100,000 parcels), cloud_bench (outbox drain against a bare aiomqtt loop;
-codes.bulk of 100,000 while doors are handled); with ``--campaign N``, the crash
-campaign of N runs (bench/crash_campaign.py, which also runs on its own and writes
-bench/results/crash_campaign.md).
+codes.bulk of 100,000 while doors are handled), bounds_bench (the loop's stall and the
+daemon's peak RSS under commands at the size limit), guess_bench (codes checked in a
+burst of 1,000 on one terminal, and in a day of bursts on 8 terminals); with
+``--campaign N``, the crash campaign of N runs (bench/crash_campaign.py, which also
+runs on its own and writes bench/results/crash_campaign.md).
 
 Writes ``bench/results/latest.md`` (a table of every figure with its target and
 the machine it ran on) and ``bench/results/latest.json``.
@@ -22,7 +24,15 @@ import platform
 import sys
 from pathlib import Path
 
-from bench import bus_bench, cloud_bench, e2e_bench, hub_bench, startup_bench
+from bench import (
+    bounds_bench,
+    bus_bench,
+    cloud_bench,
+    e2e_bench,
+    guess_bench,
+    hub_bench,
+    startup_bench,
+)
 from bench.bus_bench import Figure
 from lockerd.logs import configure
 
@@ -90,6 +100,8 @@ def main() -> int:
     figures += e2e_bench.main(quick=quick)
     figures += startup_bench.main(quick=quick)
     figures += cloud_bench.main(quick=quick)
+    figures += guess_bench.main(quick=quick)
+    figures += bounds_bench.main(quick=quick)
     if "--campaign" in sys.argv[1:]:  # --campaign N: the crash campaign, N runs
         from bench import crash_campaign  # noqa: PLC0415 - minutes long: only when asked
 

@@ -26,8 +26,10 @@ from typing import Any
 import aiomqtt
 
 from bench.bus_bench import Figure
+from lockerd import contract as c
 from lockerd import domain as d
 from lockerd.cloud import WINDOW, CloudLink
+from lockerd.cloudctl import load_signing_key
 from lockerd.codes import CodeHasher
 from lockerd.config import Cloud
 from lockerd.contract import BULK_MAX
@@ -128,15 +130,20 @@ async def bulk(broker: Broker, tmp: Path, n: int) -> list[Figure]:
             }
             for i in range(n)
         ]
-        bodies = [
+        key = load_signing_key(cfg.state_path("keys/cloud-commands.key"))
+        bodies = [  # signed, as every grant is
             json.dumps(
-                {
-                    "id": f"bulk-{k}",
-                    "type": "codes.bulk",
-                    "hub": cfg.hub_id,
-                    "issued_at": now,
-                    "reservations": reservations[k : k + BULK_MAX],
-                }
+                c.sign(
+                    {
+                        "id": f"bulk-{k}",
+                        "type": "codes.bulk",
+                        "hub": cfg.hub_id,
+                        "issued_at": now,
+                        "expires_at": now + 3600,
+                        "reservations": reservations[k : k + BULK_MAX],
+                    },
+                    key,
+                )
             )
             for k in range(0, n, BULK_MAX)
         ]

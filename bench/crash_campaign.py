@@ -10,7 +10,7 @@ The parts, all real:
   ``lockerd-sim`` process on a pty, so the doors outlive the daemon: a person may
   shut one while nobody watches;
 - a Mosquitto broker, and a cloud client on it with a persistent session. The cloud
-  reserves parcels, cancels them, and sends signed remote opens. It records every
+  reserves parcels (signed), cancels them, and sends signed remote opens. It records every
   event it receives (by ``seq``) and every reply;
 - a load: the cloud's commands; carriers entering deposit codes; residents entering
   pickup codes; technicians opening compartments and taking them out of service and
@@ -66,8 +66,6 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -76,11 +74,12 @@ from bench.bus_bench import Figure
 from lockerd import contract as c
 from lockerd import domain as d
 from lockerd.api import call
+from lockerd.cloudctl import load_signing_key
 from lockerd.codes import CodeHasher, create_key, load_key, new_code
 from lockerd.daemon import demo_command_keys
 from tests.broker import Broker
 from tests.lockerd.daemonproc import api_up, spawn
-from tests.lockerd.test_e2e_flows import CHANNEL, THROTTLE, SimProcess, _config
+from tests.lockerd.test_e2e_flows import CHANNEL, THROTTLE, SimProcess, _config, keypad_sockets
 
 HUB = "e2e-hub"  # the hub id of tests.lockerd.test_e2e_flows's config
 TIMERS: dict[str, float] = {
@@ -234,16 +233,17 @@ class Campaign:
         self.code_key = key.read_bytes()
         public = state / "keys" / "cloud-commands.pub"
         private = demo_command_keys(public)
-        signing = serialization.load_pem_private_key(private.read_bytes(), None)
-        assert isinstance(signing, Ed25519PrivateKey)
-        self.signing = signing
+        self.signing = load_signing_key(private)
         self.private_pem = private.read_bytes()
         cloud = (
             f'\n[cloud]\nurl = "mqtt://127.0.0.1:{self.broker.port}"\n'
             f'command_key_file = "{public}"\n'
             "reconnect_min_s = 0.2\nreconnect_max_s = 1.0\nstate_coalesce_s = 0.5\n"
         )
-        self.config.write_text(_config(self.root, self.sock, self.link, TIMERS, THROTTLE) + cloud)
+        # the scripted technician works faster than a person: no rate limit in its way
+        api = "\n[api]\ntechnician_burst = 10000\ntechnician_per_minute = 6000\n"
+        config = _config(self.root, self.sock, self.link, TIMERS, THROTTLE) + cloud + api
+        self.config.write_text(config)
         with (self.root / "sim.log").open("ab") as sim_log:
             self.sim = await SimProcess.start(self.link, sim_log)
         self.cloud = Cloud(self.broker)
@@ -291,11 +291,10 @@ class Campaign:
         now = int(time.time())
         cmd = {"id": f"k-{secrets.token_hex(6)}", "hub": HUB, "issued_at": now, "type": type_}
         cmd.update(body)
-        if type_ in c.SIGNED:
-            cmd["expires_at"] = now + 60
-            sig = base64.b64encode(self.signing.sign(c.canonical(cmd))).decode()
-            self.cloud.signatures.append(sig)
-            cmd["sig"] = sig
+        if type_ in c.SIGNED:  # an open, or a grant (a reservation)
+            signed = c.sign({**cmd, "expires_at": now + 60}, self.signing)
+            self.cloud.signatures.append(signed["sig"])
+            return signed
         return cmd
 
     async def _cloud(self, cmd: dict[str, Any]) -> dict[str, Any] | None:
@@ -327,9 +326,8 @@ class Campaign:
         return [p["id"] for p in reply["result"] if p["id"] in self.parcels]
 
     async def _enter(self, code: str) -> dict[str, Any]:
-        reply = await call(
-            self.sock, {"op": "enter_code", "code": code, "terminal": "keypad:1"}, within=10
-        )
+        keypad = keypad_sockets(self.sock)["keypad:1"]  # a person at the hub's keypad
+        reply = await call(keypad, {"op": "enter_code", "code": code}, within=10)
         return dict(reply["result"])
 
     async def deposit(self) -> None:
@@ -355,7 +353,7 @@ class Campaign:
         label = self.rng.choice(list(CHANNEL))
         reply = await call(
             self.sock,
-            {"op": "open", "label": label, "reason": "campaign", "actor": "tech"},
+            {"op": "open", "label": label, "reason": "campaign"},
             within=10,
         )
         if reply["result"]["status"] in ("opened", "already_open"):
@@ -381,7 +379,7 @@ class Campaign:
         for in_service in (False, True):
             await call(
                 self.sock,
-                {"op": "service", "label": label, "in_service": in_service, "actor": "tech"},
+                {"op": "service", "label": label, "in_service": in_service},
                 within=5,
             )
 

@@ -3,8 +3,8 @@
 The demo hub runs in this process as ``lockerd demo`` runs it (``daemon.open_hub`` on
 config/demo-hub.toml, every bus served by an in-process simulator on a real pty),
 with its door monitor polling every board every 0.5 s and the once-a-second tick,
-and logging at info level (to a file) as ``lockerd run`` does. A client on the API
-Unix socket (one connection, as a kiosk keeps) sends ``{"op": "enter_code", ...}``
+and logging at info level (to a file) as ``lockerd run`` does. A client on the keypad's
+terminal socket (keypad:1; one connection, as a kiosk keeps) sends ``{"op": "enter_code", ...}``
 with a fresh deposit code per sample; every sample is a real deposit: the door opens
 (the simulated spring pops it at once: its delay is not what is measured), the
 monitor sees it open, the reply comes, and a person at the simulated board puts the
@@ -143,6 +143,8 @@ class Bench:
         self.hub = hub
         self.cfg = cfg
         self.socket = cfg.paths.socket
+        # the demo's keypad (keypad:1): its terminal socket, where a person enters codes
+        self.keypad = next(t.socket for t in cfg.terminals if t.name == "keypad:1")
         self.where = {c.label: (c.bus, c.board, c.channel) for c in cfg.compartments}
         self.baud = {b.name: b.baudrate for b in cfg.buses}
         self.probe = UnlockProbe(hub)
@@ -188,7 +190,7 @@ class Bench:
     async def deposit(
         self, r: Reservation, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> Sample:
-        request = {"op": "enter_code", "code": r.deposit, "terminal": "keypad:1"}
+        request = {"op": "enter_code", "code": r.deposit}
         line = json.dumps(request).encode() + b"\n"
         self.probe.seen.clear()
         t0 = time.perf_counter()
@@ -209,14 +211,17 @@ class Bench:
         return Sample(u.at - t0, called - t0, bus, wire_time(u.frame_len, self.baud[bus]), ahead)
 
     async def collect(self, done: list[Reservation]) -> None:
-        """Empty every compartment again: all pickups at once, then every door shut."""
+        """Empty every compartment again: pickups 16 at once (within the keypad socket's
+        connection cap, [api] max_connections), then every door shut."""
         await self.wait_compartments(lambda c: c["state"] != "in_use", "settled")
-        replies = await asyncio.gather(
-            *(
-                call(self.socket, {"op": "enter_code", "code": r.pickup, "terminal": "keypad:2"})
-                for r in done
+        replies = []
+        for at in range(0, len(done), 16):
+            replies += await asyncio.gather(
+                *(
+                    call(self.keypad, {"op": "enter_code", "code": r.pickup})
+                    for r in done[at : at + 16]
+                )
             )
-        )
         for reply in replies:
             result = reply.get("result") or {}
             if result.get("status") != "opened":
@@ -227,7 +232,7 @@ class Bench:
     async def run(self, samples: int, floor: FsyncFloor) -> list[Sample]:
         reservations = reserve(self.hub, samples + WARMUP)
         capacity = len(self.cfg.compartments)
-        reader, writer = await asyncio.open_unix_connection(self.socket)
+        reader, writer = await asyncio.open_unix_connection(self.keypad)
         out: list[Sample] = []
         round_: list[Reservation] = []
         try:

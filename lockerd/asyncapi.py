@@ -149,6 +149,18 @@ def _h(code: str) -> str:
     return CodeHasher(EXAMPLE_CODE_KEY).hash(code)
 
 
+def _signed(command: dict[str, Any], life: int = 86_400) -> dict[str, Any]:
+    """An example grant as the cloud sends it: ``expires_at`` (after ``issued_at``), and
+    signed with the example key."""
+    body: dict[str, Any] = {}
+    for k, v in command.items():
+        body[k] = v
+        if k == "issued_at":
+            body["expires_at"] = v + life
+    key = Ed25519PrivateKey.from_private_bytes(EXAMPLE_SEED)
+    return c.sign(body, key)
+
+
 def examples() -> dict[str, list[tuple[str, dict[str, Any]]]]:
     """Example payloads by message key: each is valid (pydantic checks it here; the
     tests check it against the schemas too)."""
@@ -334,7 +346,12 @@ def examples() -> dict[str, list[tuple[str, dict[str, Any]]]]:
                     "ok": True,
                     "status": "ok",
                     "message": "",
-                    "result": {"reserved": 1, "exists": ["P-1001"], "code_conflict": []},
+                    "result": {
+                        "reserved": 1,
+                        "exists": ["P-1001"],
+                        "code_conflict": [],
+                        "code_used": [],
+                    },
                     "duplicate": False,
                     "at": t + 2.0,
                 },
@@ -392,6 +409,8 @@ def examples() -> dict[str, list[tuple[str, dict[str, Any]]]]:
         ],
         "state": [("snapshot", snapshot)],
     }
+    for key in c.SIGNED - c.OPENS_NOW:  # grants are signed too, and live longer
+        out[key] = [(name, _signed(payload)) for name, payload in out[key]]
     models: dict[str, Any] = {key: model for _, key, model in HUB_MESSAGES}
     for key, items in out.items():
         for _, payload in items:
@@ -463,13 +482,19 @@ def _command_description(name: str, model: type[BaseModel]) -> str:
     if model.__doc__ and model.__doc__ != c.Reservation.__doc__:
         text += "\n\n" + " ".join(model.__doc__.split())
     if name in c.SIGNED:
+        life = "`command_max_life_s`" if name in c.OPENS_NOW else "`grant_max_life_s`"
         text += (
             "\n\nMust carry `expires_at` and `sig`: an Ed25519 signature of the cloud's "
             "command key over the canonical JSON of the command without `sig` (keys "
             "sorted, separators `,` `:`, UTF-8, no escaping of non-ASCII). Refused unless "
-            "the signature verifies, the lifetime `expires_at - issued_at` is at most "
-            "`command_max_life_s` and the times are current within `command_skew_s`."
+            f"the signature verifies, the lifetime `expires_at - issued_at` is at most "
+            f"{life} and the times are current within `command_skew_s`."
         )
+        if name not in c.OPENS_NOW:
+            text += (
+                " A code hash spent or replaced at the hub before is refused (`refused`, "
+                "the message says it was used before; in codes.bulk, `code_used`)."
+            )
     return text
 
 
@@ -501,7 +526,8 @@ def _messages() -> dict[str, Any]:
             "opened gets no reply of its own, the final one follows. A command whose id "
             "cannot be read is answered with id "
             "`unknown`. `result`: sync.request -> a state snapshot; codes.bulk -> "
-            "`reserved` (count), `exists` and `code_conflict` (parcel ids); door commands "
+            "`reserved` (count), `exists`, `code_conflict` and `code_used` (parcel ids; "
+            "`code_used`: a code hash spent or replaced at the hub before); door commands "
             "-> `compartment`.",
         ),
         "event": (

@@ -18,6 +18,7 @@ from lockerd.codes import KeyFileError, create_key
 from lockerd.config import Cloud, ConfigInvalid, load
 from lockerd.daemon import run_demo, run_hub
 from lockerd.hwdemo import main as demo_main
+from lockerd.instance import AlreadyRunning
 from lockerd.logs import configure
 from lockerd.store import StoreError
 
@@ -51,7 +52,15 @@ def _demo(args: list[str]) -> int:
         return demo_main([a for a in args if a != "--hardware"])
     parser = argparse.ArgumentParser(prog="lockerd demo")
     parser.add_argument("--state-dir", help="keep the hub here (resumed when run again)")
-    parser.add_argument("--socket", help="API socket path (default: in the state directory)")
+    parser.add_argument(
+        "--socket", help="the technician's API socket (default: api.sock in the state directory)"
+    )
+    parser.add_argument(
+        "--terminal-socket",
+        metavar="PATH",
+        help="the keypad's socket, terminal keypad:1 (default: terminal.sock in the state "
+        "directory)",
+    )
     parser.add_argument("--log-level", default="warning")
     parser.add_argument(
         "--mqtt", metavar="URL", help="connect to the cloud's broker: mqtt://HOST:PORT or mqtts://"
@@ -78,7 +87,19 @@ def _demo(args: list[str]) -> int:
         except ValidationError as exc:
             print(f"lockerd demo: bad --mqtt options: {exc}", file=sys.stderr)
             return 2
-    return asyncio.run(run_demo(ns.state_dir, ns.socket, cloud=cloud, hub_id=ns.hub_id))
+    try:
+        return asyncio.run(
+            run_demo(
+                ns.state_dir,
+                ns.socket,
+                cloud=cloud,
+                hub_id=ns.hub_id,
+                terminal_socket=ns.terminal_socket,
+            )
+        )
+    except AlreadyRunning as exc:
+        print(f"lockerd demo: {exc}", file=sys.stderr)
+        return 1
 
 
 def _run(path: str) -> int:
@@ -90,7 +111,7 @@ def _run(path: str) -> int:
         return 2
     try:
         return asyncio.run(run_hub(cfg))
-    except (KeyFileError, StoreError) as exc:
+    except (KeyFileError, StoreError, AlreadyRunning) as exc:
         print(f"lockerd: {exc}", file=sys.stderr)
         return 1
 

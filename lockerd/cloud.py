@@ -11,8 +11,11 @@
   Replies are queued in the store the same way.
 - Birth (retained ``online`` with a ``boot_seq``) and a compartment snapshot on every
   (re)connect; the will says ``offline`` with the same ``boot_seq``.
-- Door-opening commands must carry a valid Ed25519 signature of the cloud, be for
-  this hub, be short-lived and current, and not be retained.
+- Commands that open a door or grant or change a code (``contract.SIGNED``) must carry
+  a valid Ed25519 signature of the cloud, be for this hub, be current, and not be
+  retained; a door opened now is short-lived, a grant may wait in the broker's session
+  (ADR 0014). A code hash spent or replaced here is never accepted again (the store's
+  tombstones).
 
 The hub never waits for the cloud: every code it has keeps working offline.
 """
@@ -24,6 +27,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import ssl
 import time
 from collections.abc import Callable
@@ -44,6 +48,7 @@ from pydantic import ValidationError
 from lockerd import contract as c
 from lockerd import domain as d
 from lockerd.config import Cloud
+from lockerd.jsonsafe import clean, text
 from lockerd.logs import bind, bound
 from lockerd.service import BULK_CHUNK, HubService, Outcome
 from lockerd.store import Inbox, StoreError
@@ -75,16 +80,23 @@ def load_command_key(path: Path) -> Ed25519PublicKey:
 
 @dataclass(frozen=True)
 class Verifier:
-    """Checks a door-opening command before anything else is done with it."""
+    """Checks a signed command (:data:`contract.SIGNED`: it opens a door, or grants or
+    changes a code) before anything else is done with it. A door opened now lives at
+    most ``max_life_s``; a grant, sent ahead to wait in the broker's session, at most
+    ``grant_max_life_s``."""
 
     hub: str
     key: Ed25519PublicKey | None
     skew_s: float
     max_life_s: float
+    grant_max_life_s: float = 7 * 86_400.0
 
     def refusal(  # noqa: PLR0911 - one return per reason
-        self, raw: dict[str, Any], cmd: Any, now: float
+        self, raw: dict[str, Any] | None, cmd: Any, now: float
     ) -> str | None:
+        """Why ``cmd`` is refused, or ``None``. ``raw``: the JSON object it was read
+        from; ``None`` for a command validated straight from its bytes (the big
+        ``codes.bulk``), whose canonical bytes then come from the model (the same)."""
         if self.key is None:
             return "no_command_key"
         if not cmd.sig:
@@ -93,14 +105,15 @@ class Verifier:
         if sig is None:
             return "bad_signature"
         try:
-            self.key.verify(sig, c.canonical(raw))
+            self.key.verify(sig, c.canonical(raw) if raw is not None else c.canonical_model(cmd))
         except InvalidSignature:
             return "bad_signature"
         if cmd.expires_at is None:
             return "no_expiry"
         if cmd.expires_at < cmd.issued_at:
             return "expired"
-        if cmd.expires_at - cmd.issued_at > self.max_life_s:
+        life = self.max_life_s if cmd.type in c.OPENS_NOW else self.grant_max_life_s
+        if cmd.expires_at - cmd.issued_at > life:
             return "lifetime_too_long"
         if cmd.issued_at > now + self.skew_s:
             return "not_yet_valid"
@@ -149,15 +162,17 @@ class CloudLink:
             load_command_key(key_path) if key_path.exists() else None,
             cfg.command_skew_s,
             cfg.command_max_life_s,
+            cfg.grant_max_life_s,
         )
         if self.verifier.key is None:
             log.warning(
                 "no_command_key",
                 path=str(key_path),
-                hint="door-opening commands from the cloud will be refused until the "
-                "cloud's public key is installed there",
+                hint="reservations, codes and door-opening commands from the cloud will be "
+                "refused until the cloud's public key is installed there",
             )
         self.store.outbox_quota = int(cfg.outbox_quota_mb * 1024 * 1024)
+        self.max_packet = cfg.max_packet_kb * 1024
         self.boot_seq = self.store.next_boot()
         self.connected = asyncio.Event()
         self.reconnects = 0
@@ -212,6 +227,9 @@ class CloudLink:
         cfg = self.cfg
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = cfg.session_expiry_s
+        # the broker never sends us a larger packet (MQTT 5 Maximum Packet Size): a
+        # huge command cannot stall the loop or swell the daemon
+        props.MaximumPacketSize = self.max_packet
         will = aiomqtt.Will(self.t_status, self._status("offline"), qos=1, retain=True)
         password = None
         if cfg.password_file:
@@ -251,28 +269,14 @@ class CloudLink:
     async def run(self) -> None:
         """Connect, serve, reconnect with jittered exponential backoff; forever."""
         failures = 0
+
+        def connected() -> None:
+            nonlocal failures
+            failures = 0
+
         while not self._closing:
             try:
-                client = self._client()
-                mqtt = _Mqtt(client)  # before connecting: a resumed session delivers at once
-                async with client:
-                    failures = 0
-                    try:
-                        await self._serve(client, mqtt)
-                    except asyncio.CancelledError:
-                        # a clean stop sends no will: say offline ourselves
-                        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-                            await client.publish(
-                                self.t_status,
-                                self._status("offline"),
-                                qos=1,
-                                retain=True,
-                                timeout=2,
-                            )
-                        # and do not wait long for the broker to see us go: aiomqtt's
-                        # disconnect waits `timeout` for it (seen stuck for 10 s)
-                        client.timeout = 1.0
-                        raise
+                await self._session(connected)
             except aiomqtt.MqttError as exc:
                 if self._closing:
                     # stopping: the connection's error may come instead of the cancellation
@@ -295,6 +299,44 @@ class CloudLink:
                 with contextlib.suppress(TimeoutError):  # a stop ends the wait too
                     async with asyncio.timeout(delay):
                         await self._stop.wait()
+
+    async def _session(self, connected: Callable[[], None]) -> None:
+        """One connection, served until it fails. A fault of the link's own (never a
+        message's: those are set aside one by one) is logged with its traceback and
+        ends the connection as a network error would: the link starts over, and the
+        hub, which never waits for the cloud, keeps working."""
+        try:
+            client = self._client()
+            mqtt = _Mqtt(client)  # before connecting: a resumed session delivers at once
+            async with client:
+                connected()
+                try:
+                    await self._serve(client, mqtt)
+                except asyncio.CancelledError:
+                    # a clean stop sends no will: say offline ourselves
+                    with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                        await client.publish(
+                            self.t_status,
+                            self._status("offline"),
+                            qos=1,
+                            retain=True,
+                            timeout=2,
+                        )
+                    # and do not wait long for the broker to see us go: aiomqtt's
+                    # disconnect waits `timeout` for it (seen stuck for 10 s)
+                    client.timeout = 1.0
+                    raise
+        except aiomqtt.MqttError:
+            raise
+        except Exception as exc:
+            if self._closing:
+                raise asyncio.CancelledError from exc
+            log.exception(
+                "cloud_link_failed",
+                hint="a fault in the cloud link itself; it reconnects. Keypads and doors "
+                "are not affected. Report the traceback",
+            )
+            raise aiomqtt.MqttError(f"the link failed: {type(exc).__name__}") from exc
 
     async def _serve(self, client: aiomqtt.Client, mqtt: _Mqtt) -> None:
         # retain-as-published: a command published with the retain flag reaches us
@@ -333,10 +375,7 @@ class CloudLink:
             return False
 
         async def one(row: Any) -> None:
-            msg = c.EventMessage(
-                hub=self.hub, seq=row.seq, id=row.id, type=row.type, at=row.at, data=row.data
-            )
-            await client.publish(self.t_evt, msg.model_dump_json(), qos=1)
+            await client.publish(self.t_evt, self._event_json(row), qos=1)
 
         results = await asyncio.gather(*(one(r) for r in rows), return_exceptions=True)
         done = [r.seq for r, res in zip(rows, results, strict=True) if res is None]
@@ -348,12 +387,25 @@ class CloudLink:
                 raise res
         return True
 
+    def _event_json(self, row: Any) -> str:
+        """An outbox row as the contract's event. The store keeps event data safe to
+        send (lockerd.jsonsafe); a row that a former version stored unsafe is cleaned
+        here rather than left to block every event behind it."""
+        msg = c.EventMessage(
+            hub=self.hub, seq=row.seq, id=row.id, type=row.type, at=row.at, data=row.data
+        )
+        try:
+            return msg.model_dump_json()
+        except ValueError:  # pydantic_core.PydanticSerializationError
+            log.warning("event_cleaned", seq=row.seq, type=row.type)
+            return msg.model_copy(update={"data": clean(row.data)}).model_dump_json()
+
     async def _send_replies(self, client: aiomqtt.Client) -> bool:
         rows = await self.service.run_db(self.store.replies, WINDOW)
         if not rows:
             return False
         results = await asyncio.gather(
-            *(client.publish(self.t_reply, json.dumps(reply), qos=1) for _, reply in rows),
+            *(client.publish(self.t_reply, _reply_json(reply), qos=1) for _, reply in rows),
             return_exceptions=True,
         )
         done = [n for (n, _), res in zip(rows, results, strict=True) if res is None]
@@ -413,11 +465,61 @@ class CloudLink:
                     hint="the store refused the write (disk full?); the command stays "
                     "unacknowledged and comes back on reconnect",
                 )
+            except Exception as exc:  # noqa: BLE001 - one message never stops the hub
+                await self._quarantine(mqtt, message, exc)
 
-    async def handle(self, client: aiomqtt.Client, mqtt: _Mqtt, message: aiomqtt.Message) -> None:
+    async def _quarantine(self, mqtt: _Mqtt, message: aiomqtt.Message, exc: BaseException) -> None:
+        """A command the hub failed to handle (a fault of ours, not a refusal: those
+        are answered): set aside with an alarm and acknowledged, so it is never
+        retried forever and never stops the link; a redelivery gets the stored reply."""
+        body = _body(message)
+        cid = None
+        with contextlib.suppress(Exception):
+            raw = json.loads(body) if len(body) <= self.max_packet else None
+            cid = c.valid_id(raw.get("id")) if isinstance(raw, dict) else None
+        error = f"{type(exc).__name__}: {text(str(exc), 300)}"
+        log.error(
+            "command_quarantined",
+            command=cid,
+            error=error,
+            bytes=len(body),
+            exc_info=exc,
+            hint="the command was set aside (lockerd's quarantine table) with an alarm; "
+            "the cloud got a `quarantined` reply; report it with the traceback",
+        )
+        reply = self._reply(
+            cid or "unknown",
+            "unknown",
+            ok=False,
+            status="quarantined",
+            message="the hub could not handle this command; it was set aside for analysis",
+        )
+        inbox = Inbox(cid or f"unknown-{time.monotonic_ns()}", reply)
+        try:
+            await self.service.run_db(
+                self.store.quarantine, "cloud", cid, error, body, now=self.clock(), command=inbox
+            )
+            self.poke()
+        except Exception:  # even this must not stop the link
+            log.exception("quarantine_failed", command=cid)
+        mqtt.ack(message)
+        self._wake.set()
+
+    async def handle(  # noqa: PLR0911 - one return per way a command ends
+        self, client: aiomqtt.Client, mqtt: _Mqtt, message: aiomqtt.Message
+    ) -> None:
         failpoint("cloud.command_received")
-        payload = message.payload
-        body = payload if isinstance(payload, bytes | bytearray) else str(payload).encode()
+        body = _body(message)
+        if len(body) > self.max_packet:  # (a broker that ignored our Maximum Packet Size)
+            await self._refuse(
+                mqtt,
+                message,
+                None,
+                "unknown",
+                "too_large",
+                f"{len(body)} bytes; the hub takes commands up to {self.max_packet} bytes",
+            )
+            return
         raw, cmd, cid, ctype = await _read(body)
         bind(command=cid, command_type=ctype)  # on every line logged while it is handled
         if cid is not None:
@@ -448,9 +550,14 @@ class CloudLink:
             await self._refuse(mqtt, message, cid, ctype, "wrong_hub", f"for hub {cmd.hub}")
             return
         if cmd.type in c.SIGNED:
-            reason = self.verifier.refusal(raw, cmd, self.clock())
+            # a big one (codes.bulk) off the event loop, as its parse is
+            reason = (
+                await asyncio.to_thread(self.verifier.refusal, raw, cmd, self.clock())
+                if len(body) > BIG
+                else self.verifier.refusal(raw, cmd, self.clock())
+            )
             if reason is not None:
-                await self._refuse(mqtt, message, cid, ctype, reason, "signature check failed")
+                await self._refuse(mqtt, message, cid, ctype, reason, _WHY.get(reason, reason))
                 return
         await self._apply(cmd, mqtt, message)
 
@@ -463,6 +570,7 @@ class CloudLink:
         reason: str,
         detail: str,
     ) -> None:
+        detail = text(detail, 300)  # what is echoed from the command, bounded
         log.warning("command_refused", command=cid, type=ctype, reason=reason, detail=detail)
         reply = self._reply(cid or "unknown", ctype, ok=False, status=reason, message=detail)
         event = d.Event("command_refused", {"command": cid, "type": ctype, "reason": reason})
@@ -552,6 +660,7 @@ class CloudLink:
                 "reserved": sum(1 for f in fate.values() if f == "reserved"),
                 "exists": sorted(p for p, f in fate.items() if f == "exists"),
                 "code_conflict": sorted(p for p, f in fate.items() if f == "code_conflict"),
+                "code_used": sorted(p for p, f in fate.items() if f == "code_used"),
             }
             reply = self._reply(cmd.id, cmd.type, ok=True, status="ok", result=result)
             await s.run_db(self.store.answer, Inbox(cmd.id, reply), now=self.clock())
@@ -621,7 +730,13 @@ class CloudLink:
 
         task = asyncio.create_task(go(), name=f"open {cmd.id}")
         self._open_tasks.add(task)
-        task.add_done_callback(self._open_tasks.discard)
+        task.add_done_callback(self._open_done)
+
+    def _open_done(self, task: asyncio.Task[None]) -> None:
+        self._open_tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # the intent is durable: the next start reconciles it from the door
+            log.error("remote_open_failed", task=task.get_name(), exc_info=exc)
 
     async def settle_unfinished(self) -> None:
         """At start-up: opens the last run began for the cloud but never answered get
@@ -641,19 +756,46 @@ async def _read(body: bytes | bytearray) -> tuple[Any, Any, str | None, str]:
     """A command's JSON, its model if it is validated already, and its id and type as far
     as they can be read (``None``, ``"unknown"``): the id finds a redelivery in the inbox,
     and both go in a refusal's reply."""
-    if len(body) > BIG:
+    if len(body) > BIG and b'"codes.bulk"' in body:
         # a big command (codes.bulk: megabytes) is parsed off the event loop; a valid
-        # codes.bulk straight into its model
+        # codes.bulk straight into its model. (Only what names the type: pydantic takes
+        # some 60 ms, holding the GIL, to refuse a megabyte of anything else.)
         bulk = await asyncio.to_thread(_valid_bulk, body)
         if bulk is not None:
             return None, bulk, bulk.id, bulk.type  # what the ordinary way reads in it too
     raw: Any = None
-    with contextlib.suppress(ValueError, UnicodeDecodeError):
+    with contextlib.suppress(ValueError, UnicodeDecodeError, RecursionError):
         raw = await asyncio.to_thread(json.loads, body) if len(body) > BIG else json.loads(body)
     cid = c.valid_id(raw.get("id")) if isinstance(raw, dict) else None
     ctype = raw.get("type") if isinstance(raw, dict) else None
-    ctype = ctype if isinstance(ctype, str) and len(ctype) <= 64 else "unknown"
+    # echoed in the reply, an event and the log: only a name of a command's shape
+    ctype = ctype if isinstance(ctype, str) and _TYPE.fullmatch(ctype) else "unknown"
     return raw, None, cid, ctype
+
+
+_TYPE = re.compile(c.TYPE_PATTERN)
+
+# what a signed command's refusal says (the reply's message; docs/cloud-guide.md)
+_WHY = {
+    "no_command_key": "the hub has no public key of the cloud installed: nothing signed is taken",
+    "unsigned": "this command grants or opens: it must be signed",
+    "bad_signature": "the signature does not verify (another key, a changed field, or other "
+    "canonical bytes)",
+    "no_expiry": "a signed command needs expires_at",
+    "expired": "expires_at has passed",
+    "lifetime_too_long": "expires_at is further from issued_at than the hub allows",
+    "not_yet_valid": "issued_at is in the future (check the clocks)",
+}
+
+
+def _body(message: aiomqtt.Message) -> bytes:
+    return bytes(message.payload)  # (aiomqtt hands paho's bytes on as they came)
+
+
+def _reply_json(reply: dict[str, Any]) -> str:
+    # replies are built by the hub; a stored one from a former version may hold text
+    # that no encoder sends (a lone surrogate): cleaned, never a crash of the drain
+    return json.dumps(clean(reply, max_items=c.BULK_MAX + 8, max_str=1000))
 
 
 def _valid_bulk(body: bytes | bytearray) -> c.CodesBulk | None:

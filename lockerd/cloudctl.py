@@ -6,16 +6,16 @@
     lockerctl cloud ... watch                                 (events, replies, status)
 
 The cloud holds each hub's code key (to send code hashes, never codes) and its own
-Ed25519 signing key. ``--state-dir`` takes both from a demo hub's state directory
-(``keys/code-hmac.key`` and ``keys/cloud-commands.key``); ``--code-key`` and
-``--signing-key`` name them one by one.
+Ed25519 signing key: every command that opens a door or grants a code is signed
+(``contract.SIGNED``; a reservation lives an hour, an open a minute). ``--state-dir``
+takes both from a demo hub's state directory (``keys/code-hmac.key`` and
+``keys/cloud-commands.key``); ``--code-key`` and ``--signing-key`` name them one by one.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import secrets
 import sys
@@ -46,6 +46,7 @@ def build_parser(p: argparse.ArgumentParser) -> None:
     res.add_argument("--parcel", help="parcel id (default: a new one)")
     res.add_argument("--return", dest="is_return", action="store_true", help="a return")
     res.add_argument("--hours", type=int, default=72, help="pickup window")
+    res.add_argument("--life", type=int, default=3600, help="seconds the command is valid")
     cancel = sub.add_parser("cancel", help="cancel a reservation")
     cancel.add_argument("parcel")
     opn = sub.add_parser("open", help="a signed remote open")
@@ -70,11 +71,36 @@ def _keys(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
     return code, sign
 
 
+def load_signing_key(path: Path) -> Ed25519PrivateKey:
+    """The cloud's Ed25519 private key (PEM, no password), for :func:`contract.sign`."""
+    key = serialization.load_pem_private_key(path.read_bytes(), None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise SystemExit(f"{path} is not an Ed25519 private key")
+    return key
+
+
+def _signed(args: argparse.Namespace, cmd: dict[str, Any], life: int) -> dict[str, Any]:
+    _, sign_key = _keys(args)
+    if sign_key is None:
+        raise SystemExit(
+            f"lockerctl cloud {args.cloud_command}: needs --state-dir or --signing-key"
+        )
+    body = {**cmd, "expires_at": cmd["issued_at"] + life}
+    return c.sign(body, load_signing_key(sign_key))
+
+
 def _command(args: argparse.Namespace, now: int) -> tuple[dict[str, Any], list[str]]:
     """The command to send, and lines to print (the codes of a reservation)."""
+    cmd, say = _unsigned(args, now)
+    if cmd["type"] in c.SIGNED:
+        cmd = _signed(args, cmd, args.life)
+    return cmd, say
+
+
+def _unsigned(args: argparse.Namespace, now: int) -> tuple[dict[str, Any], list[str]]:
     cid = f"cli-{secrets.token_hex(6)}"
     base: dict[str, Any] = {"id": cid, "hub": args.hub, "issued_at": now}
-    code_key, sign_key = _keys(args)
+    code_key, _ = _keys(args)
     say: list[str] = []
     cmd = args.cloud_command
     if cmd == "reserve":
@@ -107,20 +133,12 @@ def _command(args: argparse.Namespace, now: int) -> tuple[dict[str, Any], list[s
     if cmd == "sync":
         return {**base, "type": "sync.request"}, say
     assert cmd == "open"
-    if sign_key is None:
-        raise SystemExit("lockerctl cloud open: needs --state-dir or --signing-key")
-    key = serialization.load_pem_private_key(sign_key.read_bytes(), None)
-    if not isinstance(key, Ed25519PrivateKey):
-        raise SystemExit(f"{sign_key} is not an Ed25519 private key")
-    body = {
+    return {
         **base,
         "type": "compartment.open",
         "compartment": args.label,
         "reason": args.reason,
-        "expires_at": now + args.life,
-    }
-    body["sig"] = base64.b64encode(key.sign(c.canonical(body))).decode()
-    return body, say
+    }, say
 
 
 async def run(args: argparse.Namespace) -> int:

@@ -8,10 +8,14 @@ attacker cannot compute without the key, so it leaks nothing about codes; where 
 hash is compared with a stored one, the comparison is constant-time.
 
 Throttling (pure; time is passed in): every terminal may enter a few wrong codes
-freely; after that each wrong code doubles its wait, up to a ceiling; and when the
-whole hub sees more wrong codes per hour than its policy allows, every terminal
-waits the ceiling. Past a threshold, an alarm event. What this leaves an attacker
-is computed by :func:`guesses_per_day` (the README quotes it).
+one right after another; after the last of them comes a wait, which each wrong code
+after that doubles, up to a ceiling; and when the whole hub sees more wrong codes
+per hour than its policy allows, every terminal waits the ceiling. Past a
+threshold, an alarm event. A code is checked only after
+:meth:`Throttle.begin` has decided and counted the attempt in one step, so requests
+in flight together are throttled as if they came one after another; a right code
+that opens is refunded. What this leaves an attacker is computed by
+:func:`guesses_per_day` (the README quotes it).
 """
 
 from __future__ import annotations
@@ -100,9 +104,14 @@ class ThrottlePolicy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     free_attempts: int = Field(
-        default=3, ge=1, description="wrong codes a terminal may enter before delays start"
+        default=3,
+        ge=1,
+        description="wrong codes a terminal may enter one right after another (all that "
+        "a burst gets checked); the first delay follows the last of them",
     )
-    base_delay_s: float = Field(default=2.0, gt=0, description="first delay; doubles after")
+    base_delay_s: float = Field(
+        default=2.0, gt=0, description="first delay; doubles with each wrong code after"
+    )
     max_delay_s: float = Field(default=300.0, gt=0, description="longest delay")
     alarm_after: int = Field(
         default=10, ge=1, description="wrong codes from one terminal that raise an alarm"
@@ -116,99 +125,240 @@ class ThrottlePolicy(BaseModel):
     window_s: float = Field(default=3600.0, gt=0, description="how long a wrong code counts")
 
 
+WindowView = tuple[tuple[tuple[float, bool], ...], bool]
+MAX_DOUBLINGS = 62  # the exponent's cap: base * 2**62 is past any ceiling, never an overflow
+
+
+@dataclass(eq=False)  # compared by identity: two attempts at one instant are two entries
+class _Entry:
+    at: float
+    counted: bool = False  # settled as a guess; until then the attempt is in flight
+
+
 @dataclass
-class _Terminal:
-    wrong: deque[float] = field(default_factory=deque)
-    blocked_until: float = 0.0
+class _Window:
+    """The attempts of one terminal (or of the whole hub) within the policy's window,
+    oldest first: the counted ones and those in flight alike."""
+
+    entries: deque[_Entry] = field(default_factory=deque)
+    counted: int = 0
     alarmed: bool = False
+
+    def prune(self, now: float, window_s: float) -> None:
+        while self.entries and self.entries[0].at <= now - window_s:
+            if self.entries.popleft().counted:
+                self.counted -= 1
+        if not self.entries:
+            self.alarmed = False  # the next crossing is a new one
+
+    def remove(self, entry: _Entry) -> None:
+        for i in range(len(self.entries) - 1, -1, -1):  # usually the newest
+            if self.entries[i] is entry:
+                del self.entries[i]
+                return
+
+
+class Attempt:
+    """A code reserved for checking on ``terminal``. It counts, for that terminal and
+    for the hub, from :meth:`Throttle.begin` on; settle it once: :meth:`refund` (a
+    right code that opened, or a refusal that is not a guess) or :meth:`wrong`."""
+
+    def __init__(self, throttle: Throttle, terminal: str, entry: _Entry) -> None:
+        self._throttle = throttle
+        self.terminal = terminal
+        self._entry = entry
+        self.settled = False
+
+    @property
+    def at(self) -> float:
+        return self._entry.at
+
+    def refund(self) -> None:
+        """As if the attempt had never been made (the waits and the windows)."""
+        if not self.settled:
+            self.settled = True
+            self._throttle._refund(self.terminal, self._entry)
+
+    def wrong(self) -> list[Event]:
+        """The attempt stays counted as a guess: the alarm events it raises (once per
+        crossing of a threshold)."""
+        if self.settled:
+            return []
+        self.settled = True
+        return self._throttle._counted(self.terminal, self._entry)
 
 
 class Throttle:
-    """Wrong-code bookkeeping for every terminal and the hub as a whole."""
+    """Guesses, per terminal and for the hub as a whole.
+
+    A code is checked only through :meth:`begin`, which decides and counts in one
+    step, so that a request arriving while others are being checked already sees
+    them. A terminal's wait follows from its window alone: its last attempt plus
+    :meth:`delay` of the attempts in the window; the hub's, from the hub's window.
+    Nothing else is kept but the alarms' once-per-crossing flags, which only a
+    counted guess sets: a refund leaves exactly the state without the attempt.
+    """
 
     def __init__(self, policy: ThrottlePolicy) -> None:
         self.policy = policy
-        self._terminals: dict[str, _Terminal] = {}
-        self._hub: deque[float] = deque()
-        self._hub_alarmed = False
+        self._terminals: dict[str, _Window] = {}
+        self._hub = _Window()
 
-    def _prune(self, q: deque[float], now: float) -> None:
-        while q and q[0] <= now - self.policy.window_s:
-            q.popleft()
+    def delay(self, attempts: int) -> float:
+        """The wait after a terminal's ``attempts``-th attempt in the window: none
+        after the first ``free_attempts - 1``, ``base_delay_s`` after the
+        ``free_attempts``-th (so that many, and no more, are checked one right after
+        another: a burst's allowance), then doubling with each attempt up to
+        ``max_delay_s``."""
+        over = attempts - self.policy.free_attempts
+        if over < 0:
+            return 0.0
+        doubled = self.policy.base_delay_s * 2.0 ** min(over, MAX_DOUBLINGS)
+        return min(doubled, self.policy.max_delay_s)
+
+    def _window(self, terminal: str, now: float) -> _Window | None:
+        t = self._terminals.get(terminal)
+        if t is not None:
+            t.prune(now, self.policy.window_s)
+            if not t.entries:
+                del self._terminals[terminal]
+                return None
+        return t
 
     def wait(self, terminal: str, now: float) -> float:
-        """Seconds ``terminal`` must still wait before a code is checked (0: go)."""
-        t = self._terminals.get(terminal)
-        own = max(0.0, t.blocked_until - now) if t else 0.0
-        self._prune(self._hub, now)
-        if len(self._hub) >= self.policy.hub_wide_per_hour and self._hub:
-            hub = max(0.0, self._hub[-1] + self.policy.max_delay_s - now)
-            return max(own, hub)
-        return own
+        """Seconds ``terminal`` must still wait before a code is checked (0: go), to
+        the first moment it may go if nothing else is attempted meanwhile: attempts
+        that leave the window on the way count. A look only: a code is checked
+        through :meth:`begin`."""
+        ready = now
+        window_s = self.policy.window_s
+        if (t := self._window(terminal, now)) is not None:
+            ready = self._terminal_ready(t.entries, now)
+        hub = self._hub.entries
+        self._hub.prune(now, window_s)
+        over = len(hub) - self.policy.hub_wide_per_hour
+        if over >= 0:  # until the last one's ceiling, or until enough have left the window
+            ready = max(ready, min(hub[-1].at + self.policy.max_delay_s, hub[over].at + window_s))
+        return max(0.0, ready - now)
 
-    def wrong(self, terminal: str, now: float) -> list[Event]:
-        """A wrong code from ``terminal``: its next wait grows; alarms past thresholds."""
-        t = self._terminals.setdefault(terminal, _Terminal())
-        self._prune(t.wrong, now)
-        t.wrong.append(now)
-        self._prune(self._hub, now)
-        self._hub.append(now)
-        over = len(t.wrong) - self.policy.free_attempts
-        if over > 0:
-            delay = min(self.policy.base_delay_s * 2 ** (over - 1), self.policy.max_delay_s)
-            t.blocked_until = now + delay
+    def _terminal_ready(self, entries: deque[_Entry], now: float) -> float:
+        """When a terminal with these attempts in its window may go: its last attempt
+        plus the delay of their count, the count falling as the oldest leave."""
+        last, window_s = entries[-1].at, self.policy.window_s
+        start = now
+        for i, oldest in enumerate(entries):  # i of them have left the window
+            ready = max(start, last + self.delay(len(entries) - i))
+            leaves = oldest.at + window_s
+            if ready < leaves:
+                return ready
+            start = leaves
+        return start
+
+    def begin(self, terminal: str, now: float) -> Attempt | float:
+        """Either the seconds to wait (> 0; nothing counted) or the attempt, counted
+        from now on for ``terminal`` and the hub: settle it after the lookup."""
+        wait = self.wait(terminal, now)
+        if wait > 0:
+            return wait
+        entry = _Entry(now)
+        self._terminals.setdefault(terminal, _Window()).entries.append(entry)
+        self._hub.entries.append(entry)
+        return Attempt(self, terminal, entry)
+
+    def _refund(self, terminal: str, entry: _Entry) -> None:
+        self._hub.remove(entry)
+        t = self._terminals.get(terminal)
+        if t is not None:
+            t.remove(entry)
+            if not t.entries:
+                del self._terminals[terminal]
+
+    def _counted(self, terminal: str, entry: _Entry) -> list[Event]:
+        entry.counted = True
         events: list[Event] = []
-        if len(t.wrong) >= self.policy.alarm_after and not t.alarmed:
-            t.alarmed = True
-            events.append(
-                Event(
-                    "code_guessing",
-                    {"terminal": terminal, "wrong": len(t.wrong), "window_s": self.policy.window_s},
+        now, window_s = entry.at, self.policy.window_s
+        t = self._terminals.get(terminal)
+        if t is not None and any(e is entry for e in reversed(t.entries)):
+            t.counted += 1
+            t.prune(now, window_s)
+            if t.counted >= self.policy.alarm_after and not t.alarmed:
+                t.alarmed = True
+                events.append(
+                    Event(
+                        "code_guessing",
+                        {"terminal": terminal, "wrong": t.counted, "window_s": window_s},
+                    )
                 )
-            )
-        if len(t.wrong) < self.policy.alarm_after:
-            t.alarmed = False
-        if len(self._hub) >= self.policy.hub_wide_per_hour and not self._hub_alarmed:
-            self._hub_alarmed = True
-            events.append(
-                Event(
-                    "code_guessing_hub_wide",
-                    {"wrong": len(self._hub), "window_s": self.policy.window_s},
+            if t.counted < self.policy.alarm_after:
+                t.alarmed = False
+        hub = self._hub
+        if any(e is entry for e in reversed(hub.entries)):
+            hub.counted += 1
+            hub.prune(now, window_s)
+            if hub.counted >= self.policy.hub_wide_per_hour and not hub.alarmed:
+                hub.alarmed = True
+                events.append(
+                    Event("code_guessing_hub_wide", {"wrong": hub.counted, "window_s": window_s})
                 )
-            )
-        if len(self._hub) < self.policy.hub_wide_per_hour:
-            self._hub_alarmed = False
+            if hub.counted < self.policy.hub_wide_per_hour:
+                hub.alarmed = False
         return events
 
     def state(self, now: float) -> dict[str, object]:
-        self._prune(self._hub, now)
+        waits = {name: self.wait(name, now) for name in list(self._terminals)}
         return {
-            "hub_wrong_in_window": len(self._hub),
+            "hub_wrong_in_window": len(self._hub.entries),
             "terminals": {
-                name: {
-                    "wrong_in_window": len(t.wrong),
-                    "wait_s": round(max(0.0, t.blocked_until - now), 1),
-                }
+                name: {"wrong_in_window": len(t.entries), "wait_s": round(waits[name], 1)}
                 for name, t in self._terminals.items()
             },
         }
 
+    def snapshot(self, now: float) -> tuple[WindowView, dict[str, WindowView]]:
+        """The whole state at ``now``, comparable: the hub's window and each terminal's,
+        as ((time, counted) of every attempt, alarmed). For tests and the benchmark."""
+        for name in list(self._terminals):
+            self._window(name, now)
+        self._hub.prune(now, self.policy.window_s)
+
+        def view(w: _Window) -> WindowView:
+            return (tuple((e.at, e.counted) for e in w.entries), w.alarmed)
+
+        return view(self._hub), {name: view(t) for name, t in self._terminals.items()}
+
+
+def _attempt_all(throttle: Throttle, names: list[str], now: float) -> int:
+    """Every attempt each terminal is allowed at ``now``, one after another (as a
+    burst is: each is counted before the next is decided), all wrong."""
+    count = 0
+    for name in names:
+        while isinstance(attempt := throttle.begin(name, now), Attempt):
+            attempt.wrong()
+            count += 1
+    return count
+
+
+def burst_allowance(policy: ThrottlePolicy, terminals: int = 1) -> int:
+    """The codes a fresh hub checks for a burst of any size on ``terminals`` terminals
+    at one instant: the free attempts on each terminal (the first wait comes after
+    the last of them), no more than the hub-wide limit in all."""
+    return _attempt_all(Throttle(policy), [f"t{i}" for i in range(terminals)], 0.0)
+
+
+def most_guesses(policy: ThrottlePolicy, terminals: int, seconds: float) -> int:
+    """The most codes an attacker gets checked in ``seconds`` (from a fresh hub;
+    attempts at 0 <= t < seconds): every attempt at the first moment it is allowed,
+    on every terminal at once, bursts included (the service checks a code only
+    through :meth:`Throttle.begin`, so a burst gets what this sequence gets)."""
+    throttle = Throttle(policy)
+    names = [f"t{i}" for i in range(terminals)]
+    now, count = 0.0, 0
+    while now < seconds:
+        count += _attempt_all(throttle, names, now)
+        now += min(throttle.wait(name, now) for name in names)  # each > 0 now
+    return count
+
 
 def guesses_per_day(policy: ThrottlePolicy, terminals: int = 1) -> int:
-    """The most wrong codes an attacker gets through in 24 h (simulated, worst case:
-    every attempt at the first moment it is allowed, every terminal at once)."""
-    throttle = Throttle(policy)
-    now, end, count = 0.0, 86_400.0, 0
-    names = [f"t{i}" for i in range(terminals)]
-    while now < end:
-        waits = [throttle.wait(n, now) for n in names]
-        step = min(waits)
-        if step > 0:
-            now += step
-            continue
-        for name in names:  # entries are checked one after another, as the service does
-            if throttle.wait(name, now) == 0:
-                throttle.wrong(name, now)
-                count += 1
-        now += 0.001  # a keypad entry takes time; this is generous to the attacker
-    return count
+    """The most wrong codes an attacker gets checked in 24 h (see :func:`most_guesses`)."""
+    return most_guesses(policy, terminals, 86_400.0)

@@ -94,9 +94,16 @@ class Codes(_Model):
 
 class Paths(_Model):
     state_dir: str = Field(default="/var/lib/lockerd", description="the store and keys")
-    socket: str = Field(default="/run/lockerd/api.sock", description="local API socket")
-    socket_group: str | None = Field(
-        default=None, description="group allowed to use the local API (lockerctl, kiosk)"
+    socket: str = Field(
+        default="/run/lockerd/api.sock",
+        description="the technician socket (lockerctl): who connects is told by the kernel "
+        "(SO_PEERCRED), and the audit names that user (ADR 0015)",
+    )
+    technician_group: str | None = Field(
+        default=None,
+        description="members of this group (primary or supplementary) may use the "
+        "technician socket, which is 0660 with this group; root and lockerd's own user "
+        "always may. Keypads and kiosks get sockets of their own: [[terminals]]",
     )
     disk_reserve_mb: float = Field(
         default=8.0,
@@ -126,7 +133,8 @@ class Cloud(_Model):
     key_file: str | None = Field(default=None, description="this hub's client key")
     command_key_file: str = Field(
         default="keys/cloud-commands.pub",
-        description="the cloud's Ed25519 public key (PEM) that signs door-opening commands",
+        description="the cloud's Ed25519 public key (PEM) that signs every command that "
+        "opens a door or grants a code (contract.SIGNED)",
     )
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     session_expiry_s: int = Field(
@@ -138,13 +146,34 @@ class Cloud(_Model):
         default=30.0, ge=0, le=600, description="clock difference tolerated on signed commands"
     )
     command_max_life_s: float = Field(
-        default=300.0, gt=0, le=3600, description="longest lifetime of a signed command"
+        default=300.0,
+        gt=0,
+        le=3600,
+        description="longest lifetime of a signed command that opens a door now (compartment.open)",
+    )
+    grant_max_life_s: float = Field(
+        default=7 * 86_400.0,
+        gt=0,
+        le=90 * 86_400,
+        description="longest lifetime of a signed grant (parcel.reserve, return.reserve, "
+        "parcel.update_codes, parcel.recall, codes.bulk): sent ahead, it may wait in the "
+        "broker's session while the hub is offline. A replay is refused by its id in the "
+        "inbox while it is valid, so the inbox (and the code tombstones) must be kept at "
+        "least this long plus command_skew_s",
     )
     outbox_quota_mb: float = Field(
         default=64.0, gt=0, description="disk for events waiting for the cloud"
     )
     state_coalesce_s: float = Field(
         default=1.0, ge=0, le=60, description="compartment snapshots at most this often"
+    )
+    max_packet_kb: int = Field(
+        default=1024,
+        ge=64,
+        le=16 * 1024,
+        description="largest MQTT packet the hub takes (MQTT 5 Maximum Packet Size, told to "
+        "the broker in CONNECT; a larger command is never delivered, and one that arrives "
+        "anyway is refused before it is parsed). A full codes.bulk is about 600 kB",
     )
 
     @property
@@ -159,6 +188,94 @@ class Cloud(_Model):
     def port(self) -> int:
         rest = self.url.split("://", 1)[1].rstrip("/")
         return int(rest.split(":")[1]) if ":" in rest else (8883 if self.tls else 1883)
+
+
+class Retention(_Model):
+    """How long the store keeps what no longer matters to a door (pruned once an hour,
+    in small batches between door events)."""
+
+    audit_days: float = Field(
+        default=365, gt=0, description="audit lines, acknowledged alarms, quarantined messages"
+    )
+    inbox_days: float = Field(
+        default=30,
+        gt=0,
+        description="cloud commands applied, with their replies (a redelivery within this "
+        "time gets the stored reply; keep it longer than any command may live)",
+    )
+    intents_days: float = Field(default=30, gt=0, description="settled door-open intents")
+    parcels_days: float = Field(
+        default=90, gt=0, description="parcels that ended (collected, recalled, cancelled)"
+    )
+    tombstone_days: float = Field(
+        default=120,
+        gt=0,
+        description="hashes of spent or replaced codes, never accepted again meanwhile "
+        "(keep it longer than any command may live)",
+    )
+
+
+class Terminal(_Model):
+    """A keypad, kiosk or scanner: a socket of its own, on which only what a person at
+    the hub may do is accepted (lockerd/api.py, ADR 0015). Its name is who it is in the
+    code throttle, the audit and the metrics; the request cannot change it."""
+
+    name: str = Field(
+        pattern=r"^[a-z][a-z0-9-]{1,15}:[A-Za-z0-9_-]{1,32}$",
+        description="KIND:ID, e.g. keypad:1 or kiosk:lobby",
+    )
+    socket: str = Field(description="its socket, e.g. /run/lockerd/keypad-1.sock")
+    group: str | None = Field(
+        default=None,
+        description="the group of the terminal's process: the socket is 0660 with this group",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _not_a_technician(cls, value: str) -> str:
+        if value.startswith("tech:"):
+            raise ValueError("tech:USER names a technician; a terminal is e.g. keypad:1")
+        return value
+
+
+class Api(_Model):
+    """Bounds of the local API, for each of its sockets (lockerd/api.py, ADR 0015)."""
+
+    max_connections: int = Field(
+        default=32,
+        ge=1,
+        le=1024,
+        description="connections at once on each socket. At the cap a new connection "
+        "closes the longest-idle one (idle connections never lock a keypad out), or is told "
+        "busy when every one is in the middle of a request",
+    )
+    idle_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        le=86_400,
+        description="a connection with no request for this long is closed (clients reconnect)",
+    )
+    read_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="a request line that has begun must be complete within this, and a "
+        "reply must be taken within it; else the connection is closed",
+    )
+    technician_burst: int = Field(
+        default=20,
+        ge=1,
+        le=10_000,
+        description="technician actions that change something (open, service, inspect, ack, "
+        "empty-expired) one technician may do in a burst",
+    )
+    technician_per_minute: float = Field(
+        default=30.0,
+        gt=0,
+        le=6000,
+        description="... and the rate at which that allowance comes back; over it the "
+        "action is not done and the reply says wait (status wait, wait_s)",
+    )
 
 
 class MetricsEndpoint(_Model):
@@ -181,6 +298,13 @@ class HubConfig(_Model):
     paths: Paths = Paths()
     cloud: Cloud | None = None
     metrics: MetricsEndpoint | None = None
+    retention: Retention = Retention()
+    terminals: list[Terminal] = Field(
+        default_factory=list,
+        max_length=64,
+        description="keypads, kiosks and scanners: one socket each ([[terminals]])",
+    )
+    api: Api = Api()
     simulated: bool = Field(
         default=False, description="buses are served by the built-in simulator (demo, tests)"
     )
@@ -231,6 +355,16 @@ _FIXES = {
     "literal_error": "use one of the values listed",
     "union_tag_invalid": "kind is one of kerong-cu48, kerong-cu16, modbus-relay",
     "string_pattern_mismatch": "see the pattern in the message",
+}
+
+# settings that were renamed or moved: what they are called now (an extra_forbidden)
+_RENAMED = {
+    "paths.socket_group": (
+        "socket_group was renamed technician_group",
+        'write technician_group = "lockerd-tech" (the group whose members may use '
+        "lockerctl); keypads and kiosks get sockets of their own under [[terminals]] "
+        "(docs/install.md)",
+    ),
 }
 
 
@@ -321,7 +455,10 @@ def _structural(file: str, text: str, exc: ValidationError) -> list[Problem]:
         message = err["msg"]
         if err["type"] == "missing":
             message = "missing"
-        problems.append(Problem(where, lines.find(where), message, _FIXES.get(err["type"], "")))
+        fix = _FIXES.get(err["type"], "")
+        if err["type"] == "extra_forbidden" and where in _RENAMED:
+            message, fix = _RENAMED[where]
+        problems.append(Problem(where, lines.find(where), message, fix))
     return problems
 
 
@@ -338,12 +475,42 @@ class _Checker:
         self.problems.append(Problem(where, self.lines.find(where), message, fix))
 
     def run(self) -> list[Problem]:
+        if self.cfg.hub_id == "cloud":
+            self.add(
+                "hub_id",
+                "`cloud` is the cloud's own account on the broker (config/mosquitto-acl.conf): "
+                "a hub by that name would get the cloud's rights",
+                "give the hub another id",
+            )
         self.buses()
         self.compartments()
         if not self.cfg.simulated:
             self.key_file()
         self.cloud()
+        self.terminals()
         return self.problems
+
+    def terminals(self) -> None:
+        """One socket per terminal, none shared with another terminal or the technician
+        socket: a terminal is known by its socket (ADR 0015)."""
+        names: set[str] = set()
+        sockets = {self.cfg.paths.socket: "the technician socket (paths.socket)"}
+        for i, term in enumerate(self.cfg.terminals):
+            if term.name in names:
+                self.add(
+                    f"terminals[{i}].name",
+                    f"terminal name {term.name!r} is used twice",
+                    "name each terminal once: its name is who it is in the throttle and audit",
+                )
+            names.add(term.name)
+            taken = sockets.get(term.socket)
+            if taken is not None:
+                self.add(
+                    f"terminals[{i}].socket",
+                    f"socket {term.socket} is also {taken}",
+                    "give each terminal a socket of its own (e.g. /run/lockerd/keypad-1.sock)",
+                )
+            sockets[term.socket] = f"the socket of terminal {term.name}"
 
     def cloud(self) -> None:
         cloud = self.cfg.cloud
@@ -369,6 +536,7 @@ class _Checker:
             )
         if cloud.password_file is not None and cloud.username is None:
             self.add("cloud.password_file", "a password without a username", "set username")
+        self.retention(cloud)
         if self.cfg.simulated:
             return  # the demo makes its own keys
         for name in ("ca_file", "cert_file", "key_file", "password_file", "command_key_file"):
@@ -379,6 +547,23 @@ class _Checker:
                     f"{name} {self.cfg.state_path(value)} does not exist",
                     "install the file from the operator's provisioning bundle, "
                     "or correct the path (relative paths start at the state directory)",
+                )
+
+    def retention(self, cloud: Cloud) -> None:
+        """A signed grant is refused as a replay by its id in the inbox, and its codes
+        by their tombstones, only while those are kept: both must outlive the longest
+        lifetime a command may have."""
+        life_days = (cloud.grant_max_life_s + cloud.command_skew_s) / 86_400
+        kept = self.cfg.retention
+        for name in ("inbox_days", "tombstone_days", "parcels_days"):
+            days = getattr(kept, name)
+            if days < life_days:
+                self.add(
+                    f"retention.{name}",
+                    f"{name} = {days:g} is shorter than a signed command may live "
+                    f"(cloud.grant_max_life_s + command_skew_s = {life_days:.2f} days): "
+                    "a replayed command could be applied again",
+                    f"keep it at least {life_days:.2f} days, or shorten cloud.grant_max_life_s",
                 )
 
     def buses(self) -> None:

@@ -22,9 +22,12 @@ import base64
 import binascii
 import json
 import re
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 CodeHash = Annotated[
     str,
@@ -45,6 +48,10 @@ def valid_id(value: object) -> str | None:
 
 
 Label = Annotated[str, Field(pattern=r"^[A-Z]{1,3}[0-9]{1,3}$")]
+HubId = Annotated[str, Field(min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9-]{2,62}$")]
+# a command's or an event's type: dotted lower-case names (`parcel.reserve`)
+TYPE_PATTERN = r"^[a-z][a-z0-9_]{0,31}(\.[a-z][a-z0-9_]{0,31}){0,3}$"
+TypeName = Annotated[str, Field(max_length=131, pattern=TYPE_PATTERN)]
 SizeClass = Literal["S", "M", "L", "XL"]
 UnixTime = Annotated[int, Field(ge=0, description="Unix time, whole seconds")]
 
@@ -62,7 +69,7 @@ class _Msg(BaseModel):
 
 class _Command(_Msg):
     id: Id = Field(description="unique per command; a redelivery with the same id does nothing")
-    hub: str = Field(description="the hub the command is for; any other hub refuses it")
+    hub: HubId = Field(description="the hub the command is for; any other hub refuses it")
     issued_at: UnixTime
     expires_at: UnixTime | None = Field(
         default=None, description="required on signed commands; refused after this time"
@@ -164,7 +171,20 @@ Command = Annotated[
 ]
 COMMAND: TypeAdapter[Any] = TypeAdapter(Command)
 
-SIGNED = frozenset({"compartment.open"})  # commands that open a door
+# commands that grant or change who can open what: refused unless signed by the cloud
+SIGNED = frozenset(
+    {
+        "parcel.reserve",
+        "return.reserve",
+        "parcel.update_codes",
+        "parcel.recall",
+        "codes.bulk",
+        "compartment.open",
+    }
+)
+# ... of which these open a door at once: short-lived (``command_max_life_s``); the
+# others are grants sent ahead (``grant_max_life_s``)
+OPENS_NOW = frozenset({"compartment.open"})
 
 
 # ======================================================================================
@@ -174,11 +194,15 @@ SIGNED = frozenset({"compartment.open"})  # commands that open a door
 
 class Reply(_Msg):
     id: Id = Field(description="the command's id")
-    hub: str
-    type: str = Field(description="the command's type, or `unknown` if it could not be read")
+    hub: HubId
+    type: TypeName = Field(description="the command's type, or `unknown` if it could not be read")
     ok: bool
-    status: str = Field(description="`ok`, `opened`, `jammed`, ..., or why it was refused")
-    message: str = ""
+    status: str = Field(
+        max_length=32,
+        pattern=r"^[a-z_]+$",
+        description="`ok`, `opened`, `jammed`, ..., or why it was refused",
+    )
+    message: str = Field(default="", max_length=1000)
     result: dict[str, Any] = Field(default_factory=dict)
     duplicate: bool = Field(
         default=False, description="a redelivery: the stored reply, nothing was done again"
@@ -187,34 +211,34 @@ class Reply(_Msg):
 
 
 class EventMessage(_Msg):
-    hub: str
+    hub: HubId
     seq: int = Field(ge=1, description="per hub, gapless, in order; dedupe by it")
-    id: str = Field(description="unique event id")
-    type: str
+    id: str = Field(max_length=64, description="unique event id")
+    type: TypeName
     at: float
     data: dict[str, Any]
 
 
 class Status(_Msg):
-    hub: str
+    hub: HubId
     state: Literal["online", "offline"]
     boot_seq: int = Field(
         ge=1,
         description="grows by one per start; an offline will older than the last birth is stale",
     )
     at: float
-    version: str
+    version: str = Field(max_length=32)
 
 
 class CompartmentState(_Msg):
-    label: str
+    label: Label
     size: SizeClass
     state: Literal["free", "occupied", "in_use", "attention", "out_of_service"]
     door_open: bool
 
 
 class StateSnapshot(_Msg):
-    hub: str
+    hub: HubId
     at: float
     compartments: list[CompartmentState]
     alarms: int = Field(ge=0, description="open alarms")
@@ -229,7 +253,29 @@ def canonical(command: dict[str, Any]) -> bytes:
     """The bytes a signature covers: the command without ``sig``, keys sorted, no
     whitespace, UTF-8 (integers only for numbers, so every language agrees)."""
     body = {k: v for k, v in command.items() if k != "sig"}
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    # (a lone surrogate no signer could have meant gets bytes all the same: the
+    # signature check then fails, where an encoding error would be a fault)
+    return text.encode("utf-8", "surrogatepass")
+
+
+def canonical_model(command: BaseModel) -> bytes:
+    """:func:`canonical` of a command validated straight from its JSON bytes (the big
+    ``codes.bulk`` fast path builds no dict): the same bytes as ``canonical`` of the
+    dict ``json.loads`` makes of the same JSON. The models are strict and forbid extra
+    fields, so every field sent is in the model, with the JSON type it was sent as;
+    ``exclude_unset`` leaves out exactly the defaults that were not sent (an explicit
+    ``null`` or default value was sent, so it is kept)."""
+    return canonical(command.model_dump(exclude_unset=True))
+
+
+def sign(command: dict[str, Any], private_key: Ed25519PrivateKey) -> dict[str, Any]:
+    """``command`` with ``sig``: the cloud's Ed25519 signature (standard base64) of its
+    canonical bytes (an old ``sig`` is replaced, never signed over). What the cloud
+    does for every command in :data:`SIGNED`; tests, benches and ``lockerctl cloud``
+    sign with it."""
+    sig = private_key.sign(canonical(command))
+    return {**command, "sig": base64.b64encode(sig).decode()}
 
 
 def decode_sig(sig: str) -> bytes | None:
@@ -242,6 +288,7 @@ def decode_sig(sig: str) -> bytes | None:
 __all__ = [
     "BULK_MAX",
     "COMMAND",
+    "OPENS_NOW",
     "SIGNED",
     "CodesBulk",
     "Command",
@@ -260,6 +307,8 @@ __all__ = [
     "Status",
     "SyncRequest",
     "canonical",
+    "canonical_model",
     "decode_sig",
+    "sign",
     "valid_id",
 ]

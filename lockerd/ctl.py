@@ -2,7 +2,7 @@
 it never opens a serial port.
 
     lockerctl status | parcels [--state S] | events [--after SEQ] [--follow]
-    lockerctl enter-code CODE [--terminal T]        exactly what the keypad does
+    lockerctl enter-code CODE                       exactly what the keypad does
     lockerctl open LABEL --reason TEXT              audited
     lockerctl service LABEL out|in
     lockerctl inspect LABEL empty|parcel            settle a compartment needing attention
@@ -10,14 +10,20 @@ it never opens a serial port.
     lockerctl alarms | ack ID                       open alarms; acknowledge one
     lockerctl expired | empty-expired               expired parcels; open their doors to empty
 
-Human tables by default, ``--json`` for scripts, ``--socket PATH`` for another hub.
+Human tables by default, ``--json`` for scripts. ``--socket PATH`` (or LOCKERD_SOCKET) is
+the technician socket; the daemon knows who you are from your login (the audit names
+you as tech:LOGIN), and your group membership decides whether you may use it. A
+terminal's socket takes only what its keypad may do: ``lockerctl --socket
+/run/lockerd/keypad-1.sock enter-code CODE`` is that keypad.
+
+Exit codes: 0 done; 1 refused (a wrong code, a jammed door, wait) or forbidden (not for
+this socket or this user); 2 a bad request; 3 lockerd unreachable or busy.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import json
 import os
 import sys
@@ -27,13 +33,20 @@ from lockerd import cloudctl
 from lockerd.api import call
 
 DEFAULT_SOCKET = os.environ.get("LOCKERD_SOCKET", "/run/lockerd/api.sock")
+# error types with their own exit code (any other error: 2, a bad request)
+ERROR_EXIT = {"forbidden": 1, "busy": 3}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lockerctl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--socket", default=DEFAULT_SOCKET, help="the daemon's API socket")
+    p.add_argument(
+        "--socket",
+        default=DEFAULT_SOCKET,
+        help="the technician socket (default $LOCKERD_SOCKET or /run/lockerd/api.sock); "
+        "a terminal's socket for enter-code as that keypad",
+    )
     p.add_argument("--json", action="store_true", help="print the raw JSON reply")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("status")
@@ -42,9 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     events = sub.add_parser("events")
     events.add_argument("--after", type=int, default=0)
     events.add_argument("--follow", action="store_true")
-    code = sub.add_parser("enter-code")
+    code = sub.add_parser("enter-code", help="what a keypad does (on either socket)")
     code.add_argument("code")
-    code.add_argument("--terminal", default="lockerctl")
     op = sub.add_parser("open")
     op.add_argument("label")
     op.add_argument("--reason", required=True)
@@ -84,10 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _actor() -> str:
-    return f"tech:{getpass.getuser()}"
-
-
 def _sim_request(args: argparse.Namespace) -> dict[str, Any]:
     if args.sim_command == "bus":
         return {"op": "sim_bus", "bus": args.name, "action": args.action}
@@ -105,31 +113,21 @@ def request_for(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0911
     if c == "events":
         return {"op": "events", "after_seq": args.after}
     if c == "enter-code":
-        return {"op": "enter_code", "code": args.code, "terminal": args.terminal}
+        return {"op": "enter_code", "code": args.code}
     if c == "open":
-        return {"op": "open", "label": args.label, "reason": args.reason, "actor": _actor()}
+        return {"op": "open", "label": args.label, "reason": args.reason}
     if c == "service":
-        return {
-            "op": "service",
-            "label": args.label,
-            "in_service": args.mode == "in",
-            "actor": _actor(),
-        }
+        return {"op": "service", "label": args.label, "in_service": args.mode == "in"}
     if c == "inspect":
-        return {
-            "op": "inspect",
-            "label": args.label,
-            "holds_parcel": args.content == "parcel",
-            "actor": _actor(),
-        }
+        return {"op": "inspect", "label": args.label, "holds_parcel": args.content == "parcel"}
     if c == "sim":
         return _sim_request(args)
     if c == "expired":
         return {"op": "parcels", "states": ["expired"]}
     if c == "empty-expired":
-        return {"op": "empty_expired", "actor": _actor()}
+        return {"op": "empty_expired"}
     if c == "ack":
-        return {"op": "ack", "id": args.id, "actor": _actor()}
+        return {"op": "ack", "id": args.id}
     return {"op": c}
 
 
@@ -144,6 +142,10 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
         for r in rows
     ]
     return "\n".join(lines)
+
+
+def _waits(outcome: Any) -> bool:
+    return isinstance(outcome, dict) and outcome.get("status") == "wait"
 
 
 def render(command: str, result: Any) -> str:  # noqa: PLR0911 - one per command
@@ -196,7 +198,7 @@ async def run(args: argparse.Namespace) -> int:
         if not reply.get("ok"):
             err = reply.get("error", {})
             print(f"lockerctl: {err.get('type')}: {err.get('message')}", file=sys.stderr)
-            return 2
+            return ERROR_EXIT.get(err.get("type"), 2)
         result = reply["result"]
         if args.json:
             print(json.dumps(result, indent=2))
@@ -204,6 +206,8 @@ async def run(args: argparse.Namespace) -> int:
             print(render(args.command, result))
         if not (args.command == "events" and args.follow):
             status = result.get("status") if isinstance(result, dict) else None
+            if isinstance(result, list) and result and all(_waits(o) for o in result):
+                status = "wait"  # empty-expired over the technician's rate limit
             return 1 if status in ("refused", "jammed", "failed", "wait") else 0
         if result:
             req["after_seq"] = result[-1]["seq"]

@@ -32,16 +32,19 @@ from lockerd.api import ApiServer
 from lockerd.codes import CodeHasher, create_key, load_key, new_code
 from lockerd.config import Cloud, HubConfig, load
 from lockerd.diskreserve import DiskReserve
+from lockerd.instance import StateLock, claim_socket
 from lockerd.logs import bind
 from lockerd.monitor import DoorMonitor
 from lockerd.sdnotify import Notifier
 from lockerd.service import Door, HubService
-from lockerd.store import Store
+from lockerd.store import Store, StoreError
 from lockerd.watchdog import Watchdog
 from simulator.boards import BOARD_TYPES, SimBoard, SimCu16
 from simulator.line import Simulator
 
 STOP_GRACE_S = 10.0  # a stop waits this long for the monitor, the tick and the cloud link
+PRUNE_FIRST_S = 60.0  # the store's retention: first pruned a minute after the start,
+PRUNE_EVERY_S = 3600.0  # then once an hour
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -51,6 +54,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("lockerd.daemon")
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo-hub.toml"
+DEMO_TERMINAL = "keypad:1"  # the demo's keypad, on its terminal socket
 
 
 @dataclass
@@ -171,6 +175,7 @@ async def open_hub(cfg: HubConfig, *, simulate: bool = False) -> AsyncIterator[H
     """Everything a hub needs, started; closed in reverse on the way out."""
     async with contextlib.AsyncExitStack() as stack:
         state = Path(cfg.paths.state_dir)
+        stack.callback(_only_daemon(cfg).release)
         hasher, store = _open_store(cfg, simulate=simulate)
         stack.callback(store.close)
         sims: dict[str, Simulator] = {}
@@ -197,22 +202,8 @@ async def open_hub(cfg: HubConfig, *, simulate: bool = False) -> AsyncIterator[H
                     bus_boards, interval_s=cfg.timers.poll_interval_s, on_reading=lambda r: None
                 )
             )
-        doors = [Door(c.label, boards[(c.bus, c.board)], c.channel) for c in cfg.compartments]
-        service = HubService(
-            store,
-            hasher,
-            doors,
-            throttle=cfg.codes.throttle,
-            open_confirm_s=cfg.timers.open_confirm_s,
-            left_open_alarm_s=cfg.timers.left_open_alarm_s,
-            fallback_to_larger=cfg.codes.fallback_to_larger,
-        )
+        service = _service(cfg, store, hasher, boards)
         stack.callback(service.close)
-        service.disk_reserve = DiskReserve(
-            state / "disk-reserve", int(cfg.paths.disk_reserve_mb * 2**20)
-        )
-        if not service.disk_reserve.ensure():
-            service.disk_low = True  # no room even for the reserve: no new reservations
         await service.reconcile(await _first_readings(pollers, service))
         cloud = None
         if cfg.cloud is not None:
@@ -230,7 +221,14 @@ async def open_hub(cfg: HubConfig, *, simulate: bool = False) -> AsyncIterator[H
         extra: dict[str, Any] = {"bus": bus_health}
         if cloud is not None:
             extra["cloud"] = cloud.health
-        api = ApiServer(service, cfg.paths.socket, group=cfg.paths.socket_group, extra=extra)
+        api = ApiServer(
+            service,
+            cfg.paths.socket,
+            group=cfg.paths.technician_group,
+            terminals=cfg.terminals,
+            limits=cfg.api,
+            extra=extra,
+        )
         if simulate:
             api.sim_door = _sim_door(cfg, sims)
             api.sim_bus = _sim_bus(sims)
@@ -238,6 +236,44 @@ async def open_hub(cfg: HubConfig, *, simulate: bool = False) -> AsyncIterator[H
         stack.push_async_callback(api.close)
         _settle_heap()
         yield Hub(cfg, store, service, buses, boards, monitor, api, sims, cloud)
+
+
+def _service(
+    cfg: HubConfig, store: Store, hasher: CodeHasher, boards: dict[tuple[str, int], Board[Any]]
+) -> HubService:
+    """The service over the store and the doors, with its disk reserve."""
+    doors = [Door(c.label, boards[(c.bus, c.board)], c.channel) for c in cfg.compartments]
+    service = HubService(
+        store,
+        hasher,
+        doors,
+        throttle=cfg.codes.throttle,
+        open_confirm_s=cfg.timers.open_confirm_s,
+        left_open_alarm_s=cfg.timers.left_open_alarm_s,
+        fallback_to_larger=cfg.codes.fallback_to_larger,
+    )
+    service.disk_reserve = DiskReserve(
+        Path(cfg.paths.state_dir) / "disk-reserve", int(cfg.paths.disk_reserve_mb * 2**20)
+    )
+    if not service.disk_reserve.ensure():
+        service.disk_low = True  # no room even for the reserve: no new reservations
+    return service
+
+
+def _only_daemon(cfg: HubConfig) -> StateLock:
+    """The state directory's lock, and no API socket another process answers on: taken
+    before anything is opened (a second daemon on the same ports, store and client id
+    would break both). Raises :class:`AlreadyRunning`."""
+    lock = StateLock(cfg.paths.state_dir)
+    lock.acquire()
+    try:
+        terminals = getattr(cfg, "terminals", None) or []
+        for path in [cfg.paths.socket, *(t.socket for t in terminals)]:
+            claim_socket(path)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def _sim_bus(sims: dict[str, Simulator]) -> Any:
@@ -285,7 +321,7 @@ def _sim_door(cfg: HubConfig, sims: dict[str, Simulator]) -> Any:
 
 async def serve(
     hub: Hub, ready: Callable[[], None] | None = None, notifier: Notifier | None = None
-) -> None:
+) -> int:
     """Run until SIGINT/SIGTERM: the door monitor, a tick for time-driven rules, the
     cloud link and the watchdog. ``ready`` is called once the signals are handled;
     systemd (``notifier``) is told READY then (the store is open and every bus was
@@ -294,7 +330,11 @@ async def serve(
     A stop drains: no new open starts (the API stops accepting, the keypad and the
     technician are told to retry, the cloud link stops taking commands), every open
     under way reaches its outcome with the door monitor still running, and only
-    then do the tasks end."""
+    then do the tasks end.
+
+    Returns the exit status: 0 after a stop that was asked for (a signal), 1 when a
+    task ended on its own. Every task runs for as long as the hub does, so one that
+    ends is a fault: the hub drains and exits non-zero, and systemd starts it again."""
     notifier = notifier or Notifier({})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -305,8 +345,15 @@ async def serve(
     notifier.ready(f"serving {len(hub.cfg.compartments)} compartments")
 
     async def ticker() -> None:
+        next_prune = loop.time() + PRUNE_FIRST_S
         while True:
             await hub.service.tick()
+            if loop.time() >= next_prune:
+                next_prune = loop.time() + PRUNE_EVERY_S
+                try:
+                    await hub.service.prune(hub.cfg.retention)
+                except StoreError as exc:  # tried again in an hour; the hub goes on
+                    log.error("prune_failed", error=str(exc))  # noqa: TRY400
             await asyncio.sleep(1.0)
 
     watchdog = Watchdog(
@@ -328,11 +375,21 @@ async def serve(
     waiter = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
     notifier.stopping("draining: opens under way finish, then lockerd stops")
+    status = 0
     if waiter in done:
         log.info("lockerd_draining")
     else:
+        status = 1
         ended = next(t for t in done if t is not waiter)
-        log.error("task_ended", task=ended.get_name(), error=repr(ended.exception()))
+        error = None if ended.cancelled() else ended.exception()
+        log.error(
+            "task_ended",
+            task=ended.get_name(),
+            error=repr(error),
+            exc_info=error,
+            hint="a part of lockerd that runs for as long as the hub stopped on its own: "
+            "lockerd drains and exits with status 1, and systemd starts it again",
+        )
     if hub.cloud is not None:
         hub.cloud.close()
     hub.api.stop_accepting()
@@ -359,7 +416,8 @@ async def serve(
     if metrics_server is not None:
         await asyncio.to_thread(metrics_server.shutdown)  # its loop wakes every 0.5 s
         metrics_server.server_close()
-    log.info("lockerd_stopping")
+    log.info("lockerd_stopping", status=status)
+    return status
 
 
 def _start_metrics(hub: Hub, tasks: list[asyncio.Task[Any]]) -> WSGIServer | None:
@@ -431,7 +489,11 @@ def demo_config(
     *,
     cloud: Cloud | None = None,
     hub_id: str | None = None,
+    terminal_socket: str | None = None,
 ) -> tuple[HubConfig, bool]:
+    """The demo hub's config with its state, its technician socket and its keypad's
+    terminal socket (``keypad:1``; default ``terminal.sock``) in ``state_dir``. No
+    technician group: root and the user who started the demo may use lockerctl."""
     cfg = load(DEMO_CONFIG)
     throwaway = state_dir is None
     state = state_dir or tempfile.mkdtemp(prefix="lockerd-demo-")
@@ -439,8 +501,15 @@ def demo_config(
         update={
             "state_dir": state,
             "socket": socket or os.path.join(state, "api.sock"),
+            "technician_group": None,
         }
     )
+    keypad = {
+        "name": DEMO_TERMINAL,
+        "socket": terminal_socket or os.path.join(state, "terminal.sock"),
+        "group": None,
+    }
+    terminals = [t.model_dump() for t in cfg.terminals if t.name != DEMO_TERMINAL]
     if hub_id is None and cloud is not None:
         # on a shared broker, each demo its own hub (kept with the state directory)
         id_file = Path(state) / "hub-id"
@@ -448,7 +517,7 @@ def demo_config(
             Path(state).mkdir(parents=True, exist_ok=True)
             id_file.write_text(f"demo-{secrets.token_hex(3)}\n")
         hub_id = id_file.read_text().strip()
-    update: dict[str, Any] = {"paths": paths, "cloud": cloud}
+    update: dict[str, Any] = {"paths": paths, "cloud": cloud, "terminals": [keypad, *terminals]}
     if hub_id is not None:
         update["hub_id"] = hub_id
     return HubConfig.model_validate({**cfg.model_dump(), **update}), throwaway
@@ -460,8 +529,11 @@ async def run_demo(
     *,
     cloud: Cloud | None = None,
     hub_id: str | None = None,
+    terminal_socket: str | None = None,
 ) -> int:
-    cfg, throwaway = demo_config(state_dir, socket, cloud=cloud, hub_id=hub_id)
+    cfg, throwaway = demo_config(
+        state_dir, socket, cloud=cloud, hub_id=hub_id, terminal_socket=terminal_socket
+    )
     bind(hub=cfg.hub_id)  # on every line from here, ours and the libraries'
 
     def say(line: str) -> None:
@@ -475,25 +547,34 @@ async def run_demo(
             f"{len(cfg.compartments)} compartments on {len(cfg.buses)} buses"
         )
         say(f"state in {cfg.paths.state_dir} ({kind}); API socket {sock}")
+        keypad = next(t.socket for t in cfg.terminals if t.name == DEMO_TERMINAL)
+        say(f"terminal-socket {keypad}")
         say(f"hub {cfg.hub_id}")
         if cfg.cloud is not None:
             prefix = f"{cfg.cloud.prefix}/{cfg.hub_id}"
             say(f"cloud link to {cfg.cloud.url}: watch {prefix}/# with any MQTT client")
         sample_reservations(hub, say)
         ctl = f"lockerctl --socket {sock}"
+        pad = f"lockerctl --socket {keypad}"
         say("")
-        say("try, in another terminal (.venv/bin/ in front if the venv is not active):")
-        say(f"  {ctl} status")
-        say(f"  {ctl} enter-code DEPOSIT-CODE     # the carrier's door opens")
-        say(f"  {ctl} sim door LABEL close        # the carrier shuts it: deposited")
-        say(f"  {ctl} enter-code PICKUP-CODE      # the resident's door opens")
-        say(f"  {ctl} sim door LABEL close        # collected")
-        say(f"  {ctl} events                      # what the cloud will be told")
-        say(f"  {ctl} open A05 --reason 'check'  # a technician's audited open")
-        say(f"  {ctl} sim door D01 put            # D01-D08 have occupancy sensors:")
-        say("                                       # put something in before shutting")
-        await serve(hub, ready=lambda: say("serving until Ctrl-C"), notifier=Notifier())
-    return 0
+        say("try, in another terminal (.venv/bin/ in front if the venv is not active);")
+        say(f"the keypad ({DEMO_TERMINAL}) is {keypad}, the technician's socket {sock}:")
+        hints = [
+            (f"{pad} enter-code DEPOSIT-CODE", "at the keypad: the carrier's door opens"),
+            (f"{ctl} sim door LABEL close", "the carrier shuts it: deposited"),
+            (f"{pad} enter-code PICKUP-CODE", "at the keypad: the resident's door opens"),
+            (f"{ctl} sim door LABEL close", "collected"),
+            (f"{ctl} status", ""),
+            (f"{ctl} events", "what the cloud will be told"),
+            (f"{ctl} open A05 --reason 'check'", "a technician's audited open"),
+            (f"{ctl} sim door D01 put", "D01-D08 have occupancy sensors:"),
+            ("", "put something in before shutting"),
+            (f"{pad} open A05 --reason x", "forbidden: a keypad may only enter codes"),
+        ]
+        width = max(len(command) for command, _ in hints)
+        for command, note in hints:
+            say(f"  {command:<{width}}  # {note}" if note else f"  {command}")
+        return await serve(hub, ready=lambda: say("serving until Ctrl-C"), notifier=Notifier())
 
 
 async def run_hub(cfg: HubConfig) -> int:
@@ -502,7 +583,6 @@ async def run_hub(cfg: HubConfig) -> int:
         log.info("lockerd_ready", compartments=len(cfg.compartments))
         notifier = Notifier()
         try:
-            await serve(hub, notifier=notifier)
+            return await serve(hub, notifier=notifier)
         finally:
             notifier.close()
-    return 0

@@ -11,6 +11,7 @@ of its own, so a slow fsync never stalls the loop that polls the doors.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -23,10 +24,11 @@ import structlog
 from drivers.boards import Board
 from drivers.errors import BusError, DriverError
 from lockerd import domain as d
-from lockerd.codes import CodeHasher, Throttle, ThrottlePolicy, normalise
+from lockerd.codes import Attempt, CodeHasher, Throttle, ThrottlePolicy, normalise
+from lockerd.config import Retention
 from lockerd.diskreserve import DiskReserve
 from lockerd.logs import bound
-from lockerd.store import Inbox, Store, StoreConflict, StoreFull
+from lockerd.store import CodeSpent, Inbox, Store, StoreConflict, StoreFull
 
 log = structlog.get_logger("lockerd.service")
 
@@ -140,6 +142,53 @@ class HubService:
             "the hub's disk is full: new reservations are refused until there is room; "
             "send it again later",
         )
+
+    def _refuse_while_outbox_full(self) -> Outcome | None:
+        """At the outbox's hard ceiling (the cloud has not taken events for long):
+        nothing that adds events without a person or a parcel behind it."""
+        if not self.store.outbox_full:
+            return None
+        return Outcome(
+            "refused",
+            "the hub's outbox is full (the cloud has not taken its events): new "
+            "reservations and service changes are refused until it drains",
+        )
+
+    async def prune(self, retention: Retention, *, batch: int = 500) -> dict[str, int]:
+        """Delete what the retention settings say is no longer kept, a small batch per
+        store transaction, the service lock taken for each batch only (a door event
+        waits at most one batch)."""
+        now = self.clock()
+        day = 86_400.0
+        ages = {
+            "audit": retention.audit_days,
+            "alarms": retention.audit_days,
+            "quarantine": retention.audit_days,
+            "inbox": retention.inbox_days,
+            "intents": retention.intents_days,
+            "parcels": retention.parcels_days,
+        }
+        pruned: dict[str, int] = {}
+        for table, days in ages.items():
+            total = 0
+            while True:
+                async with self._lock:
+                    n = await self._db(self.store.prune, table, now - days * day, batch)
+                total += n
+                if n < batch:
+                    break
+            pruned[table] = total
+        pruned["tombstones"] = 0
+        before = now - retention.tombstone_days * day
+        while True:
+            async with self._lock:
+                n = await self._db(self.store.prune_tombstones, before, batch=batch)
+            pruned["tombstones"] += n
+            if n < batch:
+                break
+        if any(pruned.values()):
+            log.info("store_pruned", **pruned)
+        return pruned
 
     def _disk_check(self) -> None:
         """Low on disk: is there room again? Then the reserve is made anew."""
@@ -273,25 +322,40 @@ class HubService:
 
     # ------------------------------------------------------------------ the keypad
     async def enter_code(self, code: str, terminal: str) -> Outcome:
-        """Exactly what the hub's keypad does with a code."""
-        now = self.clock()
-        wait = self.throttle.wait(terminal, now)
-        if wait > 0:
-            return Outcome("wait", f"Please wait {wait:.0f} s before the next code.", wait_s=wait)
+        """Exactly what the hub's keypad does with a code.
+
+        The attempt is decided and counted before the lookup (``Throttle.begin``), so
+        requests in flight together, on one terminal or on many, get no more codes
+        checked than the same requests one after another; only a code that opens is
+        refunded. Whatever fails in between leaves the attempt counted (ADR 0013).
+        """
+        if (stopping := self._refuse_while_stopping()) is not None:
+            return stopping  # not a guess: nothing counted against the terminal
         if not normalise(code):
             return Outcome("refused", d.terminal_message(d.Refusal.UNKNOWN_CODE))
-        if (stopping := self._refuse_while_stopping()) is not None:
-            return stopping  # not a wrong code: nothing counted against the terminal
-        code_hash = self.hasher.hash(code)
-        async with self._lock:
-            # one trip to the store's thread: look up, allocate, decide, commit the intent
-            decided = await self._db(self._decide_code, code_hash, terminal, now)
-            if isinstance(decided, d.Refusal):
-                return await self._wrong(terminal, now, decided)
-            if isinstance(decided, tuple) and isinstance(decided[0], d.Refusal):
-                return await self._refused(terminal, now, decided[0], decided[1])
-            change, intent = decided
-            self._changed()
+        now = self.clock()
+        attempt = self.throttle.begin(terminal, now)
+        if not isinstance(attempt, Attempt):
+            return Outcome(
+                "wait",
+                f"Please wait {math.ceil(attempt)} s before the next code.",
+                wait_s=attempt,
+            )
+        try:
+            code_hash = self.hasher.hash(code)
+            async with self._lock:
+                # one trip to the store's thread: look up, allocate, decide, commit the intent
+                decided = await self._db(self._decide_code, code_hash, terminal, now)
+                if isinstance(decided, d.Refusal):
+                    return await self._wrong(attempt, decided)
+                if isinstance(decided, tuple) and isinstance(decided[0], d.Refusal):
+                    return await self._refused(attempt, decided[0], decided[1])
+                change, intent = decided
+                attempt.refund()  # a right code, its door about to open: not a guess
+                self._changed()
+        finally:
+            if not attempt.settled:  # failed half-way: fail closed
+                self._count_in_background(attempt)
         assert change.compartment is not None
         return await self._pulse_and_confirm(change.compartment, intent, actor=terminal)
 
@@ -332,28 +396,53 @@ class HubService:
         assert intent is not None
         return change, intent
 
-    async def _wrong(self, terminal: str, now: float, refusal: d.Refusal) -> Outcome:
+    async def _wrong(self, attempt: Attempt, refusal: d.Refusal) -> Outcome:
         # per keypad for the metrics; a flood of made-up terminal names shares one row
+        terminal = attempt.terminal
         known = terminal in self.wrong_codes or len(self.wrong_codes) < MAX_TERMINALS
         self.wrong_codes[terminal if known else "other"] += 1
-        for event in self.throttle.wrong(terminal, now):
-            log.error(event.type, **{"terminal": terminal, **event.data})
-            await self._commit(
-                d.Change(events=(event,)),
-                now=now,
-                actor=terminal,
-                action="alarm",
-                target=terminal,
-            )
+        await self._count(attempt)
         return Outcome("refused", d.terminal_message(refusal))
 
-    async def _refused(
-        self, terminal: str, now: float, refusal: d.Refusal, parcel_id: str
-    ) -> Outcome:
-        log.info("code_refused", terminal=terminal, reason=refusal.value, parcel=parcel_id)
+    async def _refused(self, attempt: Attempt, refusal: d.Refusal, parcel_id: str) -> Outcome:
+        log.info("code_refused", terminal=attempt.terminal, reason=refusal.value, parcel=parcel_id)
         if refusal in (d.Refusal.NO_COMPARTMENT, d.Refusal.BUSY, d.Refusal.OUT_OF_SERVICE):
+            # a right code that cannot open now: said as it is (whoever holds it must
+            # not retype it), so it tells a code is valid; counted as a guess all the
+            # same, so that buys no extra guesses (ADR 0013)
+            await self._count(attempt)
             return Outcome("refused", d.terminal_message(refusal))
-        return await self._wrong(terminal, now, refusal)
+        return await self._wrong(attempt, refusal)
+
+    async def _count(self, attempt: Attempt) -> None:
+        """The attempt stays counted; the alarms it raises are committed."""
+        for event in attempt.wrong():
+            log.error(event.type, **{"terminal": attempt.terminal, **event.data})
+            await self._commit(
+                d.Change(events=(event,)),
+                now=attempt.at,
+                actor=attempt.terminal,
+                action="alarm",
+                target=attempt.terminal,
+            )
+
+    def _count_in_background(self, attempt: Attempt) -> None:
+        """An attempt whose check failed half-way stays counted; its alarms are
+        committed apart from the request, which is failing."""
+        events = attempt.wrong()
+        for event in events:
+            log.error(event.type, **{"terminal": attempt.terminal, **event.data})
+        if events:
+            task = asyncio.get_running_loop().create_task(
+                self.record(
+                    d.Change(events=tuple(events)),
+                    actor=attempt.terminal,
+                    action="alarm",
+                    target=attempt.terminal,
+                )
+            )
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     # ------------------------------------------------------------------ reservations
     async def reserve(
@@ -365,7 +454,9 @@ class HubService:
         command: Inbox | None = None,
     ) -> Outcome:
         """A new reservation (from the cloud) with its code hashes; never a plain code."""
-        if (low := self._refuse_while_low_on_disk()) is not None:
+        if (
+            low := self._refuse_while_low_on_disk() or self._refuse_while_outbox_full()
+        ) is not None:
             return low
         async with self._lock:
             if await self._db(self.store.parcel, parcel.id) is not None:
@@ -453,6 +544,10 @@ class HubService:
                 events=[event],
                 command=command,
             )
+        except CodeSpent:
+            return Outcome(
+                "refused", "a code of this parcel was used before at this hub: send a new one"
+            )
         except StoreConflict:
             return Outcome("refused", "a code of this parcel is already in use")
         self._changed()
@@ -468,7 +563,7 @@ class HubService:
         """Many reservations (``codes.bulk``): chunk by chunk, each chunk one transaction
         taken between door events (the lock is released between chunks, so the door
         monitor never waits for more than one chunk). Returns each parcel's fate:
-        ``reserved``, ``exists`` or ``code_conflict``."""
+        ``reserved``, ``exists``, ``code_conflict`` or ``code_used`` (used before here)."""
         fate: dict[str, str] = {}
         for start in range(0, len(items), chunk):
             part = items[start : start + chunk]
@@ -556,6 +651,8 @@ class HubService:
     async def set_service(
         self, label: str, in_service: bool, *, actor: str, command: Inbox | None = None
     ) -> Outcome:
+        if (full := self._refuse_while_outbox_full()) is not None:
+            return full
         return await self._simple(
             label,
             actor,

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from lockerd import domain as d
+from lockerd.jsonsafe import clean
 
 SCHEMA: list[str] = [
     # 1: the hub
@@ -137,7 +138,55 @@ SCHEMA: list[str] = [
         WHERE in_service=1 AND content='empty' AND op_purpose IS NULL AND door_open=0
         AND parcel_id IS NULL;
     """,
+    # 6: tombstones: a code hash spent or replaced at this hub is never accepted again
+    # (pruned after the longest validity window: prune_tombstones)
+    """
+    CREATE TABLE spent_codes (
+        hash TEXT PRIMARY KEY,
+        at REAL NOT NULL
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX spent_codes_at ON spent_codes(at);
+    """,
+    # 7: messages the hub could not handle, set aside with an alarm (never retried
+    # forever, never able to stop the hub); final parcels found by age for pruning
+    """
+    CREATE TABLE quarantine (
+        n INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        source TEXT NOT NULL,
+        ref TEXT,
+        error TEXT NOT NULL,
+        body BLOB NOT NULL
+    ) STRICT;
+    CREATE INDEX parcels_final ON parcels(updated)
+        WHERE state IN ('collected', 'recalled', 'cancelled');
+    """,
 ]
+
+QUARANTINE_BODY_MAX = 64 * 1024  # bytes of a quarantined message kept for analysis
+
+# Each prune deletes at most ``limit`` rows in one short transaction (the caller
+# loops, letting door events in between) and returns how many it deleted. Tables
+# kept in time order (audit, inbox, intents, quarantine) are pruned from their
+# oldest rows only, so a prune never scans the whole table.
+_PRUNE: dict[str, str] = {
+    "audit": "DELETE FROM audit WHERE id IN "
+    "(SELECT id FROM audit ORDER BY id LIMIT :limit) AND at < :before",
+    "inbox": "DELETE FROM inbox WHERE rowid IN "
+    "(SELECT rowid FROM inbox ORDER BY rowid LIMIT :limit) AND at < :before "
+    "AND json_extract(reply, '$.status') IS NOT 'opening'",
+    "intents": "DELETE FROM intents WHERE id IN "
+    "(SELECT id FROM intents ORDER BY id LIMIT :limit) AND created < :before "
+    "AND outcome IS NOT NULL",
+    "quarantine": "DELETE FROM quarantine WHERE n IN "
+    "(SELECT n FROM quarantine ORDER BY n LIMIT :limit) AND at < :before",
+    "alarms": "DELETE FROM alarms WHERE id IN (SELECT id FROM alarms "
+    "WHERE acked IS NOT NULL AND acked < :before ORDER BY id LIMIT :limit)",
+    "parcels": "DELETE FROM parcels WHERE rowid IN (SELECT rowid FROM parcels "
+    "WHERE state IN ('collected', 'recalled', 'cancelled') AND updated < :before "
+    "LIMIT :limit)",
+}
+
 
 # a compartment a deposit may take (the partial index compartments_free covers it)
 _FREE = (
@@ -153,10 +202,25 @@ _PARCEL_BLOCK = 32  # new parcels a statement (one multi-row VALUES): see _inser
 _INSERT_PARCEL_BLOCK = _INSERT_PARCEL + ",(?,?,?,?,?,?,?,?,?,?,?,?,?)" * (_PARCEL_BLOCK - 1)
 _INSERT_CODE = "INSERT INTO codes(hash, parcel_id, purpose) VALUES(?,?,?)"
 
-# door telemetry: not queued for the cloud once the outbox is past its quota
+# not queued for the cloud once the outbox is past its quota (the audit keeps them):
+# door telemetry, and reports whose news the retained state snapshot or the command's
+# reply also carries
 TELEMETRY_EVENTS = frozenset(
-    {"door_open_requested", "door_opened", "door_shut", "service_door_shut", "board_online"}
+    {
+        "door_open_requested",
+        "door_opened",
+        "door_shut",
+        "service_door_shut",
+        "board_online",
+        "compartment_service",
+        "command_refused",
+        "message_quarantined",
+    }
 )
+# the outbox's hard ceiling, as a multiple of its quota: past it the hub also refuses
+# what would add events without a person or a parcel behind them (new reservations,
+# technicians' service changes) until the cloud has taken its events
+CEILING_FACTOR = 2
 
 # events that raise an alarm (one open alarm per type and target until acknowledged)
 ALARM_EVENTS = frozenset(
@@ -172,6 +236,8 @@ ALARM_EVENTS = frozenset(
         "open_interrupted",
         "sensor_fault",
         "disk_full",
+        "message_quarantined",
+        "outbox_full",
     }
 )
 
@@ -190,6 +256,10 @@ class StoreFull(StoreError):
 
 class StoreConflict(StoreError):
     """The change contradicts what is stored (a code already live, a duplicate id)."""
+
+
+class CodeSpent(StoreConflict):
+    """A code hash that was spent or replaced at this hub (a tombstone): never again."""
 
 
 @dataclass(frozen=True)
@@ -271,6 +341,11 @@ class Store:
             raise _translate(exc, self.path) from exc
         self.outbox_quota: int | None = None  # bytes; set by the daemon from the config
         self._over_quota = False
+        self._over_ceiling = False
+        # the newest outbox seq the cloud link has read to publish (it may be on the way;
+        # what a previous run left may have been sent already)
+        (last,) = self._db.execute("SELECT coalesce(max(seq), 0) FROM outbox").fetchone()
+        self._handed_out = int(last)
         self._outbox_bytes = self.outbox_size()[1]
 
     def close(self) -> None:
@@ -489,7 +564,8 @@ class Store:
         self, items: list[tuple[d.Parcel, dict[d.Purpose, str]]], *, now: float, actor: str
     ) -> dict[str, str]:
         """Reservations in one transaction, each kept only if its id and codes are new:
-        ``{parcel id: "reserved" | "exists" | "code_conflict"}``.
+        ``{parcel id: "reserved" | "exists" | "code_conflict" | "code_used"}``
+        (``code_used``: a code hash spent or replaced here before, a tombstone).
 
         The ids are looked up first; the codes are not: they are inserted as if none were
         stored yet, the codes' unique index checking each on the way in (looking up
@@ -521,8 +597,9 @@ class Store:
                 )
             }
             taken: set[str] = set()
+            hashes_in = [h for _, codes in items for h in codes.values()]
+            spent = _spent(db, hashes_in)
             if look_up_codes:
-                hashes_in = [h for _, codes in items for h in codes.values()]
                 taken = {
                     r[0]
                     for r in db.execute(
@@ -530,9 +607,9 @@ class Store:
                         hashes_in,
                     )
                 }
-            fate, accepted = _sort_out(items, taken_ids, taken)
+            fate, accepted = _sort_out(items, taken_ids, taken, spent)
             # without the lookup, a code already stored fails the insert: StoreConflict
-            self._insert_parcels(db, accepted, now)
+            self._insert_parcels(db, accepted, now, spent_checked=True)
             self._audit(
                 db,
                 now=now,
@@ -548,7 +625,11 @@ class Store:
         db: sqlite3.Connection,
         items: list[tuple[d.Parcel, dict[d.Purpose, str]]],
         now: float,
+        *,
+        spent_checked: bool = False,
     ) -> None:
+        if not spent_checked and (spent := _spent(db, [h for _, c in items for h in c.values()])):
+            raise CodeSpent(f"{len(spent)} code hash(es) used before at this hub")
         # a recall code given with the reservation makes the parcel recallable
         rows = [
             _new_parcel_row(
@@ -586,19 +667,26 @@ class Store:
         events: Iterable[d.Event] = (),
         command: Inbox | None = None,
     ) -> None:
-        """Replace a parcel's codes of the given purposes (one live code per purpose)."""
+        """Replace a parcel's codes of the given purposes (one live code per purpose).
+        A replaced code is tombstoned; a code hash used before at this hub is a
+        :class:`CodeSpent` (nothing is stored). The same hash again for the same
+        purpose is no change."""
         with self.transaction() as db:
+            if spent := _spent(db, list(codes.values())):
+                raise CodeSpent(f"{len(spent)} code hash(es) used before at this hub")
             if events:
                 self._record(db, events, now=now, actor=actor, action="set_codes", target=parcel_id)
             self._inbox(db, command, now)
             for purpose, code_hash in codes.items():
-                db.execute(
-                    "DELETE FROM codes WHERE parcel_id=? AND purpose=?", (parcel_id, purpose.value)
-                )
-                db.execute(
-                    "INSERT INTO codes(hash, parcel_id, purpose) VALUES(?,?,?)",
-                    (code_hash, parcel_id, purpose.value),
-                )
+                key = (parcel_id, purpose.value)
+                live = db.execute(
+                    "SELECT hash FROM codes WHERE parcel_id=? AND purpose=?", key
+                ).fetchone()
+                if live is not None and live[0] == code_hash:
+                    continue  # the same code again: nothing is replaced
+                if live is not None:  # replaced: spent for good
+                    self._spend(db, "hash=?", (live[0],), now)
+                db.execute(_INSERT_CODE, (code_hash, *key))
             if d.Purpose.RECALL in codes:
                 db.execute(
                     "UPDATE parcels SET has_recall=1, updated=? WHERE id=?", (now, parcel_id)
@@ -611,6 +699,27 @@ class Store:
                 target=parcel_id,
                 detail={"purposes": [p.value for p in codes]},
             )
+
+    def spent(self, code_hash: str) -> bool:
+        """Whether a code hash is tombstoned: spent or replaced here, never again."""
+        return bool(_spent(self._db, [code_hash]))
+
+    def prune_tombstones(self, before: float, *, batch: int = 1000) -> int:
+        """Forget tombstones older than ``before``, ``batch`` rows a transaction (the
+        door monitor never waits for more than one); how many were deleted. ``before``
+        must leave them at least as long as any signed command carrying such a hash
+        can still be accepted: ``cloud.grant_max_life_s`` plus ``command_skew_s``."""
+        total = 0
+        while True:
+            with self.transaction() as db:
+                n = db.execute(
+                    "DELETE FROM spent_codes WHERE hash IN "
+                    "(SELECT hash FROM spent_codes WHERE at < ? ORDER BY at LIMIT ?)",
+                    (before, batch),
+                ).rowcount
+            total += n
+            if n < batch:
+                return total
 
     # ------------------------------------------------------------------ applying a change
     def apply(
@@ -661,13 +770,19 @@ class Store:
             (p.state.value, p.compartment, p.collect_until, int(p.has_recall_code), now, p.id),
         )
         if p.state in d.FINAL:
-            db.execute("DELETE FROM codes WHERE parcel_id=?", (p.id,))  # spent: gone for good
+            self._spend(db, "parcel_id=?", (p.id,), now)  # spent: gone for good
         elif p.state not in (d.ParcelState.RESERVED, d.ParcelState.DEPOSITING):
             # the deposit is confirmed: its code is spent. (While depositing the rules
             # refuse it, and a jammed or abandoned deposit must be able to use it again.)
-            db.execute(
-                "DELETE FROM codes WHERE parcel_id=? AND purpose=?", (p.id, d.Purpose.DEPOSIT.value)
-            )
+            self._spend(db, "parcel_id=? AND purpose=?", (p.id, d.Purpose.DEPOSIT.value), now)
+
+    def _spend(self, db: sqlite3.Connection, where: str, args: tuple[Any, ...], now: float) -> None:
+        """Delete the codes ``where`` says, each tombstoned: never accepted again."""
+        db.execute(
+            f"INSERT OR REPLACE INTO spent_codes(hash, at) SELECT hash, ? FROM codes WHERE {where}",  # noqa: S608 - our own clauses
+            (now, *args),
+        )
+        db.execute(f"DELETE FROM codes WHERE {where}", args)  # noqa: S608
 
     def _save_compartment(self, db: sqlite3.Connection, c: d.Compartment) -> None:
         op = c.operation
@@ -704,7 +819,13 @@ class Store:
             row = db.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
             seq = int(row[0]) if row else 1
             for e in self._within_quota(evts, dropped):
-                data = json.dumps(e.data, sort_keys=True)
+                # what came from outside (a command's type, a terminal's name) is in
+                # some events: stored only as text any JSON encoder can send
+                safe = clean(e.data)
+                data = json.dumps(safe, sort_keys=True)
+                if self._coalesced(db, e.type, safe, data, now, seq):
+                    self._tx_events.append(e.type)
+                    continue
                 db.execute(
                     "INSERT INTO outbox(seq, id, type, at, data) VALUES(?,?,?,?,?)",
                     (seq, str(uuid.uuid4()), e.type, now, data),
@@ -713,16 +834,16 @@ class Store:
                 self._outbox_bytes += len(data) + len(e.type) + 64
                 seq += 1
                 if e.type in ALARM_EVENTS:
-                    target = str(
-                        e.data.get("compartment")
-                        or e.data.get("board")
-                        or e.data.get("terminal")
+                    alarm_target = str(
+                        safe.get("compartment")
+                        or safe.get("board")
+                        or safe.get("terminal")
                         or "hub"
                     )
                     db.execute(
                         "INSERT INTO alarms(type, target, raised, data) VALUES(?,?,?,?) "
                         "ON CONFLICT DO NOTHING",
-                        (e.type, target, now, data),
+                        (e.type, alarm_target, now, data),
                     )
             self._set_meta(db, "next_seq", str(seq))
             self._tx_events.extend(dropped)  # not queued for the cloud, but they happened
@@ -735,10 +856,45 @@ class Store:
             detail={"events": [e.type for e in evts], **({"dropped": dropped} if dropped else {})},
         )
 
+    def _coalesced(  # noqa: PLR0917 - the event as _record holds it
+        self,
+        db: sqlite3.Connection,
+        type_: str,
+        data: dict[str, Any],
+        text: str,
+        now: float,
+        seq: int,
+    ) -> bool:
+        """A compartment's service flag flipped again before the cloud link took the
+        last flip: that event (still the newest in the outbox, never handed to the
+        publisher) is updated to say the newest state, instead of a new event. A
+        technician (or a script) toggling a door cannot flood the outbox; ``seq`` stays
+        gapless and the cloud still learns the final state and who set it."""
+        if type_ != "compartment_service" or seq - 1 <= self._handed_out:
+            return False
+        row = db.execute("SELECT type, data FROM outbox WHERE seq=?", (seq - 1,)).fetchone()
+        if row is None or row["type"] != type_:
+            return False
+        if json.loads(row["data"]).get("compartment") != data.get("compartment"):
+            return False
+        db.execute("UPDATE outbox SET data=?, at=? WHERE seq=?", (text, now, seq - 1))
+        self._outbox_bytes += len(text) - len(row["data"])
+        return True
+
+    @property
+    def outbox_full(self) -> bool:
+        """The outbox is at its hard ceiling (:data:`CEILING_FACTOR` times the quota)."""
+        return (
+            self.outbox_quota is not None
+            and self._outbox_bytes >= self.outbox_quota * CEILING_FACTOR
+        )
+
     def _within_quota(self, evts: list[d.Event], dropped: list[str]) -> list[d.Event]:
-        """Past the outbox quota, door telemetry is no longer queued for the cloud (the
-        audit keeps it); parcel events and alarms always are. Crossing the quota raises
-        one alarm event. ``seq`` stays gapless: a dropped event never takes a number."""
+        """Past the outbox quota, door telemetry (and reports the state snapshot also
+        carries) is no longer queued for the cloud (the audit keeps it); parcel events
+        and alarms always are. Crossing the quota raises one alarm event, crossing the
+        hard ceiling another. ``seq`` stays gapless: a dropped event never takes a
+        number."""
         if self.outbox_quota is None or self._outbox_bytes < self.outbox_quota:
             return evts
         kept = []
@@ -748,6 +904,17 @@ class Store:
                 d.Event(
                     "outbox_quota_reached",
                     {"bytes": self._outbox_bytes, "quota": self.outbox_quota},
+                )
+            )
+        if self.outbox_full and not self._over_ceiling:
+            self._over_ceiling = True
+            kept.append(
+                d.Event(
+                    "outbox_full",
+                    {
+                        "bytes": self._outbox_bytes,
+                        "ceiling": self.outbox_quota * CEILING_FACTOR,
+                    },
                 )
             )
         for e in evts:
@@ -791,6 +958,50 @@ class Store:
         """Record a command's reply alone (a refusal, or the final word on an open)."""
         with self.transaction() as db:
             self._inbox(db, command, now)
+
+    def quarantine(
+        self,
+        source: str,
+        ref: str | None,
+        error: str,
+        body: bytes,
+        *,
+        now: float,
+        command: Inbox | None = None,
+    ) -> None:
+        """Set a message the hub could not handle aside (its first
+        :data:`QUARANTINE_BODY_MAX` bytes, for analysis), with a ``message_quarantined``
+        alarm and, when it had a usable id, the reply a redelivery gets."""
+        event = d.Event(
+            "message_quarantined",
+            {"source": source, "ref": ref, "error": error[:200], "bytes": len(body)},
+        )
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO quarantine(at, source, ref, error, body) VALUES(?,?,?,?,?)",
+                (now, source, ref, error[:1000], bytes(body[:QUARANTINE_BODY_MAX])),
+            )
+            self._inbox(db, command, now)
+            self._record(db, [event], now=now, actor=source, action="quarantine", target=ref or "-")
+
+    def quarantined(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest messages set aside (without their bodies)."""
+        return [
+            dict(r)
+            for r in self._db.execute(
+                "SELECT n, at, source, ref, error, length(body) AS bytes FROM quarantine "
+                "ORDER BY n DESC LIMIT ?",
+                (limit,),
+            )
+        ]
+
+    # ------------------------------------------------------------------ retention
+    def prune(self, table: str, before: float, limit: int = 500) -> int:
+        """Delete up to ``limit`` of ``table``'s rows older than ``before`` (see above:
+        audit lines, command replies, settled intents, quarantined messages,
+        acknowledged alarms, parcels that ended)."""
+        with self.transaction() as db:
+            return int(db.execute(_PRUNE[table], {"limit": limit, "before": before}).rowcount)
 
     def inbox(self, command_id: str) -> dict[str, Any] | None:
         row = self._db.execute(
@@ -856,13 +1067,20 @@ class Store:
             for r in rows
         ]
 
-    def outbox(self, after_seq: int = 0, limit: int = 1000) -> list[OutboxRow]:
-        return [
+    def outbox(
+        self, after_seq: int = 0, limit: int = 1000, *, publishing: bool = False
+    ) -> list[OutboxRow]:
+        """Events waiting for the cloud, oldest first. ``publishing``: the cloud link
+        reads them to send; from then on they are never changed (see _coalesced)."""
+        rows = [
             OutboxRow(r["seq"], r["id"], r["type"], r["at"], json.loads(r["data"]))
             for r in self._db.execute(
                 "SELECT * FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
             )
         ]
+        if publishing and rows:
+            self._handed_out = max(self._handed_out, rows[-1].seq)
+        return rows
 
     def delete_outbox(self, seqs: Iterable[int]) -> None:
         """Events the broker acknowledged (PUBACK): gone from the outbox."""
@@ -878,6 +1096,8 @@ class Store:
         self._outbox_bytes = max(0, self._outbox_bytes - freed)
         if self._over_quota and self.outbox_quota and self._outbox_bytes < self.outbox_quota * 0.8:
             self._over_quota = False
+        if self._over_ceiling and not self.outbox_full:
+            self._over_ceiling = False
 
     def audit(self, limit: int = 100) -> list[dict[str, Any]]:
         return [
@@ -973,15 +1193,39 @@ def _new_parcel_row(p: d.Parcel, now: float) -> tuple[Any, ...]:
     )
 
 
+_SPENT_BATCH = 500  # hashes a lookup (well under SQLite's limit on parameters)
+
+
+def _spent(db: sqlite3.Connection, hashes: list[str]) -> set[str]:
+    """Which of ``hashes`` are tombstoned (spent or replaced here before). Looked up in
+    hash order, a batch a statement: the index is walked once, leaf after leaf."""
+    wanted = sorted(set(hashes))
+    found: set[str] = set()
+    for i in range(0, len(wanted), _SPENT_BATCH):
+        part = wanted[i : i + _SPENT_BATCH]
+        found.update(
+            r[0]
+            for r in db.execute(
+                f"SELECT hash FROM spent_codes WHERE hash IN ({','.join('?' * len(part))})",  # noqa: S608
+                part,
+            )
+        )
+    return found
+
+
 def _sort_out(
-    items: list[tuple[d.Parcel, dict[d.Purpose, str]]], taken_ids: set[str], taken: set[str]
+    items: list[tuple[d.Parcel, dict[d.Purpose, str]]],
+    taken_ids: set[str],
+    taken: set[str],
+    spent: set[str] | None = None,
 ) -> tuple[dict[str, str], list[tuple[d.Parcel, dict[d.Purpose, str]]]]:
     """Each parcel's fate, in the batch's order, and the parcels to insert. ``taken_ids``:
     the batch's ids already stored; ``taken``: its code hashes already stored, or an
     empty set when they were not looked up. Then a parcel accepted here may hold a
     stored code, and its insert fails; if none does, every fate is the one the lookup
     would have given (a stored code only ever turns an accepted parcel away: one turned
-    away here is turned away with it too, and the parcels accepted before are the same)."""
+    away here is turned away with it too, and the parcels accepted before are the same).
+    ``spent``: its code hashes that are tombstoned (always looked up): ``code_used``."""
     fate: dict[str, str] = {}
     accepted: list[tuple[d.Parcel, dict[d.Purpose, str]]] = []
     for parcel, codes in items:
@@ -991,6 +1235,9 @@ def _sort_out(
             fate[parcel.id] = "exists"
             continue
         mine = list(codes.values())
+        if spent and spent.intersection(mine):
+            fate[parcel.id] = "code_used"
+            continue
         if len(set(mine)) != len(mine) or taken.intersection(mine):
             fate[parcel.id] = "code_conflict"
             continue

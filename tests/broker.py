@@ -59,16 +59,12 @@ INSTALL_HINT = (
     "or put a mosquitto binary on PATH."
 )
 
-#: ACL used by ``acl=True``: a hub (username = its id, from its cert CN or its login)
-#: may only read/write ``lockers/<id>/#``; the user ``cloud`` may read/write all.
-DEFAULT_ACL = """\
-# Every authenticated client: its own subtree only.
-pattern readwrite lockers/%u/#
-
-# The cloud side sees every locker.
-user cloud
-topic readwrite lockers/#
-"""
+#: ACL used by ``acl=True``: the one lockerd ships, ``config/mosquitto-acl.conf``. A hub
+#: (username = its id, from its cert CN or its login) may only subscribe to its own
+#: ``lockers/<id>/cmd`` and publish its own ``reply``, ``evt``, ``status`` and ``state``;
+#: the user ``cloud`` may read/write all of ``lockers/#``.
+ACL_PATH = Path(__file__).resolve().parents[1] / "config" / "mosquitto-acl.conf"
+DEFAULT_ACL = ACL_PATH.read_text()
 
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 3.0

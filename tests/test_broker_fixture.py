@@ -271,9 +271,11 @@ async def test_tls_bad_client_cert_is_refused(
 
 
 async def test_acl_hub_is_confined_to_its_own_subtree(make_broker: MakeBroker) -> None:
+    """config/mosquitto-acl.conf: a hub reads its own `cmd` only and writes its own
+    `reply`, `evt`, `status` and `state` only; the cloud reads and writes everything."""
     b = make_broker(tls=True, acl=True)
     async with hub(b, "A") as a, hub(b, "cloud") as cloud:
-        await a.subscribe("lockers/A/#", qos=1)
+        await a.subscribe("lockers/A/#", qos=1)  # granted, but only `cmd` is delivered
         await a.subscribe("lockers/B/#", qos=1)  # mosquitto 2.0 grants it, delivers nothing
         await cloud.subscribe("lockers/#", qos=1)
 
@@ -284,26 +286,23 @@ async def test_acl_hub_is_confined_to_its_own_subtree(make_broker: MakeBroker) -
         got = await next_message(a)
         assert (got.topic.value, got.payload) == ("lockers/A/cmd", b"sentinel")
 
-        # A -> lockers/B/evt never reaches the cloud (PUBACK rc 135, which aiomqtt
-        # swallows); A -> its own subtree does.
+        # A -> lockers/B/evt and A -> its own cmd never reach anyone (PUBACK rc 135,
+        # which aiomqtt swallows); A -> its own evt and state do.
         await a.publish("lockers/B/evt", b"forged", qos=1)
+        await a.publish("lockers/A/cmd", b"open 3", qos=1)
         await a.publish("lockers/A/evt", b"door 2 open", qos=1)
-        seen = [await next_message(cloud) for _ in range(2)]
-        assert [(m.topic.value, m.payload) for m in seen] == [
-            ("lockers/B/cmd", b"open 1"),  # the cloud's own publish, echoed back
-            ("lockers/A/cmd", b"sentinel"),
-        ]
-        got = await next_message(cloud)
-        assert (got.topic.value, got.payload) == ("lockers/A/evt", b"door 2 open")
-
-        # A's own pub/sub roundtrip.
         await a.publish("lockers/A/state", b"ok", qos=1)
-        got = await next_message(a)
-        assert (got.topic.value, got.payload) == ("lockers/A/evt", b"door 2 open")
-        got = await next_message(a)
-        assert (got.topic.value, got.payload) == ("lockers/A/state", b"ok")
+        seen = [await next_message(cloud) for _ in range(4)]
+        assert [(m.topic.value, m.payload) for m in seen] == [
+            ("lockers/B/cmd", b"open 1"),  # the cloud's own publishes, echoed back
+            ("lockers/A/cmd", b"sentinel"),
+            ("lockers/A/evt", b"door 2 open"),
+            ("lockers/A/state", b"ok"),
+        ]
 
-        # Proving absence, bounded: nothing else is on its way to A.
+        # Proving absence, bounded: nothing else is on its way to A (not its own evt
+        # nor state: it reads its commands only) nor to the cloud.
         await asyncio.sleep(0.2)
         assert len(a.messages) == 0
+        assert len(cloud.messages) == 0
     assert "Denied PUBLISH" in b.log_path.read_text()

@@ -22,17 +22,21 @@ def hub_config(
     root: Path,
     *,
     timers: dict[str, float] | None = None,
-    paths: dict[str, float] | None = None,
+    paths: dict[str, float | str] | None = None,  # a str is TOML: '"a-group"'
     extra: str = "",
 ) -> Path:
-    """The demo hub's config with its state and socket under ``root``; ``timers`` and
-    ``paths`` added to their sections, ``extra`` (TOML tables) appended."""
+    """The demo hub's config with its state, its technician socket (``api.sock``) and its
+    keypad's terminal socket (``terminal.sock``, terminal ``keypad:1``) under ``root``;
+    ``timers`` and ``paths`` added to their sections, ``extra`` (TOML tables) appended."""
     text = (ROOT / "config" / "demo-hub.toml").read_text()
     for section, values in (("timers", timers), ("paths", paths)):
         added = "".join(f"{k} = {v}\n" for k, v in (values or {}).items())
         text = text.replace(f"[{section}]\n", f"[{section}]\n{added}", 1)
     text = re.sub(r'state_dir = "[^"]*"', f'state_dir = "{root / "state"}"', text, count=1)
-    text = re.sub(r'socket = "[^"]*"', f'socket = "{root / "api.sock"}"', text, count=1)
+    text = re.sub(r'socket = "[^"]*api.sock"', f'socket = "{root / "api.sock"}"', text, count=1)
+    text = re.sub(
+        r'socket = "[^"]*terminal.sock"', f'socket = "{root / "terminal.sock"}"', text, count=1
+    )
     path = root / "hub.toml"
     path.write_text(text + "\n" + extra)
     return path

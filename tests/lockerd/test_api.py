@@ -1,44 +1,95 @@
-"""The local API over a real Unix socket, and lockerctl as a person runs it."""
+"""The local API over real Unix sockets, and lockerctl as a person runs it.
+
+The first part serves the API in this process over a small hub (tests.lockerd.
+test_service). The second part attacks a real daemon (``lockerd run`` on the demo
+hub's config, tests.lockerd.daemonproc) as a socket client would: a keypad's terminal
+socket asking for what only a technician may do, a request naming its own actor, a
+user outside the technician group (a child process that drops to ``nobody``; these
+need root), 2,000 idle connections, a line never finished, a technician's flood of
+actions, and running out of file handles (ADR 0015).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
+import os
+import pwd
+import resource
+import shutil
+import socket
+import sqlite3
 import stat
+import struct
 import sys
-from collections.abc import AsyncIterator
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
 from lockerd import domain as d
-from lockerd.api import ApiServer, call
+from lockerd.api import OPS, AcceptErrors, ActionLimiter, ApiServer, call
+from lockerd.config import Api, Terminal
+from tests.helpers import until_result
+from tests.lockerd.daemonproc import api_up, hub_config, run_daemon
 from tests.lockerd.test_service import Hub, _make_hub
+
+ME = pwd.getpwuid(os.getuid()).pw_name  # who runs the tests: tech:ME on the technician socket
+
+
+@dataclass
+class Served:
+    hub: Hub
+    sock: Path  # the technician socket
+    keypad: Path  # keypad:1's terminal socket
+    server: ApiServer
+
+
+ServeFactory = Callable[..., Awaitable[Served]]
 
 
 @pytest.fixture
-async def served(tmp_path: Path) -> AsyncIterator[tuple[Hub, Path]]:
+async def serve(tmp_path: Path) -> AsyncIterator[ServeFactory]:
+    """``await serve(**api)``: the API of a small hub, in this process, with ``[api]``
+    settings ``api``."""
     async with contextlib.AsyncExitStack() as stack:
-        hub = await _make_hub(stack, tmp_path)
-        sock = tmp_path / "run" / "api.sock"
-        server = ApiServer(hub.service, sock)
-        await server.start()
-        stack.push_async_callback(server.close)
-        yield hub, sock
+
+        async def make(**api: Any) -> Served:
+            hub = await _make_hub(stack, tmp_path)
+            sock, keypad = tmp_path / "run" / "api.sock", tmp_path / "run" / "keypad.sock"
+            server = ApiServer(
+                hub.service,
+                sock,
+                terminals=[Terminal(name="keypad:1", socket=str(keypad))],
+                limits=Api(**api),
+            )
+            await server.start()
+            stack.push_async_callback(server.close)
+            return Served(hub, sock, keypad, server)
+
+        yield make
 
 
-async def test_bad_requests_get_typed_errors_and_the_connection_lives_on(
-    served: tuple[Hub, Path],
-) -> None:
-    _, sock = served
-    reader, writer = await asyncio.open_unix_connection(str(sock))
+@pytest.fixture
+async def served(serve: ServeFactory) -> Served:
+    return await serve()
+
+
+async def test_bad_requests_get_typed_errors_and_the_connection_lives_on(served: Served) -> None:
+    reader, writer = await asyncio.open_unix_connection(str(served.sock))
     bad = [
         b"this is not json\n",
         b'{"op": "explode"}\n',
+        b'{"op": ["a", "list"]}\n',
         b'{"op": "enter_code"}\n',
-        b'{"op": "open", "label": "A01", "reason": "x", "actor": "t", "extra": 1}\n',
+        b'{"op": "open", "label": "A01", "reason": "x", "extra": 1}\n',
+        b'{"op": "open", "label": "A01", "reason": "x", "actor": "tech:alice"}\n',
         b'["a", "list"]\n',
     ]
     for line in bad:
@@ -56,23 +107,41 @@ async def test_bad_requests_get_typed_errors_and_the_connection_lives_on(
     writer.close()
 
 
-async def test_a_code_through_the_socket_opens_and_is_never_logged(
-    served: tuple[Hub, Path],
-) -> None:
-    hub, sock = served
-    hub.reserve("P1", d.Size.S, "24681357", "13572468")
+async def test_a_code_at_the_keypad_opens_and_is_never_logged(served: Served) -> None:
+    served.hub.reserve("P1", d.Size.S, "24681357", "13572468")
     with capture_logs() as logs:
-        reply = await call(sock, {"op": "enter_code", "code": "24681357", "terminal": "kiosk"})
+        reply = await call(served.keypad, {"op": "enter_code", "code": "24681357"})
     assert reply["result"]["status"] == "opened"
     assert reply["result"]["compartment"] == "A01"
     assert "24681357" not in json.dumps(logs, default=str)
-    events = await call(sock, {"op": "events"})
+    events = await call(served.sock, {"op": "events"})
     assert "24681357" not in json.dumps(events)
+    requested = next(e for e in events["result"] if e["type"] == "door_open_requested")
+    assert requested["data"]["by"] == "keypad:1"  # the socket's terminal, not a request field
 
 
-async def test_the_socket_is_not_open_to_everyone(served: tuple[Hub, Path]) -> None:
-    _, sock = served
-    assert stat.S_IMODE(sock.stat().st_mode) == 0o660
+async def test_a_request_cannot_name_its_terminal_or_actor(served: Served) -> None:
+    for sock in (served.keypad, served.sock):
+        for field in ("terminal", "actor"):
+            request = {"op": "enter_code", "code": "00000000", field: "keypad:9"}
+            reply = await call(sock, request)
+            assert reply["error"]["type"] == "bad_request", reply
+            assert "comes from the socket" in reply["error"]["message"]
+    # nothing was counted against the named terminal: the requests never reached the service
+    status = (await call(served.sock, {"op": "status"}))["result"]
+    assert "keypad:9" not in json.dumps(status["throttle"])
+
+
+async def test_the_sockets_are_not_open_to_everyone(served: Served) -> None:
+    assert stat.S_IMODE(served.sock.stat().st_mode) == 0o660
+    assert stat.S_IMODE(served.keypad.stat().st_mode) == 0o660
+
+
+async def test_an_idle_connection_is_closed(serve: ServeFactory) -> None:
+    served = await serve(idle_timeout_s=0.2)
+    reader, writer = await asyncio.open_unix_connection(str(served.keypad))
+    assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the daemon
+    writer.close()
 
 
 async def lockerctl(sock: Path, *args: str) -> tuple[int, str, str]:
@@ -91,8 +160,8 @@ async def lockerctl(sock: Path, *args: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
-async def test_lockerctl_as_a_technician_uses_it(served: tuple[Hub, Path]) -> None:
-    hub, sock = served
+async def test_lockerctl_as_a_technician_uses_it(served: Served) -> None:
+    hub, sock = served.hub, served.sock
     rc, out, _ = await lockerctl(sock, "status")
     assert rc == 0
     assert out.splitlines()[0].split() == ["LABEL", "SIZE", "STATE", "DOOR_OPEN", "PARCEL"]
@@ -109,6 +178,18 @@ async def test_lockerctl_as_a_technician_uses_it(served: tuple[Hub, Path]) -> No
     rc, out, _ = await lockerctl(sock, "--json", "parcels")
     assert rc == 0
     assert json.loads(out) == []
+    actors = {(a["actor"], a["action"]) for a in await hub.service.run_db(hub.store.audit)}
+    assert {(f"tech:{ME}", "service"), (f"tech:{ME}", "open")} <= actors  # the login
+
+
+async def test_lockerctl_at_a_keypad_may_only_enter_codes(served: Served) -> None:
+    rc, out, err = await lockerctl(served.keypad, "enter-code", "00000000")
+    assert (rc, out.split(":")[0]) == (1, "refused")
+    rc, out, err = await lockerctl(served.keypad, "open", "A01", "--reason", "let me in")
+    assert rc == 1
+    assert out == ""
+    assert err.startswith("lockerctl: forbidden: open is not allowed on the socket of terminal")
+    assert served.hub.state("A01") is d.CompartmentState.FREE
 
 
 async def test_lockerctl_without_a_daemon_says_so(tmp_path: Path) -> None:
@@ -117,13 +198,473 @@ async def test_lockerctl_without_a_daemon_says_so(tmp_path: Path) -> None:
     assert "cannot reach lockerd" in err
 
 
-async def test_an_oversized_request_is_refused_not_buffered(served: tuple[Hub, Path]) -> None:
-    _, sock = served
-    reader, writer = await asyncio.open_unix_connection(str(sock))
+async def test_an_oversized_request_is_refused_not_buffered(served: Served) -> None:
+    reader, writer = await asyncio.open_unix_connection(str(served.sock))
     writer.write(b'{"op": "status", "pad": "' + b"x" * 70_000 + b'"}\n')
     await writer.drain()
     reply = json.loads(await reader.readline())
     assert reply["ok"] is False
     assert "over 65536 bytes" in reply["error"]["message"]
     writer.close()
-    assert (await call(sock, {"op": "status"}))["ok"] is True  # the daemon serves on
+    assert (await call(served.sock, {"op": "status"}))["ok"] is True  # the daemon serves on
+
+
+async def test_failed_accepts_are_logged_once_a_minute_not_once_a_retry() -> None:
+    loop = asyncio.get_running_loop()
+    passed: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: passed.append(context))
+    now = [0.0]
+    errors = AcceptErrors(every_s=60.0, clock=lambda: now[0])
+    errors.install(loop)
+    emfile = {
+        "message": "socket.accept() out of system resource",
+        "exception": OSError(errno.EMFILE, "Too many open files"),
+    }
+    try:
+        with capture_logs() as logs:
+            for second in range(100):  # asyncio tries again every second
+                now[0] = float(second)
+                loop.call_exception_handler(emfile)
+            other = {"message": "something else", "exception": ValueError("x")}
+            loop.call_exception_handler(other)
+    finally:
+        errors.uninstall()
+        loop.set_exception_handler(None)
+    failed = [entry for entry in logs if entry["event"] == "api_accept_failed"]
+    assert [(f["failures"], f["total"]) for f in failed] == [(1, 1), (60, 61)]
+    assert passed == [other]  # anything else goes where it went before
+
+
+def test_a_technician_bucket_refills_at_its_rate() -> None:
+    now = [0.0]
+    limiter = ActionLimiter(burst=2, per_minute=6, clock=lambda: now[0])
+    assert [limiter.take("tech:ana") for _ in range(2)] == [0.0, 0.0]
+    assert limiter.take("tech:ana") == pytest.approx(10.0)  # one action every 10 s
+    assert limiter.take("tech:bob") == 0.0  # per technician
+    now[0] = 10.0
+    assert limiter.take("tech:ana") == 0.0
+
+
+# ======================================================================================
+# A real daemon, attacked over its sockets
+# ======================================================================================
+
+
+@dataclass
+class Daemon:
+    proc: asyncio.subprocess.Process
+    root: Path
+    sock: Path  # the technician socket
+    keypad: Path  # keypad:1's terminal socket
+
+    @property
+    def log(self) -> str:
+        return (self.root / "daemon.log").read_text(errors="replace")
+
+    def fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+    async def api(self, op: str, **kw: Any) -> Any:
+        reply = await call(self.sock, {"op": op, **kw})
+        assert reply["ok"], reply
+        return reply["result"]
+
+    async def terminal_socket(self) -> dict[str, Any]:
+        stats = (await self.api("status"))["api"]
+        found: dict[str, Any] = next(s for s in stats["sockets"] if s["role"] == "terminal")
+        return found
+
+    def audit(self) -> list[tuple[str, str, str]]:
+        db = sqlite3.connect(f"file:{self.root / 'state' / 'lockerd.db'}?mode=ro", uri=True)
+        try:
+            return list(db.execute("SELECT actor, action, target FROM audit ORDER BY id"))
+        finally:
+            db.close()
+
+
+@contextlib.asynccontextmanager
+async def daemon(
+    api: dict[str, float] | None = None, paths: dict[str, float | str] | None = None
+) -> AsyncIterator[Daemon]:
+    """``lockerd run`` on the demo hub's config, ``[api]`` and ``[paths]`` settings added,
+    its sockets in a short directory anyone may enter (the files are 0660)."""
+    root = Path(tempfile.mkdtemp(prefix="lk-"))
+    os.chmod(root, 0o755)
+    extra = "[api]\n" + "".join(f"{k} = {v}\n" for k, v in (api or {}).items())
+    config = hub_config(root, paths=paths, extra=extra)
+    try:
+        async with run_daemon(root, config) as proc:
+            await api_up(root / "api.sock", proc)
+            yield Daemon(proc, root, root / "api.sock", root / "terminal.sock")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# one valid request for every op a terminal may not ask for
+TECHNICIAN_REQUESTS: dict[str, dict[str, Any]] = {
+    "status": {"op": "status"},
+    "parcels": {"op": "parcels"},
+    "events": {"op": "events"},
+    "alarms": {"op": "alarms"},
+    "bus": {"op": "bus"},
+    "cloud": {"op": "cloud"},
+    "watchdog": {"op": "watchdog"},
+    "open": {"op": "open", "label": "A05", "reason": "let me in"},
+    "service": {"op": "service", "label": "A06", "in_service": False},
+    "inspect": {"op": "inspect", "label": "A07", "holds_parcel": True},
+    "ack": {"op": "ack", "id": 1},
+    "empty_expired": {"op": "empty_expired"},
+    "sim_door": {"op": "sim_door", "label": "A08", "action": "open"},
+    "sim_bus": {"op": "sim_bus", "bus": "A", "action": "dead"},
+    "sim_stall": {"op": "sim_stall", "seconds": 30},
+}
+
+
+async def test_a_keypad_socket_cannot_open_a_door_or_do_anything_but_enter_codes() -> None:
+    assert set(TECHNICIAN_REQUESTS) == {op for op, a in OPS.items() if not a.terminal}
+    async with daemon() as hub:
+        before = await hub.api("status")
+        seq = len(await hub.api("events", limit=10_000))
+        audit = hub.audit()
+        reply = await call(hub.keypad, TECHNICIAN_REQUESTS["open"])
+        assert reply["ok"] is False
+        assert reply["error"]["type"] == "forbidden"
+        assert "may only enter_code" in reply["error"]["message"]
+        for op, request in TECHNICIAN_REQUESTS.items():
+            reply = await call(hub.keypad, request)
+            assert reply.get("error", {}).get("type") == "forbidden", (op, reply)
+        # and one connection asking for everything in turn is refused each time
+        reader, writer = await asyncio.open_unix_connection(str(hub.keypad))
+        for request in TECHNICIAN_REQUESTS.values():
+            writer.write(json.dumps(request).encode() + b"\n")
+        await writer.drain()
+        for op in TECHNICIAN_REQUESTS:
+            assert json.loads(await reader.readline())["error"]["type"] == "forbidden", op
+        writer.close()
+        # what a person at the hub may do still works there
+        code = await call(hub.keypad, {"op": "enter_code", "code": "00000000"})
+        assert code["result"]["status"] == "refused"
+        after = await hub.api("status")
+        assert after["compartments"] == before["compartments"]  # no door open, none out
+        assert all(board["online"] for board in after["boards"])  # bus A not "dead"
+        events = await hub.api("events", limit=10_000)
+        assert [e["type"] for e in events[seq:]] == []  # nothing happened
+        assert hub.audit() == audit
+        assert hub.proc.returncode is None  # and it never stalled or stopped
+
+
+async def test_the_audit_names_the_login_never_a_request_field() -> None:
+    async with daemon() as hub:
+        forged = {"op": "open", "label": "A05", "reason": "x", "actor": "tech:alice"}
+        reply = await call(hub.sock, forged)
+        assert reply["error"]["type"] == "bad_request"
+        assert "not a request field" in reply["error"]["message"]
+        opened = await hub.api("open", label="A05", reason="checked by the test")
+        assert opened["status"] == "opened", opened
+        assert (f"tech:{ME}", "open", "A05") in hub.audit()
+        assert not any(actor == "tech:alice" for actor, _, _ in hub.audit())
+
+
+# ---------------------------------------------------------------- other users (root)
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0, reason="connecting as another user (nobody) needs root to setuid()"
+)
+
+
+def as_user(user: str, sock: Path, requests: list[dict[str, Any]]) -> dict[str, Any]:
+    """In a child that drops to ``user`` (its own group, no others): connect to ``sock``,
+    send each request and read its reply. ``{"replies": [...]}`` (None where the
+    daemon had closed the connection), and ``"error"`` if a call failed."""
+    pw = pwd.getpwnam(user)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: plain syscalls only, then _exit
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(pw.pw_gid)
+            os.setuid(pw.pw_uid)
+            out: dict[str, Any] = {"replies": []}
+            try:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                    s.settimeout(10)
+                    s.connect(str(sock))
+                    f = s.makefile("rwb")
+                    for request in requests:
+                        f.write(json.dumps(request).encode() + b"\n")
+                        f.flush()
+                        line = f.readline()
+                        out["replies"].append(json.loads(line) if line else None)
+            except OSError as exc:
+                out["error"] = type(exc).__name__
+            os.write(w, json.dumps(out).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as pipe:
+        data = pipe.read()
+    os.waitpid(pid, 0)
+    assert data, "the child wrote nothing"
+    result: dict[str, Any] = json.loads(data)
+    return result
+
+
+def nobody() -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user nobody here")
+
+
+@needs_root
+async def test_a_member_of_the_technician_group_is_audited_as_themself() -> None:
+    import grp  # noqa: PLC0415
+
+    group = grp.getgrgid(nobody().pw_gid).gr_name  # nobody's own group: a member
+    async with daemon(paths={"technician_group": f'"{group}"'}) as hub:
+        assert hub.sock.stat().st_gid == nobody().pw_gid
+        got = await asyncio.to_thread(
+            as_user,
+            "nobody",
+            hub.sock,
+            [
+                {"op": "open", "label": "A05", "reason": "x", "actor": "tech:alice"},
+                {"op": "open", "label": "A05", "reason": "checked by nobody"},
+            ],
+        )
+        forged, opened = got["replies"]
+        assert forged["error"]["type"] == "bad_request"
+        assert opened["result"]["status"] == "opened", opened
+        assert ("tech:nobody", "open", "A05") in hub.audit()
+        assert not any(actor == "tech:alice" for actor, _, _ in hub.audit())
+
+
+@needs_root
+async def test_a_user_outside_the_technician_group_is_forbidden_and_disconnected() -> None:
+    user = nobody()
+    async with daemon() as hub:  # no technician group: root and lockerd's own user only
+        # the first gate: the socket's mode (0660, root's group)
+        got = await asyncio.to_thread(as_user, "nobody", hub.sock, [{"op": "status"}])
+        assert got == {"replies": [], "error": "PermissionError"}
+        # the second, when the mode lets too many in (a misconfigured group, a chmod)
+        hub.sock.chmod(0o666)
+        requests = [
+            {"op": "open", "label": "A05", "reason": "let me in"},
+            {"op": "status"},
+        ]
+        got = await asyncio.to_thread(as_user, "nobody", hub.sock, requests)
+        assert "error" not in got or got["error"] in ("BrokenPipeError", "ConnectionResetError")
+        refused = got["replies"][0]
+        assert refused["error"]["type"] == "forbidden", refused
+        assert "user nobody" in refused["error"]["message"]
+        assert got["replies"][1:] in ([], [None])  # and disconnected
+        assert (await hub.api("status"))["compartments"][4]["door_open"] is False
+        assert not any(label == "A05" for _, _, label in hub.audit())
+        warned = [json.loads(line) for line in hub.log.splitlines() if "api_peer_forbidden" in line]
+        assert [(w["uid"], w["user"]) for w in warned] == [(user.pw_uid, "nobody")]
+
+
+# ---------------------------------------------------------------- bounded
+def own_file_handles(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        return
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        pytest.skip(f"this test holds {needed} sockets; the hard limit here is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
+def connect_many(path: Path, n: int, within: float = 20.0) -> list[socket.socket]:
+    """``n`` connections to ``path``, held open and never used. Blocking connects: a
+    full backlog waits, as a real client's connect does, but no longer than ``within``
+    (then BlockingIOError: the daemon stopped accepting)."""
+    out = []
+    timeval = struct.pack("ll", int(within), 0)
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            out.append(s)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)  # bounds connect()
+            s.connect(str(path))
+    except BaseException:
+        for s in out:
+            s.close()
+        raise
+    return out
+
+
+async def test_2000_idle_connections_do_not_lock_the_keypad_out() -> None:
+    own_file_handles(2_000 + 1_000)
+    async with daemon() as hub:
+        # as under systemd without LimitNOFILE: 1,024 file handles
+        _, hard = resource.prlimit(hub.proc.pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(hub.proc.pid, resource.RLIMIT_NOFILE, (1024, hard))
+        idle = await asyncio.to_thread(connect_many, hub.keypad, 2_000)
+        try:
+            reply = await call(hub.keypad, {"op": "enter_code", "code": "00000000"})
+            assert reply["ok"], reply
+            assert reply["result"]["status"] == "refused"  # answered, the code checked
+            keypad = await hub.terminal_socket()
+            assert keypad["connections"] <= Api().max_connections
+            assert keypad["evicted"] >= 2_000 - Api().max_connections
+            assert hub.fds() < 200  # the daemon holds the cap, not the flood
+            assert (await hub.api("status"))["api"]["accept_failures"] == 0
+        finally:
+            for s in idle:
+                s.close()
+        assert "api_accept_failed" not in hub.log
+        assert "out of system resource" not in hub.log
+
+
+async def test_a_line_never_finished_is_dropped_after_the_read_timeout() -> None:
+    async with daemon(api={"read_timeout_s": 0.3}) as hub:  # (idle timeout: 300 s)
+        reader, writer = await asyncio.open_unix_connection(str(hub.keypad))
+        writer.write(b'{"op": "enter_code", "code": "1234')  # and never the rest
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), 20) == b""  # closed, no reply
+        writer.close()
+        assert await until_result(hub.terminal_socket, lambda s: s["connections"] == 0)
+        assert "api_read_timeout" in hub.log
+        reply = await call(hub.keypad, {"op": "enter_code", "code": "00000000"})
+        assert reply["result"]["status"] == "refused"
+
+
+async def test_every_connection_busy_tells_the_next_one_busy() -> None:
+    async with daemon(api={"max_connections": 2}) as hub:
+        await hub.api("sim_door", label="A05", action="jam")
+        await hub.api("sim_door", label="A06", action="jam")
+        # two opens of jammed doors: each waits open_confirm_s (3 s) for the door
+        opens = [
+            asyncio.create_task(call(hub.sock, {"op": "open", "label": label, "reason": "t"}))
+            for label in ("A05", "A06")
+        ]
+        # (the API logs a request once it has read it: then its connection is busy)
+        await until_result(
+            lambda: asyncio.to_thread(lambda: hub.log),
+            lambda log: log.count('"op": "open"') == 2,
+            what="both opens under way",
+        )
+        busy = await call(hub.sock, {"op": "status"})
+        assert busy["error"]["type"] == "busy", busy
+        assert [(await o)["result"]["status"] for o in opens] == ["jammed", "jammed"]
+        assert (await hub.api("status"))["api"]["sockets"][0]["refused_busy"] == 1
+
+
+async def test_running_out_of_file_handles_is_logged_once_not_once_a_second() -> None:
+    async with daemon(api={"max_connections": 64}) as hub:
+        # a technician connection kept open: it can still ask while no accept succeeds
+        reader, writer = await asyncio.open_unix_connection(str(hub.sock))
+
+        async def stats() -> dict[str, Any]:
+            writer.write(b'{"op": "status"}\n')
+            await writer.drain()
+            result: dict[str, Any] = json.loads(await reader.readline())["result"]["api"]
+            return result
+
+        await stats()
+        soft, hard = resource.prlimit(hub.proc.pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(hub.proc.pid, resource.RLIMIT_NOFILE, (hub.fds() + 2, hard))
+        flood = await asyncio.to_thread(connect_many, hub.keypad, 20)  # into the backlog
+        try:
+            # asyncio retries a failed accept every second: wait for three failures
+            await until_result(stats, lambda s: s["accept_failures"] >= 3, within=30)
+            lines = [line for line in hub.log.splitlines() if "api_accept_failed" in line]
+            assert len(lines) == 1, lines
+            assert "out of system resource" not in hub.log  # asyncio's own, with traceback
+        finally:
+            resource.prlimit(hub.proc.pid, resource.RLIMIT_NOFILE, (soft, hard))
+            for s in flood:
+                s.close()
+        writer.close()
+
+        async def keypad() -> Any:
+            with contextlib.suppress(OSError, TimeoutError):
+                return await call(hub.keypad, {"op": "enter_code", "code": "00000000"}, within=5)
+            return None
+
+        reply = await until_result(keypad, lambda r: r is not None, within=30)
+        assert reply["result"]["status"] == "refused"
+
+
+async def test_a_technician_cannot_flood_the_hub_with_actions() -> None:
+    async with daemon(api={"technician_burst": 3, "technician_per_minute": 0.5}) as hub:
+        seq = len(await hub.api("events", limit=10_000))
+        for in_service in (False, True, False):
+            done = await hub.api("service", label="A03", in_service=in_service)
+            assert done["status"] == "ok", done
+        waited = await hub.api("service", label="A03", in_service=True)
+        assert waited["status"] == "wait"
+        assert waited["wait_s"] > 0
+        assert waited["message"].startswith("Too many technician actions")
+        rc, out, _ = await lockerctl(hub.sock, "open", "A04", "--reason", "one more")
+        assert (rc, out.split(":")[0]) == (1, "wait")
+        status = await hub.api("status")
+        a03 = next(c for c in status["compartments"] if c["label"] == "A03")
+        assert a03["state"] == "out_of_service"  # the fourth toggle was not done
+        flips = (await hub.api("events", limit=10_000))[seq:]
+        assert [e["type"] for e in flips].count("compartment_service") <= 3
+        assert not any(e["type"] == "door_open_requested" for e in flips)
+        # reading is not an action, and a code is throttled as codes are
+        assert (await hub.api("alarms")) == []
+        code = await hub.api("enter_code", code="00000000")
+        assert code["status"] == "refused"
+        assert hub.log.count('"technician_rate_limited"') == 1  # once per spell
+
+
+async def test_many_clients_at_once_each_get_their_own_replies() -> None:
+    async with daemon(api={"max_connections": 64}) as hub:
+
+        async def technician(n: int) -> None:
+            reader, writer = await asyncio.open_unix_connection(str(hub.sock), limit=2**24)
+            try:
+                for i in range(8):
+                    kind = (n + i) % 4
+                    requests: list[dict[str, Any]] = [
+                        {"op": "status"},
+                        {"op": "events", "limit": 1 + i},
+                        {"op": "bus"},
+                        {"op": "parcels", "states": ["stored"]},
+                    ]
+                    writer.write(json.dumps(requests[kind]).encode() + b"\n")
+                    await writer.drain()
+                    reply = json.loads(await reader.readline())
+                    assert reply["ok"], reply
+                    result = reply["result"]
+                    if kind == 0:
+                        assert len(result["compartments"]) == 68
+                    elif kind == 1:
+                        assert isinstance(result, list)
+                        assert len(result) <= 1 + i
+                    elif kind == 2:
+                        assert sorted(b["bus"] for b in result) == ["A", "B", "C"]
+                    else:
+                        assert result == []
+            finally:
+                writer.close()
+
+        async def keypad(n: int) -> None:
+            reader, writer = await asyncio.open_unix_connection(str(hub.keypad))
+            try:
+                for i in range(8):
+                    code = i % 2 == 0
+                    request = (
+                        {"op": "enter_code", "code": f"{n:04d}{i:04d}"}
+                        if code
+                        else {"op": "status"}
+                    )
+                    writer.write(json.dumps(request).encode() + b"\n")
+                    await writer.drain()
+                    reply = json.loads(await reader.readline())
+                    if code:
+                        assert reply["result"]["status"] in ("refused", "wait"), reply
+                    else:
+                        assert reply["error"]["type"] == "forbidden", reply
+            finally:
+                writer.close()
+
+        await asyncio.wait_for(
+            asyncio.gather(*(technician(n) for n in range(48)), *(keypad(n) for n in range(24))),
+            60,
+        )
+        stats = (await hub.api("status"))["api"]
+        assert all(s["evicted"] == 0 and s["refused_busy"] == 0 for s in stats["sockets"])

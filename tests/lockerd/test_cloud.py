@@ -5,26 +5,27 @@ simulator (real ptys, real SQLite file); the cloud is an aiomqtt client."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import BaseModel
 
+from lockerd import cloud as cloud_module
 from lockerd import contract as c
+from lockerd import domain as d
 from lockerd.cloud import reservation
+from lockerd.cloudctl import load_signing_key
 from lockerd.codes import new_code
 from lockerd.config import Cloud
 from lockerd.daemon import Hub, demo_config, open_hub
@@ -37,7 +38,7 @@ HUB = "demo-hub"
 
 @dataclass
 class CloudSide:
-    """The cloud: watches lockers/HUB/#, sends commands, signs door opens."""
+    """The cloud: watches lockers/HUB/#, sends commands, signs what must be signed."""
 
     client: aiomqtt.Client
     key: Ed25519PrivateKey
@@ -56,13 +57,25 @@ class CloudSide:
         await self.client.publish(f"lockers/{HUB}/cmd", json.dumps(cmd), qos=1, retain=retain)
 
     def sign(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        sig = self.key.sign(c.canonical(cmd))
-        return {**cmd, "sig": base64.b64encode(sig).decode()}
+        return c.sign(cmd, self.key)
+
+    def grant(self, cmd: dict[str, Any], *, life: int = 3600) -> dict[str, Any]:
+        """A grant (reservation, codes, recall, bulk) as the cloud sends it: signed,
+        valid for ``life`` seconds."""
+        return c.sign({**cmd, "expires_at": cmd["issued_at"] + life}, self.key)
 
 
-def reserve_cmd(hub: Hub, cid: str, pid: str, deposit: str, pickup: str) -> dict[str, Any]:
+def cloud_key(hub: Hub) -> Ed25519PrivateKey:
+    """The cloud's signing key (the demo hub keeps the pair in its state directory)."""
+    return load_signing_key(hub.cfg.state_path("keys/cloud-commands.key"))
+
+
+def reserve_cmd(
+    hub: Hub, cid: str, pid: str, deposit: str, pickup: str, *, signed: bool = True
+) -> dict[str, Any]:
+    """A parcel.reserve, signed unless ``signed`` is false (an attacker's)."""
     now = int(time.time())
-    return {
+    cmd = {
         "id": cid,
         "type": "parcel.reserve",
         "hub": HUB,
@@ -74,6 +87,9 @@ def reserve_cmd(hub: Hub, cid: str, pid: str, deposit: str, pickup: str) -> dict
         "deposit_from": now - 60,
         "deposit_until": now + 86_400,
     }
+    if not signed:
+        return cmd
+    return c.sign({**cmd, "expires_at": now + 3600}, cloud_key(hub))
 
 
 def open_cmd(cid: str, label: str, *, life: int = 60, hub: str = HUB) -> dict[str, Any]:
@@ -113,9 +129,7 @@ async def running_hub(
 async def cloud_side(
     broker: Broker, hub: Hub, *, port: int | None = None, tls: ssl.SSLContext | None = None
 ) -> AsyncIterator[CloudSide]:
-    key_file = hub.cfg.state_path("keys/cloud-commands.key")
-    key = serialization.load_pem_private_key(key_file.read_bytes(), None)
-    assert isinstance(key, Ed25519PrivateKey)
+    key = cloud_key(hub)
     async with aiomqtt.Client(
         broker.host,
         port or broker.port,
@@ -364,6 +378,8 @@ def _parcel(hub: Hub, pid: str, dep: str, pick: str) -> tuple[Any, Any]:
 
 
 async def test_tls_with_client_certificates_and_acls(tmp_path: Path, make_broker: Any) -> None:
+    """The hub daemon end to end behind the shipped ACL (config/mosquitto-acl.conf), and
+    what the ACL keeps from a hub's identity: another hub's topics, and its own `cmd`."""
     broker = make_broker(tls=True, acl=True)
     hub_cert = broker.make_client_cert(HUB)
     cloud_cert = broker.make_client_cert("cloud")
@@ -382,40 +398,47 @@ async def test_tls_with_client_certificates_and_acls(tmp_path: Path, make_broker
         async with cloud_side(
             broker, hub, port=broker.tls_port, tls=cloud_cert.ssl_context()
         ) as side:
-            await side.send(reserve_cmd(hub, "tls-1", "P-tls", new_code(8), new_code(8)))
+            dep = new_code(8)
+            await side.send(reserve_cmd(hub, "tls-1", "P-tls", dep, new_code(8)))
             await eventually(lambda: bool(side.replies("tls-1")), what="reply over TLS")
             assert side.replies("tls-1")[0]["ok"] is True
-        # the hub's identity reaches only its own subtree (checked on the subscriber side:
-        # a denied publish still looks acknowledged)
-        async with (
-            aiomqtt.Client(
+            # everything the hub publishes passes the ACL: reply, evt, status, state
+            await eventually(lambda: bool(side.events("parcel_reserved")), what="the event")
+            await eventually(lambda: bool(side.of("state")), what="a snapshot")
+            assert side.of("status")[0]["state"] == "online"
+            assert (await hub.service.enter_code(dep, "keypad")).status == "opened"
+            await eventually(lambda: bool(side.events("door_opened")), what="door telemetry")
+
+            # whoever holds the hub's key (a client with its identity) cannot command
+            # the hub, read another hub's topics, nor publish on them
+            async with aiomqtt.Client(
                 broker.host,
                 broker.tls_port,
                 identifier="spy",
                 protocol=aiomqtt.ProtocolVersion.V5,
                 tls_context=hub_cert.ssl_context(),
-            ) as as_hub,
-            aiomqtt.Client(
-                broker.host,
-                broker.tls_port,
-                identifier="cloud-2",
-                protocol=aiomqtt.ProtocolVersion.V5,
-                tls_context=cloud_cert.ssl_context(),
-            ) as as_cloud,
-        ):
-            await as_hub.subscribe("lockers/other-hub/#", qos=1)
-            await as_hub.subscribe(f"lockers/{HUB}/probe", qos=1)
-            await as_cloud.subscribe("lockers/other-hub/#", qos=1)
-            await as_hub.publish("lockers/other-hub/evt", b"forged", qos=1)
-            await as_cloud.publish("lockers/other-hub/cmd", b"secret", qos=1)
-            await as_cloud.publish(f"lockers/{HUB}/probe", b"sentinel", qos=1)
-            got = await asyncio.wait_for(anext(as_hub.messages), 5)
-            assert str(got.topic) == f"lockers/{HUB}/probe"  # not the other hub's command
-            await as_cloud.publish("lockers/other-hub/evt", b"sentinel", qos=1)
-            seen = await asyncio.wait_for(anext(as_cloud.messages), 5)
-            assert str(seen.topic) == "lockers/other-hub/cmd"  # its own publish echoes...
-            seen = await asyncio.wait_for(anext(as_cloud.messages), 5)
-            assert seen.payload == b"sentinel"  # ...and the hub's forged event never arrived
+            ) as as_hub:
+                await as_hub.subscribe("lockers/other-hub/#", qos=1)
+                await as_hub.subscribe(f"lockers/{HUB}/#", qos=1)
+                now = int(time.time())
+                forged = reserve_cmd(hub, "forged-1", "P-forged", new_code(8), new_code(8))
+                await as_hub.publish(f"lockers/{HUB}/cmd", json.dumps(forged), qos=1)
+                await as_hub.publish("lockers/other-hub/evt", b"forged", qos=1)
+                await side.client.publish("lockers/other-hub/cmd", b"secret", qos=1)
+                sentinel = {"id": "sentinel-1", "type": "sync.request", "hub": HUB}
+                await side.send({**sentinel, "issued_at": now})
+                got = await asyncio.wait_for(anext(as_hub.messages), 5)
+                # its own commands only: not the other hub's, not its own forged one
+                assert str(got.topic) == f"lockers/{HUB}/cmd"
+                assert json.loads(bytes(got.payload))["id"] == "sentinel-1"  # type: ignore[arg-type,unused-ignore]
+                await eventually(lambda: bool(side.replies("sentinel-1")), what="the sentinel")
+                await asyncio.sleep(0.2)  # proving absence, bounded
+                assert len(as_hub.messages) == 0  # nor what the hub itself sends
+            assert not side.replies("forged-1")  # the hub never got it
+            assert hub.store.parcel("P-forged") is None
+            cmds = [m for t, m, _ in side.seen if t.endswith("/cmd")]
+            assert [m["id"] for m in cmds] == ["tls-1", "sentinel-1"]  # never the forged one
+    assert "Denied PUBLISH" in broker.log_tail(500)
 
 
 async def test_a_hub_with_a_bad_certificate_is_refused(tmp_path: Path, make_broker: Any) -> None:
@@ -482,13 +505,15 @@ async def test_every_other_command_over_mqtt(tmp_path: Path, broker: Broker) -> 
         dep, pick, new_pick, recall = (new_code(8) for _ in range(4))
         await cloud.send(reserve_cmd(hub, "c-res", "P-1", dep, pick))
         await cloud.send(
-            {
-                **env,
-                "id": "c-upd",
-                "type": "parcel.update_codes",
-                "parcel": "P-1",
-                "pickup_code_hash": h.hash(new_pick),
-            }
+            cloud.grant(
+                {
+                    **env,
+                    "id": "c-upd",
+                    "type": "parcel.update_codes",
+                    "parcel": "P-1",
+                    "pickup_code_hash": h.hash(new_pick),
+                }
+            )
         )
         await cloud.send(
             {
@@ -500,17 +525,19 @@ async def test_every_other_command_over_mqtt(tmp_path: Path, broker: Broker) -> 
             }
         )
         await cloud.send(
-            {
-                **env,
-                "id": "c-ret",
-                "type": "return.reserve",
-                "parcel": "R-1",
-                "size": "S",
-                "deposit_code_hash": h.hash(new_code(8)),
-                "pickup_code_hash": h.hash(new_code(8)),
-                "deposit_from": now - 60,
-                "deposit_until": now + 3600,
-            }
+            cloud.grant(
+                {
+                    **env,
+                    "id": "c-ret",
+                    "type": "return.reserve",
+                    "parcel": "R-1",
+                    "size": "S",
+                    "deposit_code_hash": h.hash(new_code(8)),
+                    "pickup_code_hash": h.hash(new_code(8)),
+                    "deposit_from": now - 60,
+                    "deposit_until": now + 3600,
+                }
+            )
         )
         bulk = [
             {
@@ -524,7 +551,9 @@ async def test_every_other_command_over_mqtt(tmp_path: Path, broker: Broker) -> 
             for i in range(3)
         ]
         bulk.append({**bulk[0], "parcel": "B-dup-code"})
-        await cloud.send({**env, "id": "c-bulk", "type": "codes.bulk", "reservations": bulk})
+        await cloud.send(
+            cloud.grant({**env, "id": "c-bulk", "type": "codes.bulk", "reservations": bulk})
+        )
         await cloud.send({**env, "id": "c-sync", "type": "sync.request"})
         ids = ["c-res", "c-upd", "c-svc", "c-ret", "c-bulk", "c-sync"]
         await eventually(lambda: all(cloud.replies(i) for i in ids), what="every reply")
@@ -532,6 +561,7 @@ async def test_every_other_command_over_mqtt(tmp_path: Path, broker: Broker) -> 
         result = cloud.replies("c-bulk")[0]["result"]
         assert result["reserved"] == 3
         assert result["code_conflict"] == ["B-dup-code"]
+        assert result["code_used"] == []
         snap = cloud.replies("c-sync")[0]["result"]
         a01 = next(x for x in snap["compartments"] if x["label"] == "A01")
         assert a01["state"] == "out_of_service"
@@ -545,18 +575,247 @@ async def test_every_other_command_over_mqtt(tmp_path: Path, broker: Broker) -> 
         # a recall code for a stored (not yet expired) parcel is accepted; it opens only
         # once the parcel has expired (the domain rules)
         await cloud.send(
-            {
-                **env,
-                "id": "c-rec",
-                "type": "parcel.recall",
-                "parcel": "P-1",
-                "recall_code_hash": h.hash(recall),
-            }
+            cloud.grant(
+                {
+                    **env,
+                    "id": "c-rec",
+                    "type": "parcel.recall",
+                    "parcel": "P-1",
+                    "recall_code_hash": h.hash(recall),
+                }
+            )
         )
         await eventually(lambda: bool(cloud.replies("c-rec")), what="recall reply")
         assert cloud.replies("c-rec")[0]["ok"] is True
         assert (await hub.service.enter_code(recall, "keypad:2")).status == "refused"
         assert (await hub.service.enter_code(new_pick, "keypad:3")).status == "opened"
+
+
+# --------------------------------------------------------------------------------------
+# Signed authority: what an attacker on the command topic tried (issue 10)
+
+
+async def _deposit(hub: Hub, code: str, pid: str, terminal: str = "keypad") -> str:
+    out = await hub.service.enter_code(code, terminal)
+    assert out.status == "opened", out
+    assert out.compartment is not None
+    hub.sims["A"].board(0).close_door(int(out.compartment[1:]))
+    await eventually(
+        lambda: getattr(hub.store.parcel(pid), "state", None) is d.ParcelState.STORED,
+        what=f"{pid} stored",
+        within=10,
+    )
+    return out.compartment
+
+
+async def _collect(hub: Hub, code: str, pid: str) -> None:
+    out = await hub.service.enter_code(code, "keypad")
+    assert out.status == "opened", out
+    assert out.compartment is not None
+    hub.sims["A"].board(0).close_door(int(out.compartment[1:]))
+    await eventually(
+        lambda: getattr(hub.store.parcel(pid), "state", None) is d.ParcelState.COLLECTED,
+        what=f"{pid} collected",
+        within=10,
+    )
+
+
+async def _reply(cloud: CloudSide, cid: str) -> dict[str, Any]:
+    await eventually(lambda: bool(cloud.replies(cid)), what=f"the reply to {cid}")
+    return cloud.replies(cid)[-1]
+
+
+async def test_a_spent_code_cannot_be_attached_to_another_parcel(
+    tmp_path: Path, broker: Broker
+) -> None:
+    """The hole: a carrier saw its own (spent) deposit code's hash on the command topic
+    and attached it, with an unsigned parcel.update_codes, to someone else's stored
+    parcel. Unsigned, it is refused; signed (the cloud's own mistake), the tombstone
+    refuses it. Either way the door does not open with that code."""
+    async with running_hub(tmp_path, broker) as hub, cloud_side(broker, hub) as cloud:
+        assert hub.cloud is not None
+        await asyncio.wait_for(hub.cloud.connected.wait(), 10)
+        h = hub.service.hasher
+        dep1, pick1, dep2, pick2 = (new_code(8) for _ in range(4))
+        await cloud.send(reserve_cmd(hub, "r-1", "P-1", dep1, pick1))
+        await cloud.send(reserve_cmd(hub, "r-2", "P-2", dep2, pick2))
+        assert (await _reply(cloud, "r-1"))["ok"] is True
+        assert (await _reply(cloud, "r-2"))["ok"] is True
+        await _deposit(hub, dep1, "P-1")  # the carrier's deposit code is spent now
+        await _collect(hub, pick1, "P-1")  # and the resident's pickup code
+        label = await _deposit(hub, dep2, "P-2")
+        board = hub.sims["A"].board(0)
+        unlocks = board.unlocks_of(int(label[1:]))
+        now = int(time.time())
+        attack = {
+            "id": "evil-1",
+            "type": "parcel.update_codes",
+            "hub": HUB,
+            "issued_at": now,
+            "parcel": "P-2",
+            "pickup_code_hash": h.hash(dep1),
+        }
+        await cloud.send(attack)
+        reply = await _reply(cloud, "evil-1")
+        assert (reply["ok"], reply["status"]) == (False, "unsigned")
+        await eventually(
+            lambda: any(e["data"]["command"] == "evil-1" for e in cloud.events("command_refused")),
+            what="the refusal's event",
+        )
+        assert (await hub.service.enter_code(dep1, "keypad:2")).status != "opened"
+        # the same, signed: the cloud itself re-used a spent code (or a replaced one)
+        for n, spent in enumerate((dep1, pick1)):
+            cid = f"evil-signed-{n}"
+            await cloud.send(cloud.grant({**attack, "id": cid, "pickup_code_hash": h.hash(spent)}))
+            reply = await _reply(cloud, cid)
+            assert (reply["ok"], reply["status"]) == (False, "refused")
+            assert "used before" in reply["message"]
+            assert (await hub.service.enter_code(spent, f"keypad:{3 + n}")).status != "opened"
+        assert board.unlocks_of(int(label[1:])) == unlocks  # the door never opened
+        assert hub.store.code(h.hash(pick2)) is not None  # P-2's own code is untouched
+        await _collect(hub, pick2, "P-2")
+
+
+@pytest.mark.parametrize(
+    "kind", ["parcel.reserve", "return.reserve", "parcel.recall", "codes.bulk"]
+)
+async def test_an_unsigned_grant_is_refused_and_stores_nothing(
+    tmp_path: Path, broker: Broker, kind: str
+) -> None:
+    async with running_hub(tmp_path, broker) as hub, cloud_side(broker, hub) as cloud:
+        assert hub.cloud is not None
+        await asyncio.wait_for(hub.cloud.connected.wait(), 10)
+        h = hub.service.hasher
+        dep, pick, evil = new_code(8), new_code(8), new_code(8)
+        await cloud.send(reserve_cmd(hub, "r-1", "P-1", dep, pick))
+        assert (await _reply(cloud, "r-1"))["ok"] is True
+        await _deposit(hub, dep, "P-1")
+        now = int(time.time())
+        one = reserve_cmd(hub, "x", "P-evil", evil, new_code(8), signed=False)
+        res = {k: v for k, v in one.items() if k not in ("id", "type", "hub", "issued_at")}
+        env = {"id": "evil", "hub": HUB, "issued_at": now}
+        cmd = {
+            "parcel.reserve": {**env, **res, "type": "parcel.reserve"},
+            "return.reserve": {**env, **res, "type": "return.reserve"},
+            "parcel.recall": {
+                **env,
+                "type": "parcel.recall",
+                "parcel": "P-1",
+                "recall_code_hash": h.hash(evil),
+            },
+            "codes.bulk": {**env, "type": "codes.bulk", "reservations": [res]},
+        }[kind]
+        stranger = CloudSide(cloud.client, Ed25519PrivateKey.generate())
+        variants: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+            "unsigned": lambda m: m,
+            "tampered": lambda m: cloud.grant(m) | {"issued_at": now + 1},
+            "wrong_key": stranger.grant,
+            "too_long": lambda m: cloud.grant(m, life=8 * 86_400),
+        }
+        reasons = {"tampered": "bad_signature", "wrong_key": "bad_signature"}
+        for variant, make in variants.items():
+            cid = f"evil-{variant}"
+            await cloud.send(make({**cmd, "id": cid}))
+            reply = await _reply(cloud, cid)
+            reason = reasons.get(variant, variant.replace("too_long", "lifetime_too_long"))
+            assert (reply["ok"], reply["status"]) == (False, reason), reply
+        assert hub.store.parcel("P-evil") is None
+        assert hub.store.code(h.hash(evil)) is None
+        assert not cloud.events("parcel_codes_changed")
+        assert (await hub.service.enter_code(evil, "keypad:2")).status != "opened"
+
+
+async def test_a_replayed_reservation_does_nothing_again(tmp_path: Path, broker: Broker) -> None:
+    """A signed reservation captured on the topic and sent again after its parcel was
+    collected: under its id it gets the stored reply; under another id its signature
+    breaks; once the inbox forgot it, it has expired; and the cloud's own re-issue of
+    its codes meets the tombstones."""
+    async with running_hub(tmp_path, broker) as hub, cloud_side(broker, hub) as cloud:
+        assert hub.cloud is not None
+        link = hub.cloud
+        await asyncio.wait_for(link.connected.wait(), 10)
+        dep, pick = new_code(8), new_code(8)
+        captured = reserve_cmd(hub, "r-1", "P-1", dep, pick)
+        await cloud.send(captured)
+        assert (await _reply(cloud, "r-1"))["ok"] is True
+        await _deposit(hub, dep, "P-1")
+        await _collect(hub, pick, "P-1")
+        await cloud.send(captured)  # the replay
+        await eventually(lambda: len(cloud.replies("r-1")) == 2, what="the stored reply")
+        assert cloud.replies("r-1")[1]["duplicate"] is True
+        await cloud.send({**captured, "id": "r-1-again", "parcel": "P-again"})
+        assert (await _reply(cloud, "r-1-again"))["status"] == "bad_signature"
+        # the inbox row pruned (after the retention) and the lifetime over: expired
+        await hub.service.run_db(hub.store._db.execute, "DELETE FROM inbox WHERE command_id='r-1'")
+        real = link.clock
+        link.clock = lambda: real() + link.cfg.grant_max_life_s + link.cfg.command_skew_s + 60
+        try:
+            await cloud.send(captured)
+            await eventually(lambda: len(cloud.replies("r-1")) == 3, what="the third reply")
+            assert cloud.replies("r-1")[2]["status"] == "expired"
+        finally:
+            link.clock = real
+        # the cloud itself re-issues the spent codes for a new parcel: the tombstones
+        await cloud.send(
+            cloud.grant(
+                {
+                    **{k: v for k, v in captured.items() if k not in ("sig", "expires_at")},
+                    "id": "r-2",
+                    "parcel": "P-2",
+                }
+            )
+        )
+        reply = await _reply(cloud, "r-2")
+        assert (reply["status"], reply["ok"]) == ("refused", False)
+        assert "used before" in reply["message"]
+        assert hub.store.parcel("P-2") is None
+        assert len(cloud.events("parcel_reserved")) == 1
+        for n, code in enumerate((dep, pick)):
+            assert (await hub.service.enter_code(code, f"keypad:{n + 2}")).status != "opened"
+
+
+@pytest.mark.parametrize("big", [False, True], ids=["small", "big"])
+async def test_a_tampered_signed_bulk_is_refused(tmp_path: Path, broker: Broker, big: bool) -> None:
+    """codes.bulk: the small one verified over its JSON object, the big one (over
+    cloud.BIG, validated straight from its bytes) over the canonical bytes of its model."""
+    async with running_hub(tmp_path, broker) as hub, cloud_side(broker, hub) as cloud:
+        assert hub.cloud is not None
+        await asyncio.wait_for(hub.cloud.connected.wait(), 10)
+        h = hub.service.hasher
+        now = int(time.time())
+        n = 400 if big else 3
+        bulk = [
+            {
+                "parcel": f"B-{i}",
+                "size": "S",
+                "deposit_code_hash": h.hash(f"7{i:07d}"),
+                "pickup_code_hash": h.hash(f"8{i:07d}"),
+                "deposit_from": now - 60,
+                "deposit_until": now + 3600,
+                **({"recall_code_hash": None, "accessible": False} if i % 2 else {}),
+            }
+            for i in range(n)
+        ]
+        env = {"hub": HUB, "issued_at": now, "type": "codes.bulk"}
+        good = cloud.grant({**env, "id": "bulk-ok", "reservations": bulk})
+        assert (len(json.dumps(good)) > cloud_module.BIG) is big
+        evil = h.hash("12345678")
+        tampered = cloud.grant({**env, "id": "bulk-evil", "reservations": bulk})
+        tampered["reservations"] = [
+            *bulk[:-1],
+            {**bulk[-1], "parcel": "B-evil", "pickup_code_hash": evil},
+        ]
+        await cloud.send(tampered)
+        reply = await _reply(cloud, "bulk-evil")
+        assert (reply["ok"], reply["status"]) == (False, "bad_signature")
+        assert hub.store.parcels() == []
+        await cloud.send({k: v for k, v in good.items() if k != "sig"} | {"id": "bulk-bare"})
+        assert (await _reply(cloud, "bulk-bare"))["status"] == "unsigned"
+        await cloud.send(good)
+        reply = await _reply(cloud, "bulk-ok")
+        assert reply["ok"] is True, reply
+        assert reply["result"]["reserved"] == n
+        assert hub.store.code(evil) is None
 
 
 async def test_a_stop_while_the_broker_goes_away_still_stops(

@@ -5,7 +5,6 @@ is neither lost nor applied twice (ADR 0009). The kill comes from a named failpo
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import os
@@ -18,10 +17,9 @@ from typing import Any
 
 import aiomqtt
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lockerd import contract as c
+from lockerd.cloudctl import load_signing_key
 from lockerd.codes import CodeHasher, load_key
 from tests.broker import Broker
 from tests.helpers import eventually
@@ -141,11 +139,12 @@ async def test_a_reservation_survives_a_kill_before_its_ack(
     await first_run(state, broker)
     hasher = CodeHasher(load_key(state / "keys" / "code-hmac.key"))
     now = int(time.time())
-    cmd = {
+    body = {
         "id": "res-1",
         "type": "parcel.reserve",
         "hub": HUB,
         "issued_at": now,
+        "expires_at": now + 3600,
         "parcel": "P-crash",
         "size": "S",
         "deposit_code_hash": hasher.hash("11223344"),
@@ -153,6 +152,7 @@ async def test_a_reservation_survives_a_kill_before_its_ack(
         "deposit_from": now - 60,
         "deposit_until": now + 3600,
     }
+    cmd = c.sign(body, load_signing_key(state / "keys" / "cloud-commands.key"))
     async with cloud(broker) as (client, seen):
         proc = await start(state, broker, failpoint)
         await born(seen, boot=2)  # subscribed again: the command reaches it live
@@ -183,12 +183,8 @@ async def test_a_signed_open_killed_before_its_pulse_is_never_pulsed(
 ) -> None:
     state = tmp_path / "hub"
     await first_run(state, broker)
-    key = serialization.load_pem_private_key(
-        (state / "keys" / "cloud-commands.key").read_bytes(), None
-    )
-    assert isinstance(key, Ed25519PrivateKey)
     now = int(time.time())
-    cmd: dict[str, Any] = {
+    body: dict[str, Any] = {
         "id": "open-1",
         "type": "compartment.open",
         "hub": HUB,
@@ -197,7 +193,7 @@ async def test_a_signed_open_killed_before_its_pulse_is_never_pulsed(
         "compartment": "A05",
         "reason": "support",
     }
-    cmd["sig"] = base64.b64encode(key.sign(c.canonical(cmd))).decode()
+    cmd = c.sign(body, load_signing_key(state / "keys" / "cloud-commands.key"))
     async with cloud(broker) as (client, seen):
         proc = await start(state, broker, "cloud.open_committed")
         await born(seen, boot=2)  # subscribed again: the command reaches it live

@@ -190,3 +190,61 @@ def test_the_example_for_real_hardware_is_valid_once_its_key_exists(tmp_path: Pa
     cfg = parse(text)
     assert cfg.buses[1].port.startswith("tcp://")
     assert len(cfg.compartments) == 8
+
+
+def test_a_hub_may_not_take_the_clouds_name_on_the_broker() -> None:
+    text = (ROOT / "config" / "demo-hub.toml").read_text()
+    text = text.replace('hub_id = "demo-hub"', 'hub_id = "cloud"')
+    with pytest.raises(ConfigInvalid) as exc:
+        parse(text, "hub.toml")
+    assert [p.where for p in exc.value.problems] == ["hub_id"]
+
+
+def test_socket_group_was_renamed_and_check_config_says_to_what() -> None:
+    (p,) = problems(GOOD + '\n[paths]\nsocket_group = "lockerd"\n')
+    assert p.where == "paths.socket_group"
+    assert p.message == "socket_group was renamed technician_group"
+    assert "technician_group" in p.fix
+    assert "[[terminals]]" in p.fix
+    assert p.line is not None
+
+
+def test_each_terminal_has_a_socket_and_a_name_of_its_own() -> None:
+    terminals = """
+[paths]
+socket = "/run/lockerd/api.sock"
+
+[[terminals]]
+name = "keypad:1"
+socket = "/run/lockerd/keypad-1.sock"
+
+[[terminals]]
+name = "keypad:1"
+socket = "/run/lockerd/api.sock"
+
+[[terminals]]
+name = "tech:alice"
+socket = "/run/lockerd/alice.sock"
+"""
+    found = {(p.where, p.message.split(":")[0]) for p in problems(GOOD + terminals)}
+    assert ("terminals[2].name", "Value error, tech") in found  # not a technician's name
+    found = {(p.where, p.message) for p in problems(GOOD + terminals.replace("tech:", "kiosk:"))}
+    assert found == {
+        ("terminals[1].name", "terminal name 'keypad:1' is used twice"),
+        (
+            "terminals[1].socket",
+            "socket /run/lockerd/api.sock is also the technician socket (paths.socket)",
+        ),
+    }
+
+
+def test_the_api_bounds_have_defaults_and_limits() -> None:
+    cfg = parse(GOOD)
+    assert (cfg.api.max_connections, cfg.api.idle_timeout_s, cfg.api.read_timeout_s) == (
+        32,
+        300.0,
+        5.0,
+    )
+    assert (cfg.api.technician_burst, cfg.api.technician_per_minute) == (20, 30.0)
+    (p,) = problems(GOOD + "\n[api]\nmax_connections = 0\n")
+    assert p.where == "api.max_connections"

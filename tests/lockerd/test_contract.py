@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -348,14 +348,15 @@ json_values = st.recursive(
     max_leaves=8,
 )
 seconds = st.floats(min_value=0, max_value=2e9, allow_nan=False)
+type_names = st.from_regex(c.TYPE_PATTERN, fullmatch=True)
 hub_messages = st.one_of(
     st.builds(
         c.Reply,
         id=ids,
         hub=st.just("hub-0042"),
-        type=st.text(max_size=64),
+        type=type_names,
         ok=st.booleans(),
-        status=st.text(max_size=20),
+        status=st.from_regex(r"[a-z_]{1,32}", fullmatch=True),
         message=st.text(max_size=20),
         result=st.dictionaries(st.text(max_size=5), json_values, max_size=3),
         duplicate=st.booleans(),
@@ -366,7 +367,7 @@ hub_messages = st.one_of(
         hub=st.just("hub-0042"),
         seq=st.integers(min_value=1, max_value=2**53),
         id=st.uuids().map(str),
-        type=st.text(min_size=1, max_size=30),
+        type=type_names,
         at=seconds,
         data=st.dictionaries(st.text(max_size=5), json_values, max_size=3),
     ),
@@ -516,3 +517,120 @@ def test_the_guide_lists_every_refusal_reason_and_the_defaults() -> None:
     days = Cloud.model_fields["session_expiry_s"].default / 86_400
     assert f"(default {days:g} days)" in text
     assert f"(default `{Cloud.model_fields['prefix'].default}`)" in text
+
+
+# ======================================================================================
+# (e) signed grants: the canonical bytes of the big codes.bulk, and the lifetimes
+# ======================================================================================
+
+EXAMPLE_KEY = Ed25519PrivateKey.from_private_bytes(asyncapi.EXAMPLE_SEED)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    _command("codes.bulk", reservations=st.lists(reservation, max_size=4)),
+    st.booleans(),
+    st.data(),
+)
+def test_a_bulk_validated_from_its_bytes_has_the_canonical_bytes_of_its_json(
+    cmd: dict[str, Any], indent: bool, data: st.DataObject
+) -> None:
+    """The big codes.bulk is validated straight from its bytes, no dict built: its
+    canonical bytes then come from the model (``canonical_model``), and they are
+    exactly ``canonical`` of what ``json.loads`` makes of the same bytes, whichever
+    optional fields were sent (an explicit ``null`` or default included), in any key
+    order, with non-ASCII escaped or not."""
+    items = list(cmd.items())
+    order = data.draw(st.permutations(items), label="key order")
+    body = json.dumps(
+        dict(order), indent=2 if indent else None, ensure_ascii=data.draw(st.booleans())
+    ).encode()
+    model = c.COMMAND.validate_json(body)
+    assert isinstance(model, c.CodesBulk)
+    assert c.canonical_model(model) == c.canonical(json.loads(body))
+
+
+def _bulk(n: int, **extra: Any) -> dict[str, Any]:
+    t = asyncapi.EXAMPLE_TIME
+    one = example("codes.bulk")["reservations"][0]
+    return {
+        "id": "bulk-1",
+        "type": "codes.bulk",
+        "hub": "hub-0042",
+        "issued_at": t,
+        "expires_at": t + 86_400,
+        "reservations": [
+            {**one, "parcel": f"P-{i}", "pickup_code_hash": f"{i:064x}", **extra} for i in range(n)
+        ],
+    }
+
+
+@pytest.mark.parametrize(
+    "extra", [{}, {"recall_code_hash": None, "accessible": False, "kind": "delivery"}]
+)
+def test_the_big_bulk_fast_path_verifies_exactly_what_was_signed(extra: dict[str, Any]) -> None:
+    key = EXAMPLE_KEY.public_key()
+    verifier = Verifier("hub-0042", key, SKEW, LIFE, 7 * 86_400)
+    now = asyncapi.EXAMPLE_TIME + 10
+    signed = c.sign(_bulk(400, **extra), EXAMPLE_KEY)
+    body = json.dumps(signed).encode()
+    assert len(body) > cloud.BIG
+    fast = cloud._valid_bulk(body)  # what the hub does with a big codes.bulk
+    assert fast is not None
+    assert verifier.refusal(None, fast, now) is None
+    assert verifier.refusal(json.loads(body), fast, now) is None  # the same bytes either way
+    tampered = json.loads(body)
+    tampered["reservations"][7]["pickup_code_hash"] = "f" * 64
+    fast = cloud._valid_bulk(json.dumps(tampered).encode())
+    assert fast is not None
+    assert verifier.refusal(None, fast, now) == "bad_signature"
+    dropped = {**signed, "reservations": signed["reservations"][:-1]}
+    fast = cloud._valid_bulk(json.dumps(dropped).encode())
+    assert fast is not None
+    assert verifier.refusal(None, fast, now) == "bad_signature"
+
+
+def test_grants_may_live_longer_than_a_door_opened_now() -> None:
+    key = EXAMPLE_KEY.public_key()
+    grant_life = float(Cloud.model_fields["grant_max_life_s"].default)
+    assert grant_life == 7 * 86_400  # as long as the broker keeps the hub's session
+    verifier = Verifier("hub-0042", key, SKEW, LIFE, grant_life)
+    t = asyncapi.EXAMPLE_TIME
+    reserve = {k: v for k, v in example("parcel.reserve").items() if k != "sig"}
+    opening = {k: v for k, v in asyncapi.worked_example().command.items() if k != "sig"}
+    for body, life, reason in [
+        (reserve, grant_life, None),
+        (reserve, grant_life + 1, "lifetime_too_long"),
+        (opening, LIFE, None),
+        (opening, LIFE + 1, "lifetime_too_long"),
+        (opening, grant_life, "lifetime_too_long"),  # an open is never sent ahead
+    ]:
+        signed = c.sign({**body, "expires_at": t + int(life)}, EXAMPLE_KEY)
+        assert verifier.refusal(signed, parse("cmd", signed), t + 10) == reason, (body, life)
+    # every signed grant needs expires_at, as an open does
+    bare = c.sign({k: v for k, v in reserve.items() if k != "expires_at"}, EXAMPLE_KEY)
+    assert verifier.refusal(bare, parse("cmd", bare), t) == "no_expiry"
+
+
+def test_every_command_that_grants_or_opens_is_signed_and_the_rest_say_why_not() -> None:
+    assert {
+        "parcel.reserve",
+        "return.reserve",
+        "parcel.update_codes",
+        "parcel.recall",
+        "codes.bulk",
+        "compartment.open",
+    } == c.SIGNED
+    assert c.OPENS_NOW <= c.SIGNED
+    # the examples of the document are signed as the cloud must sign them
+    key = EXAMPLE_KEY.public_key()
+    verifier = Verifier("hub-0042", key, SKEW, LIFE, 7 * 86_400)
+    for name in c.SIGNED:
+        for _, payload in asyncapi.examples()[name]:
+            cmd = parse("cmd", payload)
+            assert verifier.refusal(payload, cmd, payload["issued_at"]) is None, name
+    assert set(asyncapi.command_models()) - c.SIGNED == {
+        "parcel.cancel",
+        "compartment.set_service",
+        "sync.request",
+    }

@@ -1,5 +1,6 @@
 """`lockerd demo` as a newcomer runs it: a whole hub on the simulator, driven with
-lockerctl; killed with SIGKILL and resumed from its state directory."""
+lockerctl (codes at the keypad's terminal socket, the rest at the technician's); killed
+with SIGKILL and resumed from its state directory."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from tests.helpers import until_result
 PARCEL = re.compile(r"^parcel (\S+) size (\S+) deposit (\d+) pickup (\d+)$")
 
 
-async def start_demo(state: Path, sock: Path) -> tuple[asyncio.subprocess.Process, list[str]]:
+async def start_demo(
+    state: Path, sock: Path, keypad: Path
+) -> tuple[asyncio.subprocess.Process, list[str]]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
@@ -25,6 +28,8 @@ async def start_demo(state: Path, sock: Path) -> tuple[asyncio.subprocess.Proces
         str(state),
         "--socket",
         str(sock),
+        "--terminal-socket",
+        str(keypad),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -63,9 +68,11 @@ async def parcel_state(sock: Path, pid: str) -> str:
 
 
 async def test_a_newcomer_deposits_collects_and_the_hub_survives_a_kill(tmp_path: Path) -> None:
-    state, sock = tmp_path / "hub", tmp_path / "api.sock"
-    proc, lines = await start_demo(state, sock)
+    state, sock, keypad = tmp_path / "hub", tmp_path / "api.sock", tmp_path / "keypad.sock"
+    proc, lines = await start_demo(state, sock, keypad)
     try:
+        assert f"terminal-socket {keypad}" in lines
+        assert any(f"--socket {keypad} enter-code DEPOSIT-CODE" in line for line in lines)
         parcels = [m.groups() for line in lines if (m := PARCEL.match(line))]
         assert [(p[0], p[1]) for p in parcels] == [
             ("DEMO-001", "S"),
@@ -74,7 +81,7 @@ async def test_a_newcomer_deposits_collects_and_the_hub_survives_a_kill(tmp_path
             ("DEMO-004", "S"),  # a return
         ]
         pid, _, deposit, pickup = parcels[1]
-        opened = await ctl(sock, "enter-code", deposit)
+        opened = await ctl(keypad, "enter-code", deposit)  # at the keypad
         assert isinstance(opened, dict)
         assert opened["status"] == "opened"
         label = str(opened["compartment"])
@@ -88,7 +95,7 @@ async def test_a_newcomer_deposits_collects_and_the_hub_survives_a_kill(tmp_path
     finally:
         proc.send_signal(signal.SIGKILL)  # a power cut, as far as lockerd can tell
         await proc.wait()
-    proc, lines = await start_demo(state, sock)
+    proc, lines = await start_demo(state, sock, keypad)
     try:
         assert any("resumed an existing demo hub" in line for line in lines)
         status = await ctl(sock, "status")
@@ -102,10 +109,10 @@ async def test_a_newcomer_deposits_collects_and_the_hub_survives_a_kill(tmp_path
             ("C", "kerong-cu16@0"),
         }
         assert await parcel_state(sock, pid) == "stored"  # nothing lost in the kill
-        again = await ctl(sock, "enter-code", deposit)
+        again = await ctl(keypad, "enter-code", deposit)
         assert isinstance(again, dict)
         assert again["status"] == "refused"  # the deposit code was spent
-        opened = await ctl(sock, "enter-code", pickup)
+        opened = await ctl(keypad, "enter-code", pickup)
         assert isinstance(opened, dict)
         assert opened["status"] == "opened"
         assert opened["compartment"] == label

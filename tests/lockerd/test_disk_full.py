@@ -97,13 +97,19 @@ async def test_a_full_disk_keeps_pickups_going(tmp_path: Path, small_disk: Path)
         assert reply["ok"], reply
         return reply["result"]
 
+    async def keypad(code: str) -> Any:
+        """A code at keypad:1 (its terminal socket)."""
+        reply = await call(tmp_path / "terminal.sock", {"op": "enter_code", "code": code})
+        assert reply["ok"], reply
+        return reply["result"]
+
     async def parcel_state(pid: str) -> str:
         return str(next(p["state"] for p in await api("parcels") if p["id"] == pid))
 
     async with run_daemon(tmp_path, config) as proc:
         await api_up(sock, proc)
         assert (state / "disk-reserve").stat().st_size == 2**20
-        opened = await api("enter_code", code=codes["DF-1"][0], terminal="keypad:1")
+        opened = await keypad(codes["DF-1"][0])
         assert opened["status"] == "opened", opened
         label = opened["compartment"]
         await api("sim_door", label=label, action="close")
@@ -113,7 +119,7 @@ async def test_a_full_disk_keeps_pickups_going(tmp_path: Path, small_disk: Path)
         await asyncio.to_thread(fill, filler)
         # the resident comes: the hub's next write meets the full disk, frees its
         # reserve, and the pickup goes on
-        pickup = await api("enter_code", code=codes["DF-1"][1], terminal="keypad:1")
+        pickup = await keypad(codes["DF-1"][1])
         assert pickup["status"] == "opened", pickup
         assert not (state / "disk-reserve").exists()
         alarms = await until_result(

@@ -212,6 +212,7 @@ class Hub:
     sim: SimProcess
     logs: list[Path]
     reservations: dict[str, Reservation] = field(default_factory=dict)
+    terminals: dict[str, Path] = field(default_factory=dict)  # keypad name -> its socket
     proc: asyncio.subprocess.Process | None = None
     typed: list[str] = field(default_factory=list)  # every code typed, right or wrong
     _files: list[IO[bytes]] = field(default_factory=list)
@@ -263,16 +264,17 @@ class Hub:
         assert out, f"lockerctl {' '.join(args)}: rc {rc}: {err}"
         return rc, json.loads(out)
 
-    async def enter(self, code: str, terminal: str | None = None) -> Json:
-        """``lockerctl enter-code``: what the keypad does; its exit code matches."""
+    async def enter(self, code: str, terminal: str = "keypad:1") -> Json:
+        """``lockerctl enter-code`` on the terminal socket of ``terminal``: what that
+        keypad does; its exit code matches."""
         self.typed.append(code)
-        rc, result = await self.ctl(
-            "enter-code", code, *(("--terminal", terminal) if terminal else ())
-        )
+        rc, out, err = await lockerctl(self.terminals[terminal], "--json", "enter-code", code)
+        assert out, f"lockerctl enter-code on {terminal}: rc {rc}: {err}"
+        result = json.loads(out)
         assert rc == (0 if result["status"] in ("opened", "already_open") else 1), (rc, result)
         return result
 
-    async def code(self, pid: str, purpose: d.Purpose, terminal: str | None = None) -> Json:
+    async def code(self, pid: str, purpose: d.Purpose, terminal: str = "keypad:1") -> Json:
         return await self.enter(self.reservations[pid].codes[purpose], terminal)
 
     async def opened(self, pid: str, purpose: d.Purpose) -> str:
@@ -281,7 +283,7 @@ class Hub:
         assert result["status"] == "opened", result
         return str(result["compartment"])
 
-    async def refused(self, pid: str, purpose: d.Purpose, terminal: str | None = None) -> None:
+    async def refused(self, pid: str, purpose: d.Purpose, terminal: str = "keypad:1") -> None:
         result = await self.code(pid, purpose, terminal)
         assert result["status"] == "refused", result
         assert result["compartment"] is None
@@ -406,9 +408,23 @@ async def lockerctl(sock: Path, *args: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
+KEYPADS = ("keypad:1", "keypad:2", "keypad:3")
+
+
+def keypad_sockets(sock: Path) -> dict[str, Path]:
+    """The terminal sockets of the hub whose technician socket is ``sock``, by name."""
+    return {name: sock.with_name(f"{sock.stem}-{name.replace(':', '-')}.sock") for name in KEYPADS}
+
+
 def _config(
     hub_root: Path, sock: Path, link: Path, timers: dict[str, float], throttle: dict[str, float]
 ) -> str:
+    """The hub's config: technician socket ``sock``, and a terminal socket for each of
+    :data:`KEYPADS` next to it (:func:`keypad_sockets`)."""
+    terminals = "".join(
+        f'\n[[terminals]]\nname = "{name}"\nsocket = "{path}"\n'
+        for name, path in keypad_sockets(sock).items()
+    )
     doors = "\n".join(
         f'  {{ label = "{label}", size = "{size}", bus = "A", board = 0, channel = {ch}, '
         f"accessible = {'true' if acc else 'false'} }},"
@@ -437,6 +453,7 @@ fallback_to_larger = true
 [paths]
 state_dir = "{hub_root / "state"}"
 socket = "{sock}"
+{terminals}
 
 [[buses]]
 name = "A"
@@ -526,6 +543,7 @@ async def make_hub(tmp_path: Path) -> AsyncIterator[HubFactory]:
             sim=sim,
             logs=[root / "lockerd.out", root / "lockerd.err"],
             reservations={r.id: r for r in reservations},
+            terminals=keypad_sockets(sock),
         )
         hubs.append(hub)
         await hub.start()
@@ -590,7 +608,7 @@ async def test_a_carrier_deposits_and_the_resident_collects(make_hub: HubFactory
         "compartment": "A01",
         "parcel": "P-1",
         "purpose": "collect",
-        "by": "lockerctl",
+        "by": "keypad:1",
     }
     await hub.refused("P-1", COLLECT)  # and so was the pickup code
 
@@ -905,7 +923,9 @@ async def test_a_kill_while_a_jammed_lock_is_awaited_never_pulses_it_again(
         await hub.sim.jam(label)
         code = hub.reservations[pid].codes[DEPOSIT]
         hub.typed.append(code)
-        keypad = asyncio.create_task(lockerctl(hub.sock, "--json", "enter-code", code))
+        keypad = asyncio.create_task(
+            lockerctl(hub.terminals["keypad:1"], "--json", "enter-code", code)
+        )
         await until_result(
             hub.sim.unlocks, lambda u: u[label] == unlocks, within=5, what=f"{label} pulsed"
         )
@@ -957,7 +977,7 @@ async def test_guessed_codes_are_throttled_per_keypad_and_hub_wide(make_hub: Hub
     hub = await make_hub(
         [reservation("P-1")],
         throttle={
-            "free_attempts": 2,
+            "free_attempts": 3,
             "base_delay_s": 30.0,
             "max_delay_s": 60.0,
             "alarm_after": 10,  # see the next test for the per-keypad alarm
@@ -1003,7 +1023,7 @@ async def test_guessed_codes_are_throttled_per_keypad_and_hub_wide(make_hub: Hub
     assert events[-1]["data"] == {"wrong": 6, "window_s": 3600.0}
     throttle = (await hub.api("status"))["throttle"]
     assert throttle["hub_wrong_in_window"] == 6
-    assert throttle["terminals"]["lockerctl"]["wrong_in_window"] == 3
+    assert throttle["terminals"]["keypad:1"]["wrong_in_window"] == 3
     assert throttle["terminals"]["keypad:2"]["wrong_in_window"] == 3
     # neither the good codes nor the guesses are in the logs or the store's files
     await hub.assert_true_state({"A01": 1})
@@ -1014,21 +1034,21 @@ async def test_a_keypad_guessing_codes_raises_the_code_guessing_alarm(
 ) -> None:
     hub = await make_hub(
         [reservation("P-1")],
-        throttle={"free_attempts": 2, "base_delay_s": 30.0, "alarm_after": 3},
+        throttle={"free_attempts": 3, "base_delay_s": 30.0, "alarm_after": 3},
     )
     mark = await hub.mark()
     for attempt in range(1, 4):
         result = await hub.enter(fresh_code())
         assert (result["status"], result["compartment"]) == ("refused", None), attempt
-        expected = [("code_guessing", "lockerctl")] if attempt == 3 else []
+        expected = [("code_guessing", "keypad:1")] if attempt == 3 else []
         assert await hub.alarms() == expected, attempt
     assert (await hub.code("P-1", DEPOSIT))["status"] == "wait"
     rc, alarms = await hub.ctl("alarms")
     assert rc == 0
-    assert [(a["type"], a["target"]) for a in alarms] == [("code_guessing", "lockerctl")]
+    assert [(a["type"], a["target"]) for a in alarms] == [("code_guessing", "keypad:1")]
     events = await hub.events(mark)
     assert [(e["type"], e["data"]) for e in events] == [
-        ("code_guessing", {"terminal": "lockerctl", "wrong": 3, "window_s": 3600.0})
+        ("code_guessing", {"terminal": "keypad:1", "wrong": 3, "window_s": 3600.0})
     ]
     await hub.assert_true_state({})
 

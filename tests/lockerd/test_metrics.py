@@ -58,11 +58,10 @@ async def test_metrics_follow_what_the_hub_does(tmp_path: Path) -> None:
         assert total(before, "lockerd_bus_requests_total") > 0
         assert value(before, "lockerd_board_online", bus="A", board="kerong-cu48@0") == 1.0
 
-        wrong = await call(sock, {"op": "enter_code", "code": "00000000", "terminal": "kiosk-1"})
+        keypad = tmp_path / "terminal.sock"  # keypad:1's
+        wrong = await call(keypad, {"op": "enter_code", "code": "00000000"})
         assert wrong["result"]["status"] == "refused"
-        opened = await call(
-            sock, {"op": "open", "label": "A05", "reason": "metrics test", "actor": "tech"}
-        )
+        opened = await call(sock, {"op": "open", "label": "A05", "reason": "metrics test"})
         assert opened["result"]["status"] == "opened", opened
         assert (await call(sock, {"op": "sim_door", "label": "A05", "action": "close"}))["ok"]
 
@@ -75,7 +74,7 @@ async def test_metrics_follow_what_the_hub_does(tmp_path: Path) -> None:
         after = await until_result(
             lambda: asyncio.to_thread(scrape, port), settled, within=20, what="door shut"
         )
-    assert value(after, "lockerd_wrong_codes_total", terminal="kiosk-1") == 1
+    assert value(after, "lockerd_wrong_codes_total", terminal="keypad:1") == 1
     assert value(after, "lockerd_open_outcomes_total", outcome="opened") == 1
     assert value(after, "lockerd_events_total", type="door_opened") == 1
     # every answered transaction is in its board's histogram, once

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import lockerd.store as store_module
 from lockerd import domain as d
-from lockerd.store import Store, StoreConflict, StoreCorrupt, StoreFull
+from lockerd.store import CodeSpent, Store, StoreConflict, StoreCorrupt, StoreFull
 
 NOW = 50_000.0
 COMPS = [d.Compartment("A01", d.Size.S), d.Compartment("A02", d.Size.M, accessible=True)]
@@ -123,6 +123,8 @@ def test_spent_codes_are_deleted(store: Store) -> None:
     assert c is not None
     assert store.code("h-pick") is not None  # the pickup code is live now
     assert store.code("h-dep") is None  # the deposit is confirmed: its code is spent
+    assert store.spent("h-dep")  # ... and tombstoned
+    assert not store.spent("h-pick")
     store.apply(
         d.start(par, d.Purpose.COLLECT, c, NOW + 9),
         now=NOW + 9,
@@ -141,6 +143,74 @@ def test_spent_codes_are_deleted(store: Store) -> None:
     assert final is not None
     assert final.state is d.ParcelState.COLLECTED
     assert store.code("h-pick") is None  # spent: gone for good
+    assert store.spent("h-pick")
+    # never accepted again: not for a new parcel, not as a new code of a live one
+    with pytest.raises(CodeSpent):
+        reserve(store, pid="P2", code="h-new", pickup="h-pick")
+    assert store.parcel("P2") is None
+    reserve(store, pid="P3", code="h-dep3", pickup="h-pick3")
+    for spent in ("h-dep", "h-pick"):
+        with pytest.raises(CodeSpent):
+            store.set_codes("P3", {d.Purpose.COLLECT: spent}, now=NOW + 20, actor="cloud")
+    assert store.code("h-pick3") is not None  # nothing changed
+    fate = store.add_new_parcels(
+        [
+            (
+                d.Parcel(f"B{i}", d.Kind.DELIVERY, d.Size.S, deposit_from=0.0, deposit_until=NOW),
+                codes,
+            )
+            for i, codes in enumerate(
+                [
+                    {d.Purpose.DEPOSIT: "h-b0", d.Purpose.COLLECT: "h-pick"},
+                    {d.Purpose.DEPOSIT: "h-b1", d.Purpose.COLLECT: "h-b1p"},
+                    {d.Purpose.DEPOSIT: "h-b2", d.Purpose.COLLECT: "h-pick3"},
+                ]
+            )
+        ],
+        now=NOW + 20,
+        actor="cloud",
+    )
+    assert fate == {"B0": "code_used", "B1": "reserved", "B2": "code_conflict"}
+    assert store.code("h-b0") is None
+
+
+def test_a_replaced_code_is_tombstoned_and_the_same_code_again_is_no_change(
+    store: Store,
+) -> None:
+    reserve(store)
+    store.set_codes("P1", {d.Purpose.COLLECT: "h-pick"}, now=NOW + 1, actor="cloud")  # the same
+    assert store.code("h-pick") is not None
+    assert not store.spent("h-pick")
+    store.set_codes("P1", {d.Purpose.COLLECT: "h-pick2"}, now=NOW + 2, actor="cloud")
+    assert store.code("h-pick") is None
+    assert store.spent("h-pick")
+    with pytest.raises(CodeSpent):  # the replaced code cannot come back
+        store.set_codes("P1", {d.Purpose.COLLECT: "h-pick"}, now=NOW + 3, actor="cloud")
+    found = store.code("h-pick2")
+    assert found is not None
+    assert found[1] is d.Purpose.COLLECT
+
+
+def test_a_cancelled_parcels_codes_are_tombstoned(store: Store) -> None:
+    p = reserve(store)
+    store.apply(d.cancel(p), now=NOW + 1, actor="cloud", action="cancel", target="P1")
+    assert store.code("h-dep") is None
+    assert store.spent("h-dep")
+    assert store.spent("h-pick")
+
+
+def test_tombstones_are_pruned_in_batches(store: Store) -> None:
+    for i in range(25):
+        reserve(store, pid=f"P{i}", code=f"d{i}", pickup=f"p{i}")
+        p = store.parcel(f"P{i}")
+        assert p is not None
+        now = NOW + i
+        store.apply(d.cancel(p), now=now, actor="cloud", action="cancel", target=p.id)
+    assert store.prune_tombstones(NOW + 10, batch=3) == 20  # P0..P9, two codes each
+    assert not store.spent("d9")
+    assert store.spent("d10")
+    assert store.prune_tombstones(NOW + 10) == 0
+    reserve(store, pid="again", code="d0", pickup="p0")  # forgotten: accepted again
 
 
 def test_everything_survives_a_reopen(tmp_path: Path) -> None:
@@ -216,7 +286,9 @@ def test_an_old_store_is_migrated_in_place_with_its_data(
     monkeypatch.setattr(store_module, "SCHEMA", current[:1])  # a hub of the first release
     old = Store(tmp_path / "hub.db")
     old.sync_compartments(COMPS)
-    reserve(old)
+    p = d.Parcel("P1", d.Kind.DELIVERY, d.Size.M, deposit_from=NOW - 10, deposit_until=NOW + 999)
+    with old.transaction() as db:  # as the first release stored it (it had no tombstones)
+        old._insert_parcels(db, [(p, {d.Purpose.DEPOSIT: "h-dep"})], NOW, spent_checked=True)
     old.close()
     monkeypatch.setattr(store_module, "SCHEMA", current)
     new = Store(tmp_path / "hub.db")
@@ -307,7 +379,9 @@ def test_the_outbox_quota_drops_only_door_telemetry_and_keeps_seq_gapless(
     assert types.count("deposited") == 30  # never dropped
     assert types.count("outbox_quota_reached") == 1  # one alarm when it fills up
     assert types.count("door_opened") < 30  # telemetry past the quota is not queued
-    assert [a["type"] for a in store.alarms()] == ["outbox_quota_reached"]
+    # (30 deposits outgrow even twice the quota: the hard ceiling's alarm too)
+    assert [a["type"] for a in store.alarms()] == ["outbox_quota_reached", "outbox_full"]
+    assert types.count("outbox_full") == 1
     dropped = [a for a in store.audit(1000) if a["detail"].get("dropped")]
     assert dropped  # the audit says what was not queued
     store.delete_outbox([r.seq for r in rows])  # the cloud took them

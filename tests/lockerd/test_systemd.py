@@ -179,7 +179,7 @@ async def test_sigterm_drains_an_open_under_way_to_its_outcome(
         await notify.wait_for(lambda: notify.has("READY=1"), "READY=1")
         assert (await call(sock, {"op": "sim_door", "label": "A05", "action": "jam"}))["ok"]
         opening = asyncio.create_task(
-            call(sock, {"op": "open", "label": "A05", "reason": "drain test", "actor": "t"})
+            call(sock, {"op": "open", "label": "A05", "reason": "drain test"})
         )
         # the API logs a request before it reaches the service, with no wait between
         await notify.wait_for(
@@ -192,7 +192,7 @@ async def test_sigterm_drains_an_open_under_way_to_its_outcome(
         with pytest.raises(ConnectionRefusedError):  # no new connection while draining
             await call(sock, {"op": "status"})
         reader, writer = kiosk
-        late = {"op": "open", "label": "A06", "reason": "during the drain", "actor": "t"}
+        late = {"op": "open", "label": "A06", "reason": "during the drain"}
         writer.write(json.dumps(late).encode() + b"\n")
         refused = json.loads(await reader.readline())
         writer.close()

@@ -1,0 +1,390 @@
+"""A hub that never stays down: a message it cannot handle is answered or set aside,
+never able to stop it; a part that ends on its own makes lockerd exit non-zero (so
+systemd restarts it); one daemon per state directory. Against a real ``lockerd run``
+process and a real Mosquitto where the hole was seen."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+from structlog.testing import capture_logs
+
+from lockerd import domain as d
+from lockerd.api import call
+from lockerd.cloud import _Mqtt
+from lockerd.config import Cloud
+from lockerd.daemon import Hub, demo_config, open_hub, serve
+from lockerd.instance import AlreadyRunning, StateLock
+from tests.broker import Broker
+from tests.helpers import eventually
+from tests.lockerd.daemonproc import ROOT, api_up, hub_config, run_daemon
+from tests.lockerd.test_cloud import CloudSide, cloud_side, running_hub
+
+HUB = "demo-hub"
+POISON = b'{"id": "poison-1", "type": "\\ud800", "hub": "demo-hub", "issued_at": 1}'
+
+
+def cloud_toml(broker: Broker) -> str:
+    return (
+        f'[cloud]\nurl = "{broker.url}"\nreconnect_min_s = 0.05\nreconnect_max_s = 0.2\n'
+        "state_coalesce_s = 0.05\n"
+    )
+
+
+@contextlib.asynccontextmanager
+async def watcher(broker: Broker) -> AsyncIterator[tuple[aiomqtt.Client, list[Any]]]:
+    """The cloud's side of a daemon in another process: everything the hub sends."""
+    seen: list[tuple[str, dict[str, Any]]] = []
+    async with aiomqtt.Client(
+        broker.host, broker.port, identifier="cloud", protocol=aiomqtt.ProtocolVersion.V5
+    ) as client:
+        await client.subscribe(f"lockers/{HUB}/#", qos=1)
+
+        async def collect() -> None:
+            async for m in client.messages:
+                topic = str(m.topic)
+                if not topic.endswith("/cmd"):
+                    seen.append((topic.rsplit("/", 1)[1], json.loads(bytes(m.payload))))  # type: ignore[arg-type,unused-ignore]
+
+        task = asyncio.create_task(collect())
+        try:
+            yield client, seen
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+def replies(seen: list[Any], cid: str) -> list[dict[str, Any]]:
+    return [m for kind, m in seen if kind == "reply" and m["id"] == cid]
+
+
+async def sync(client: aiomqtt.Client, seen: list[Any], cid: str) -> None:
+    """A ``sync.request`` and its reply: the hub still takes and answers commands."""
+    cmd = {"id": cid, "type": "sync.request", "hub": HUB, "issued_at": 1}
+    await client.publish(f"lockers/{HUB}/cmd", json.dumps(cmd), qos=1)
+    await eventually(lambda: bool(replies(seen, cid)), within=15, what=f"the reply to {cid}")
+    assert replies(seen, cid)[0]["ok"] is True
+
+
+# ======================================================================================
+# The poison surrogate, against the real daemon
+# ======================================================================================
+
+
+async def test_a_lone_surrogate_in_a_command_is_refused_and_the_hub_goes_on(
+    tmp_path: Path, broker: Broker
+) -> None:
+    """Seen at the hole: the refusal's event could not be serialised, the link died,
+    ``lockerd run`` exited 0 and every later start died on the same outbox row."""
+    config = hub_config(tmp_path, extra=cloud_toml(broker))
+    sock = tmp_path / "api.sock"
+    async with watcher(broker) as (client, seen):
+        async with run_daemon(tmp_path, config) as proc:
+            await api_up(sock, proc)
+            await eventually(
+                lambda: any(k == "status" for k, _ in seen), within=15, what="the hub's birth"
+            )
+            await client.publish(f"lockers/{HUB}/cmd", POISON, qos=1)
+            await eventually(lambda: bool(replies(seen, "poison-1")), within=15, what="reply")
+            reply = replies(seen, "poison-1")[0]
+            assert reply["ok"] is False
+            assert reply["status"] == "malformed"
+            assert reply["type"] == "unknown"  # never the surrogate echoed back
+            await eventually(
+                lambda: any(
+                    k == "evt" and m["type"] == "command_refused" and m["data"]["command"] == cid
+                    for k, m in seen
+                    for cid in ("poison-1",)
+                ),
+                within=15,
+                what="the refusal's event",
+            )
+            await sync(client, seen, "after-poison")
+            assert (await call(sock, {"op": "status"}))["ok"]
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 30) == 0
+        # and it starts again on the same state, and serves
+        async with run_daemon(tmp_path, config) as proc:
+            await api_up(sock, proc)
+            await sync(client, seen, "after-restart")
+    log = (tmp_path / "daemon.log").read_text()
+    assert "cloud_link_failed" not in log
+    assert "task_ended" not in log
+
+
+async def test_an_unsendable_row_a_former_version_stored_is_cleaned_and_sent(
+    tmp_path: Path, broker: Broker
+) -> None:
+    async with running_hub(tmp_path, broker) as hub:
+        # as the former version stored it: a lone surrogate, escaped, in the data
+        with hub.store.transaction() as db:
+            db.execute(
+                "INSERT INTO outbox(seq, id, type, at, data) VALUES(1, 'old-1', "
+                "'command_refused', 1.0, ?)",
+                ('{"command": null, "reason": "malformed", "type": "\\ud800"}',),
+            )
+            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES('next_seq', '2')")
+        async with cloud_side(broker, hub) as cloud:
+            await hub.service.record(
+                d.Change(events=(d.Event("board_online", {"board": "A:0"}),)),
+                actor="test",
+                target="A:0",
+            )
+            await eventually(
+                lambda: [e["seq"] for e in cloud.events()][:2] == [1, 2],
+                within=10,
+                what="the old row and the next event, in order",
+            )
+            assert cloud.events()[0]["data"]["type"] == "\ufffd"
+
+
+# ======================================================================================
+# Quarantine: a fault while handling one message
+# ======================================================================================
+
+
+async def test_a_command_the_hub_fails_on_is_set_aside_with_an_alarm(
+    tmp_path: Path, broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running_hub(tmp_path, broker) as hub, cloud_side(broker, hub) as cloud:
+        assert hub.cloud is not None
+        await asyncio.wait_for(hub.cloud.connected.wait(), 10)
+        real = hub.cloud._apply
+
+        async def faulty(cmd: Any, mqtt: Any, message: Any) -> None:
+            if cmd.id == "boom-1":
+                raise RuntimeError("a bug while applying it")
+            await real(cmd, mqtt, message)
+
+        monkeypatch.setattr(hub.cloud, "_apply", faulty)
+        with capture_logs() as logs:
+            await cloud.send({"id": "boom-1", "type": "sync.request", "hub": HUB, "issued_at": 1})
+            await eventually(lambda: bool(cloud.replies("boom-1")), within=10, what="a reply")
+        assert cloud.replies("boom-1")[0]["status"] == "quarantined"
+        assert any(x["event"] == "command_quarantined" for x in logs)
+        rows = hub.store.quarantined()
+        assert [(r["source"], r["ref"]) for r in rows] == [("cloud", "boom-1")]
+        assert "RuntimeError" in rows[0]["error"]
+        alarms = await hub.service.alarms()
+        assert [a["type"] for a in alarms] == ["message_quarantined"]
+        await eventually(
+            lambda: bool(cloud.events("message_quarantined")), within=10, what="the alarm event"
+        )
+        # the link goes on: the next command is handled, a redelivery is not retried
+        await cloud.send({"id": "next-1", "type": "sync.request", "hub": HUB, "issued_at": 1})
+        await eventually(lambda: bool(cloud.replies("next-1")), within=10, what="next reply")
+        await cloud.send({"id": "boom-1", "type": "sync.request", "hub": HUB, "issued_at": 1})
+        await eventually(lambda: len(cloud.replies("boom-1")) == 2, within=10, what="dup")
+        assert cloud.replies("boom-1")[1]["duplicate"] is True
+        assert len(hub.store.quarantined()) == 1
+
+
+async def test_a_command_over_the_packet_limit_never_reaches_the_hub(
+    tmp_path: Path, broker: Broker
+) -> None:
+    """MQTT 5 Maximum Packet Size in CONNECT: the broker drops what is larger."""
+    cfg = Cloud(url=broker.url, reconnect_min_s=0.05, reconnect_max_s=0.2, max_packet_kb=64)
+    async with running_hub(tmp_path, broker, cloud=cfg) as hub, cloud_side(broker, hub) as cloud:
+        assert hub.cloud is not None
+        await asyncio.wait_for(hub.cloud.connected.wait(), 10)
+        huge = {"id": "huge-1", "type": "sync.request", "hub": HUB, "issued_at": 1}
+        body = json.dumps({**huge, "pad": "x" * (5 * 2**20)}).encode()  # 5 MiB
+        await cloud.client.publish(f"lockers/{HUB}/cmd", body, qos=1)
+        await cloud.send({"id": "small-1", "type": "sync.request", "hub": HUB, "issued_at": 1})
+        await eventually(lambda: bool(cloud.replies("small-1")), within=10, what="small reply")
+        assert not cloud.replies("huge-1")
+
+
+async def test_a_command_over_the_limit_that_arrives_anyway_is_refused_unparsed(
+    tmp_path: Path, broker: Broker
+) -> None:
+    """A broker that ignores Maximum Packet Size (MQTT 3.1.1 has none)."""
+    cfg = Cloud(url=broker.url, reconnect_min_s=0.05, reconnect_max_s=0.2, max_packet_kb=64)
+    async with running_hub(tmp_path, broker, cloud=cfg) as hub, cloud_side(broker, hub) as cloud:
+        link = hub.cloud
+        assert link is not None
+        await asyncio.wait_for(link.connected.wait(), 10)
+        body = json.dumps({"id": "huge-2", "pad": "x" * 100_000}).encode()
+        message = aiomqtt.Message(f"lockers/{HUB}/cmd", body, 1, False, 1, None)
+        client = aiomqtt.Client(broker.host, broker.port)
+        mqtt = _Mqtt(client)
+        await link.handle(client, mqtt, message)
+        rows = hub.store.replies()
+        assert [r["status"] for _, r in rows if r["status"] == "too_large"] == ["too_large"]
+        await eventually(
+            lambda: any(
+                e["data"]["reason"] == "too_large" for e in cloud.events("command_refused")
+            ),
+            within=10,
+            what="the refusal's event",
+        )
+
+
+async def test_what_a_command_carries_is_never_stored_or_echoed_unbounded(
+    tmp_path: Path, broker: Broker
+) -> None:
+    """Seen at the hole: a 100 kB ``hub`` was echoed into replies the inbox kept
+    forever (500 commands added 50 MB)."""
+    async with running_hub(tmp_path, broker) as hub, cloud_side(broker, hub) as cloud:
+        assert hub.cloud is not None
+        await asyncio.wait_for(hub.cloud.connected.wait(), 10)
+        before = hub.store.path.stat().st_size
+        big = "h" * 100_000
+        for i in range(50):
+            await cloud.send(
+                {"id": f"big-{i}", "type": "sync.request", "hub": big, "issued_at": 1, big: big}
+            )
+        await eventually(lambda: bool(cloud.replies("big-49")), within=20, what="the replies")
+        for i in range(50):
+            (reply,) = cloud.replies(f"big-{i}")
+            assert reply["status"] == "malformed"
+            assert len(json.dumps(reply)) < 2_000
+        stored = hub.store.inbox("big-0")
+        assert stored is not None
+        assert len(json.dumps(stored)) < 2_000
+        for row in hub.store.audit(100):
+            assert len(json.dumps(row)) < 2_000
+        # (WAL pages come and go: a bound, not an exact figure)
+        assert hub.store.path.stat().st_size - before < 1_000_000
+
+
+# ======================================================================================
+# A part that ends on its own: exit non-zero
+# ======================================================================================
+
+
+async def test_a_task_that_ends_on_its_own_makes_serve_return_non_zero(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg, _ = demo_config(str(tmp_path / "hub"), str(tmp_path / "api.sock"))
+    async with open_hub(cfg, simulate=True) as hub:
+
+        async def broken() -> None:
+            raise RuntimeError("the monitor's own bug")
+
+        monkeypatch.setattr(hub.monitor, "run", broken)
+        with capture_logs() as logs:
+            status = await asyncio.wait_for(serve(hub), 30)
+    assert status == 1
+    ended = [x for x in logs if x["event"] == "task_ended"]
+    assert ended
+    assert ended[0]["task"] == "monitor"
+
+
+async def test_a_stop_that_was_asked_for_returns_zero(tmp_path: Path) -> None:
+    cfg, _ = demo_config(str(tmp_path / "hub"), str(tmp_path / "api.sock"))
+    async with open_hub(cfg, simulate=True) as hub:
+        served = asyncio.create_task(serve(hub))
+        await eventually(lambda: hub.watchdog is not None, what="serving")
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert await asyncio.wait_for(served, 30) == 0
+
+
+def test_the_unit_restarts_a_clean_exit_that_was_not_asked_for() -> None:
+    unit = (ROOT / "systemd" / "lockerd.service").read_text()
+    assert "\nRestart=always\n" in unit
+
+
+# ======================================================================================
+# One daemon per state directory
+# ======================================================================================
+
+
+async def test_a_second_daemon_on_the_same_state_exits_non_zero_and_the_first_serves(
+    tmp_path: Path,
+) -> None:
+    config = hub_config(tmp_path)
+    sock = tmp_path / "api.sock"
+    async with run_daemon(tmp_path, config) as first:
+        await api_up(sock, first)
+        second = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            "from lockerd.cli import main; raise SystemExit(main())",
+            "run",
+            "--config",
+            str(config),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(second.communicate(), 60)
+        assert second.returncode == 1
+        assert f"lockerd is already running (pid {first.pid})" in err.decode()
+        # the first one still has its socket and answers
+        assert (await call(sock, {"op": "status"}))["ok"]
+        # a demo on the same state directory too
+        demo = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            "from lockerd.cli import main; raise SystemExit(main())",
+            "demo",
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--socket",
+            str(tmp_path / "other.sock"),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(demo.communicate(), 60)
+        assert demo.returncode == 1
+        assert "lockerd is already running" in err.decode()
+        assert (await call(sock, {"op": "status"}))["ok"]
+
+
+async def test_a_daemon_on_another_state_does_not_take_a_live_socket(tmp_path: Path) -> None:
+    config = hub_config(tmp_path)
+    sock = tmp_path / "api.sock"
+    async with run_daemon(tmp_path, config) as first:
+        await api_up(sock, first)
+        other = tmp_path / "other"
+        other.mkdir()
+        text = config.read_text().replace(str(tmp_path / "state"), str(other / "state"))
+        (other / "hub.toml").write_text(text)
+        second = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            "from lockerd.cli import main; raise SystemExit(main())",
+            "run",
+            "--config",
+            str(other / "hub.toml"),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(second.communicate(), 60)
+        assert second.returncode == 1
+        assert "answers on the socket" in err.decode()
+        assert (await call(sock, {"op": "status"}))["ok"]
+
+
+def test_the_state_lock_is_exclusive_and_dies_with_its_holder(tmp_path: Path) -> None:
+    with (
+        StateLock(tmp_path),
+        pytest.raises(AlreadyRunning, match=rf"already running \(pid {os.getpid()}\)"),
+    ):
+        StateLock(tmp_path).acquire()
+    with StateLock(tmp_path):  # released: taken again
+        pass
+
+
+async def test_a_stale_socket_file_is_replaced(tmp_path: Path) -> None:
+    import socket as socketlib  # noqa: PLC0415
+
+    cfg, _ = demo_config(str(tmp_path / "hub"), str(tmp_path / "api.sock"))
+    stale = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
+    stale.bind(str(tmp_path / "api.sock"))  # bound, never listening: nobody answers
+    stale.close()
+    async with open_hub(cfg, simulate=True):
+        assert (await call(tmp_path / "api.sock", {"op": "status"}))["ok"]
+
+
+__all__ = ["CloudSide", "Hub"]
