@@ -7,7 +7,8 @@ frame on the demo hub), startup_bench (daemon start-up and peak RSS, 1,000
 compartments and 100,000 parcels), cloud_bench (outbox drain against a bare aiomqtt loop;
 codes.bulk of 100,000 while doors are handled), bounds_bench (the loop's stall and the
 daemon's peak RSS under commands at the size limit), guess_bench (codes checked in a
-burst of 1,000 on one terminal, and in a day of bursts on 8 terminals); with
+burst of 1,000 on one terminal, and in a day of bursts on 8 terminals), api_bench (a
+keypad's enter_code with 2,000 idle connections on its terminal socket); with
 ``--campaign N``, the crash campaign of N runs (bench/crash_campaign.py, which also
 runs on its own and writes bench/results/crash_campaign.md).
 
@@ -25,6 +26,7 @@ import sys
 from pathlib import Path
 
 from bench import (
+    api_bench,
     bounds_bench,
     bus_bench,
     cloud_bench,
@@ -102,6 +104,7 @@ def main() -> int:
     figures += cloud_bench.main(quick=quick)
     figures += guess_bench.main(quick=quick)
     figures += bounds_bench.main(quick=quick)
+    figures += api_bench.main(quick=quick)
     if "--campaign" in sys.argv[1:]:  # --campaign N: the crash campaign, N runs
         from bench import crash_campaign  # noqa: PLC0415 - minutes long: only when asked
 

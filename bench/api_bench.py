@@ -36,6 +36,7 @@ import struct
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -110,6 +111,15 @@ async def terminal_stats(sock: Path) -> dict[str, Any]:
     return found
 
 
+async def until(accept: Callable[[dict[str, Any]], bool], sock: Path, within: float = 60) -> None:
+    """Poll the terminal socket's figures until ``accept`` holds (at most ``within`` s)."""
+    deadline = time.monotonic() + within
+    while not accept(await terminal_stats(sock)):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"api bench: the daemon did not settle within {within} s")
+        await asyncio.sleep(0.02)
+
+
 def fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -126,8 +136,12 @@ async def measure(root: Path, n: int, log: IO[bytes]) -> dict[str, Any]:
         await samples(keypad, 20)  # warm-up
         out["alone"] = await samples(keypad, n)
 
+        before = (await terminal_stats(sock))["evicted"]
         idle = await asyncio.to_thread(hold, keypad, IDLE)
         try:
+            out["first"] = await samples(keypad, 1)  # while the daemon still takes them in
+            # held: once the daemon has taken them all in (and closed all but its cap)
+            await until(lambda s: s["evicted"] >= before + IDLE - s["connections"], sock)
             out["idle_fds"] = fds(proc.pid)
             out["idle"] = await samples(keypad, n)
             out["idle_stats"] = await terminal_stats(sock)
@@ -140,11 +154,7 @@ async def measure(root: Path, n: int, log: IO[bytes]) -> dict[str, Any]:
         )
         try:
             before = (await terminal_stats(sock))["evicted"]
-            deadline = time.monotonic() + 60
-            while (await terminal_stats(sock))["evicted"] < before + IDLE:  # it is flooding
-                if time.monotonic() > deadline:
-                    raise RuntimeError("api bench: the flood did not start within 60 s")
-                await asyncio.sleep(0.05)
+            await until(lambda s: s["evicted"] >= before + IDLE, sock)  # it is flooding
             out["churn"] = await samples(keypad, n)
             after = await terminal_stats(sock)
             out["churn_evicted"] = after["evicted"] - before
@@ -182,6 +192,11 @@ def figures(run: dict[str, Any]) -> list[Figure]:
         ]
     stats = run["idle_stats"]
     out += [
+        Figure(
+            f"{name}: the first code right after the {IDLE:,} connections arrived",
+            run["first"][0] * 1e3,
+            "ms",
+        ),
         Figure(
             f"API: daemon file handles with {IDLE:,} idle connections held (limit {DAEMON_FILES})",
             run["idle_fds"],

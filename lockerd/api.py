@@ -351,6 +351,25 @@ class AcceptErrors:
         self._next_log = now + self.every_s
 
 
+class SocketGroupError(Exception):
+    """An API socket cannot be given its configured group."""
+
+
+def _give_group(path: Path, group: str) -> None:
+    try:
+        os.chown(path, -1, grp.getgrnam(group).gr_gid)
+    except KeyError:
+        raise SocketGroupError(
+            f"the group {group} of the socket {path} does not exist: create it "
+            f"(groupadd --system {group}, docs/install.md) or correct the config"
+        ) from None
+    except PermissionError:
+        raise SocketGroupError(
+            f"lockerd may not give the socket {path} the group {group}: it must be a "
+            f"member (the unit's SupplementaryGroups=, or usermod -aG {group} lockerd)"
+        ) from None
+
+
 def _ensure_file_handles(needed: int) -> None:
     """Raise this process's soft RLIMIT_NOFILE to ``needed`` if the hard limit allows;
     warn when it does not."""
@@ -456,7 +475,7 @@ class ApiServer:
         sock.server = await asyncio.start_unix_server(client, sock.path, limit=MAX_LINE)
         os.chmod(sock.path, 0o660)
         if sock.group:
-            os.chown(sock.path, -1, grp.getgrnam(sock.group).gr_gid)
+            _give_group(sock.path, sock.group)
         log.info(
             "api_listening",
             socket=str(sock.path),
@@ -752,14 +771,45 @@ def _refusal(raw: Any, op: Any, access: Access | None, peer: Peer) -> dict[str, 
     return None
 
 
+async def _connect(path: str, within: float) -> socket.socket:
+    """A Unix socket connected to ``path``. While the daemon's backlog is full (a flood
+    of connections) a connect fails with EAGAIN, which asyncio takes for a connection
+    made; this waits for room instead, in a blocking connect on a thread that gives up
+    after ``within`` seconds (SO_SNDTIMEO bounds a Unix socket's connect)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        sock.connect(path)
+    except BlockingIOError:
+
+        def wait_for_room() -> None:
+            whole, part = divmod(max(within, 0.001), 1)
+            sock.setblocking(True)
+            timeval = struct.pack("ll", int(whole), int(part * 1e6))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+            sock.connect(path)
+            sock.setblocking(False)
+
+        try:
+            await asyncio.to_thread(wait_for_room)
+        except OSError:
+            sock.close()
+            raise
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 async def call(
     path: str | Path, request: dict[str, Any], *, within: float = 10.0
 ) -> dict[str, Any]:
     """One request to the daemon's socket (what lockerctl does)."""
     async with asyncio.timeout(within):
+        sock = await _connect(str(path), within)
         # replies can be long (status of a 1,000-door hub is ~80 kB): the request limit
         # protects the daemon, not the client
-        reader, writer = await asyncio.open_unix_connection(str(path), limit=MAX_REPLY)
+        reader, writer = await asyncio.open_unix_connection(sock=sock, limit=MAX_REPLY)
         try:
             writer.write(json.dumps(request).encode() + b"\n")
             # answered and closed at once (busy): the reply may still be there to read

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from lockerd.api import SocketGroupError
 from lockerd.codes import KeyFileError, create_key
 from lockerd.config import Cloud, ConfigInvalid, load
 from lockerd.daemon import run_demo, run_hub
@@ -111,7 +112,7 @@ def _run(path: str) -> int:
         return 2
     try:
         return asyncio.run(run_hub(cfg))
-    except (KeyFileError, StoreError, AlreadyRunning) as exc:
+    except (KeyFileError, StoreError, AlreadyRunning, SocketGroupError) as exc:
         print(f"lockerd: {exc}", file=sys.stderr)
         return 1
 
