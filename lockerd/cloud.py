@@ -122,15 +122,33 @@ class Verifier:
         return None
 
 
+class PublishRefused(aiomqtt.MqttError):
+    """The broker answered a publish with a failure reason code (MQTT 5 PUBACK)."""
+
+
 class _Mqtt:
     """What we use of aiomqtt/paho, in one place (pinned versions, see pyproject):
     manual acknowledgement is paho's (``manual_ack``), which aiomqtt 2.x does not
-    expose yet (empicano/aiomqtt#345)."""
+    expose yet (empicano/aiomqtt#345); nor does it tell a PUBACK's reason code, so a
+    publish the broker refused (its ACL) looks sent: paho's ``on_publish`` is wrapped
+    to count refusals."""
 
     def __init__(self, client: aiomqtt.Client) -> None:
         self.client = client
         client._client.manual_ack_set(True)
         client.pending_calls_threshold = WINDOW + 50
+        self.refusals = 0
+        self.last_refusal = ""
+        inner = client._client.on_publish
+
+        def on_publish(*args: Any) -> None:
+            reason = args[3] if len(args) > 3 else None
+            if getattr(reason, "is_failure", False):
+                self.refusals += 1
+                self.last_refusal = str(reason)
+            inner(*args)  # type: ignore[misc]
+
+        client._client.on_publish = on_publish
 
     def ack(self, message: aiomqtt.Message) -> None:
         if message.qos > 0:
@@ -183,6 +201,8 @@ class CloudLink:
         self._open_tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         self._stop = asyncio.Event()
+        self.mqtt: _Mqtt | None = None  # the connection's, while there is one
+        self.refused_reason: str | None = None  # the broker's, for a refused publish
         service.on_commit.append(self.poke)
 
     async def health(self) -> dict[str, Any]:
@@ -199,6 +219,7 @@ class CloudLink:
             "outbox_quota_bytes": self.store.outbox_quota,
             "oldest_event_age_s": round(self.clock() - oldest, 1) if oldest else None,
             "published": self.published,
+            "publish_refused": self.refused_reason,
         }
 
     def _path(self, name: str) -> Path:
@@ -288,6 +309,16 @@ class CloudLink:
                 delay = min(
                     self.cfg.reconnect_max_s, self.cfg.reconnect_min_s * 2 ** (failures - 1)
                 )
+                if isinstance(exc, PublishRefused):  # not a network matter: no hurry
+                    delay = self.cfg.reconnect_max_s
+                    log.error(  # noqa: TRY400 - the hint says what to do
+                        "cloud_publish_refused",
+                        broker=self.cfg.url,
+                        reason=self.refused_reason,
+                        hint="the broker refuses what the hub publishes: check the hub's "
+                        "login and the broker's ACL (config/mosquitto-acl.conf); the events "
+                        "wait in the outbox, nothing is lost",
+                    )
                 delay = random.uniform(delay / 2, delay)  # noqa: S311 - jitter, not secrecy
                 log.warning(
                     "cloud_disconnected" if was else "cloud_unreachable",
@@ -308,6 +339,7 @@ class CloudLink:
         try:
             client = self._client()
             mqtt = _Mqtt(client)  # before connecting: a resumed session delivers at once
+            self.mqtt = mqtt
             async with client:
                 connected()
                 try:
@@ -370,14 +402,18 @@ class CloudLink:
                 await self._wake.wait()
 
     async def _send_events(self, client: aiomqtt.Client) -> bool:
-        rows = await self.service.run_db(self.store.outbox, 0, WINDOW)
+        # publishing=True: from now on these rows are never changed (the store's
+        # coalescing of service flips leaves them alone)
+        rows = await self.service.run_db(self.store.outbox, 0, WINDOW, publishing=True)
         if not rows:
             return False
 
         async def one(row: Any) -> None:
             await client.publish(self.t_evt, self._event_json(row), qos=1)
 
+        refused = self.mqtt.refusals if self.mqtt else 0
         results = await asyncio.gather(*(one(r) for r in rows), return_exceptions=True)
+        self._refused_since(refused)
         done = [r.seq for r, res in zip(rows, results, strict=True) if res is None]
         if done:
             await self.service.run_db(self.store.delete_outbox, done)
@@ -386,6 +422,15 @@ class CloudLink:
             if isinstance(res, BaseException):
                 raise res
         return True
+
+    def _refused_since(self, before: int) -> None:
+        """The broker refused a publish of this batch (a PUBACK with a failure reason,
+        e.g. "Not authorized": the ACL or the login is wrong). None of the batch is
+        deleted: the link backs off and tries again, the events wait in the outbox."""
+        if self.mqtt is None or self.mqtt.refusals == before:
+            return
+        self.refused_reason = self.mqtt.last_refusal
+        raise PublishRefused(f"the broker refused a publish: {self.mqtt.last_refusal}")
 
     def _event_json(self, row: Any) -> str:
         """An outbox row as the contract's event. The store keeps event data safe to
@@ -404,10 +449,12 @@ class CloudLink:
         rows = await self.service.run_db(self.store.replies, WINDOW)
         if not rows:
             return False
+        refused = self.mqtt.refusals if self.mqtt else 0
         results = await asyncio.gather(
             *(client.publish(self.t_reply, _reply_json(reply), qos=1) for _, reply in rows),
             return_exceptions=True,
         )
+        self._refused_since(refused)
         done = [n for (n, _), res in zip(rows, results, strict=True) if res is None]
         if done:
             await self.service.run_db(self.store.delete_replies, done)
@@ -458,13 +505,15 @@ class CloudLink:
                 with bound(command=None, command_type=None):  # (handle() names them)
                     await self.handle(client, mqtt, message)
             except StoreError as exc:
-                # nothing acknowledged: the broker redelivers it once the store works
+                # nothing acknowledged: the broker redelivers it on the next connection
+                # (a persistent session), so the link reconnects now, with its backoff
                 log.error(  # noqa: TRY400 - the hint says what to do
                     "command_not_stored",
                     error=str(exc),
                     hint="the store refused the write (disk full?); the command stays "
-                    "unacknowledged and comes back on reconnect",
+                    "unacknowledged and the link reconnects to have it again",
                 )
+                raise aiomqtt.MqttError(f"a command was not stored: {exc}") from exc
             except Exception as exc:  # noqa: BLE001 - one message never stops the hub
                 await self._quarantine(mqtt, message, exc)
 
@@ -574,11 +623,13 @@ class CloudLink:
         log.warning("command_refused", command=cid, type=ctype, reason=reason, detail=detail)
         reply = self._reply(cid or "unknown", ctype, ok=False, status=reason, message=detail)
         event = d.Event("command_refused", {"command": cid, "type": ctype, "reason": reason})
-        inbox = Inbox(cid, reply) if cid is not None else None
-        await self.service.record(d.Change(events=(event,)), actor="cloud", command=inbox)
-        if inbox is None:  # no id to remember it by: a reply all the same
-            anon = Inbox(f"unknown-{time.monotonic_ns()}", reply)
-            await self.service.run_db(self.store.answer, anon, now=self.clock())
+        # the reply, never the id: nothing was done, and a refusal before the command is
+        # authenticated must not use up its id (a grant refused as not yet valid by a
+        # hub whose clock was late is taken when it comes again, right)
+        answer = Inbox(cid or "unknown", reply, remember=False)
+        await self.service.record(
+            d.Change(events=(event,)), actor="cloud", target=cid or "-", command=answer
+        )
         mqtt.ack(message)
         self._wake.set()
 

@@ -553,7 +553,8 @@ class _Checker:
         """A signed grant is refused as a replay by its id in the inbox, and its codes
         by their tombstones, only while those are kept: both must outlive the longest
         lifetime a command may have."""
-        life_days = (cloud.grant_max_life_s + cloud.command_skew_s) / 86_400
+        # (a command is taken up to skew before its issued_at and after its expires_at)
+        life_days = (cloud.grant_max_life_s + 2 * cloud.command_skew_s) / 86_400
         kept = self.cfg.retention
         for name in ("inbox_days", "tombstone_days", "parcels_days"):
             days = getattr(kept, name)
@@ -561,7 +562,7 @@ class _Checker:
                 self.add(
                     f"retention.{name}",
                     f"{name} = {days:g} is shorter than a signed command may live "
-                    f"(cloud.grant_max_life_s + command_skew_s = {life_days:.2f} days): "
+                    f"(cloud.grant_max_life_s + 2 x command_skew_s = {life_days:.2f} days): "
                     "a replayed command could be applied again",
                     f"keep it at least {life_days:.2f} days, or shorten cloud.grant_max_life_s",
                 )

@@ -53,7 +53,10 @@ HubId = Annotated[str, Field(min_length=3, max_length=63, pattern=r"^[a-z0-9][a-
 TYPE_PATTERN = r"^[a-z][a-z0-9_]{0,31}(\.[a-z][a-z0-9_]{0,31}){0,3}$"
 TypeName = Annotated[str, Field(max_length=131, pattern=TYPE_PATTERN)]
 SizeClass = Literal["S", "M", "L", "XL"]
-UnixTime = Annotated[int, Field(ge=0, description="Unix time, whole seconds")]
+# (up to 2100: a larger integer would overflow a float, or mean nothing)
+UnixTime = Annotated[
+    int, Field(ge=0, le=4_102_444_800, description="Unix time, whole seconds, before 2100")
+]
 
 
 class _Msg(BaseModel):

@@ -37,7 +37,7 @@ from lockerd.logs import bind
 from lockerd.monitor import DoorMonitor
 from lockerd.sdnotify import Notifier
 from lockerd.service import Door, HubService
-from lockerd.store import Store, StoreError
+from lockerd.store import Store
 from lockerd.watchdog import Watchdog
 from simulator.boards import BOARD_TYPES, SimBoard, SimCu16
 from simulator.line import Simulator
@@ -350,10 +350,7 @@ async def serve(
             await hub.service.tick()
             if loop.time() >= next_prune:
                 next_prune = loop.time() + PRUNE_EVERY_S
-                try:
-                    await hub.service.prune(hub.cfg.retention)
-                except StoreError as exc:  # tried again in an hour; the hub goes on
-                    log.error("prune_failed", error=str(exc))  # noqa: TRY400
+                await hub.service.prune(hub.cfg.retention, outbox=hub.cloud is None)
             await asyncio.sleep(1.0)
 
     watchdog = Watchdog(

@@ -2,9 +2,10 @@
 
 Two daemons on one store would both drive the doors, fight for the MQTT client id,
 and the second would unlink the first one's API socket. :class:`StateLock` holds an
-exclusive ``flock`` on ``lockerd.pid`` in the state directory for as long as the
-daemon runs (the kernel drops it when the process dies, even by SIGKILL, so a
-stale file never blocks a start); the file says which process holds it.
+exclusive ``flock`` on the state directory itself for as long as the daemon runs
+(the kernel drops it when the process dies, even by SIGKILL, so nothing stale ever
+blocks a start; and a directory, unlike a lock file, cannot be deleted from under
+a running daemon by a clean-up script); ``lockerd.pid`` in it says who holds it.
 :func:`claim_socket` refuses to take over a socket path another process still
 answers on.
 """
@@ -26,12 +27,13 @@ class AlreadyRunning(Exception):
 
 class StateLock:
     def __init__(self, state_dir: str | Path) -> None:
-        self.path = Path(state_dir) / "lockerd.pid"
+        self.dir = Path(state_dir)
+        self.path = self.dir / "lockerd.pid"
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -42,16 +44,17 @@ class StateLock:
             who = f"pid {holder}" if holder else "another process"
             raise AlreadyRunning(
                 f"lockerd is already running ({who}) on the state directory "
-                f"{self.path.parent}; stop it first (systemctl stop lockerd)"
+                f"{self.dir}; stop it first (systemctl stop lockerd)"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(f"{os.getpid()}\n")
+        tmp.replace(self.path)
 
     def release(self) -> None:
         if self._fd is not None:
             with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, 0)
+                self.path.unlink()
             os.close(self._fd)  # (closing drops the lock)
             self._fd = None
 

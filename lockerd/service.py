@@ -28,7 +28,7 @@ from lockerd.codes import Attempt, CodeHasher, Throttle, ThrottlePolicy, normali
 from lockerd.config import Retention
 from lockerd.diskreserve import DiskReserve
 from lockerd.logs import bound
-from lockerd.store import CodeSpent, Inbox, Store, StoreConflict, StoreFull
+from lockerd.store import CodeSpent, Inbox, Store, StoreConflict, StoreError, StoreFull
 
 log = structlog.get_logger("lockerd.service")
 
@@ -154,10 +154,14 @@ class HubService:
             "reservations and service changes are refused until it drains",
         )
 
-    async def prune(self, retention: Retention, *, batch: int = 500) -> dict[str, int]:
+    async def prune(
+        self, retention: Retention, *, batch: int = 500, outbox: bool = False
+    ) -> dict[str, int]:
         """Delete what the retention settings say is no longer kept, a small batch per
         store transaction, the service lock taken for each batch only (a door event
-        waits at most one batch)."""
+        waits at most one batch). ``outbox``: a hub with no cloud link keeps its events
+        as long as its audit (no one takes them away). A table that fails is logged and
+        the others are pruned all the same."""
         now = self.clock()
         day = 86_400.0
         ages = {
@@ -168,24 +172,24 @@ class HubService:
             "intents": retention.intents_days,
             "parcels": retention.parcels_days,
         }
+        if outbox:
+            ages["outbox"] = retention.audit_days
         pruned: dict[str, int] = {}
-        for table, days in ages.items():
-            total = 0
-            while True:
-                async with self._lock:
-                    n = await self._db(self.store.prune, table, now - days * day, batch)
-                total += n
-                if n < batch:
-                    break
-            pruned[table] = total
-        pruned["tombstones"] = 0
-        before = now - retention.tombstone_days * day
-        while True:
-            async with self._lock:
-                n = await self._db(self.store.prune_tombstones, before, batch=batch)
-            pruned["tombstones"] += n
-            if n < batch:
-                break
+        for table, days in [*ages.items(), ("tombstones", retention.tombstone_days)]:
+            before = now - days * day
+            pruned[table] = 0
+            try:
+                while True:
+                    async with self._lock:
+                        if table == "tombstones":
+                            n = await self._db(self.store.prune_tombstones, before, batch=batch)
+                        else:
+                            n = await self._db(self.store.prune, table, before, batch)
+                    pruned[table] += n
+                    if n < batch:
+                        break
+            except StoreError as exc:
+                log.error("prune_failed", table=table, error=str(exc))  # noqa: TRY400
         if any(pruned.values()):
             log.info("store_pruned", **pruned)
         return pruned

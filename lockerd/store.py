@@ -165,23 +165,35 @@ SCHEMA: list[str] = [
 
 QUARANTINE_BODY_MAX = 64 * 1024  # bytes of a quarantined message kept for analysis
 
+
 # Each prune deletes at most ``limit`` rows in one short transaction (the caller
 # loops, letting door events in between) and returns how many it deleted. Tables
 # kept in time order (audit, inbox, intents, quarantine) are pruned from their
 # oldest rows only, so a prune never scans the whole table.
+def _oldest_first(table: str, key: str, at: str, keep: str = "0") -> str:
+    """Delete up to :limit of ``table``'s rows older than :before, oldest first, never
+    one that ``keep`` holds. Rows are in ``key`` order as in time: the rows to look at
+    are those before the first one of :before or later, found by walking from the
+    oldest (no index on the time needed); the few kept ones are stepped over."""
+    first_new = f"(SELECT {key} FROM {table} WHERE {at} >= :before ORDER BY {key} LIMIT 1)"  # noqa: S608
+    return (  # (our own names only: no input reaches this text)
+        f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} "  # noqa: S608
+        f"WHERE {key} < coalesce({first_new}, 9223372036854775807) AND NOT ({keep}) "
+        f"ORDER BY {key} LIMIT :limit)"
+    )
+
+
 _PRUNE: dict[str, str] = {
-    "audit": "DELETE FROM audit WHERE id IN "
-    "(SELECT id FROM audit ORDER BY id LIMIT :limit) AND at < :before",
-    "inbox": "DELETE FROM inbox WHERE rowid IN "
-    "(SELECT rowid FROM inbox ORDER BY rowid LIMIT :limit) AND at < :before "
-    "AND json_extract(reply, '$.status') IS NOT 'opening'",
-    "intents": "DELETE FROM intents WHERE id IN "
-    "(SELECT id FROM intents ORDER BY id LIMIT :limit) AND created < :before "
-    "AND outcome IS NOT NULL",
-    "quarantine": "DELETE FROM quarantine WHERE n IN "
-    "(SELECT n FROM quarantine ORDER BY n LIMIT :limit) AND at < :before",
+    "audit": _oldest_first("audit", "id", "at"),
+    "inbox": _oldest_first(
+        "inbox", "rowid", "at", keep="json_extract(reply, '$.status') IS 'opening'"
+    ),
+    "intents": _oldest_first("intents", "id", "created", keep="outcome IS NULL"),
+    "quarantine": _oldest_first("quarantine", "n", "at"),
+    # (few rows: alarms, and the outbox of a hub with no cloud to take it)
     "alarms": "DELETE FROM alarms WHERE id IN (SELECT id FROM alarms "
     "WHERE acked IS NOT NULL AND acked < :before ORDER BY id LIMIT :limit)",
+    "outbox": _oldest_first("outbox", "seq", "at"),
     "parcels": "DELETE FROM parcels WHERE rowid IN (SELECT rowid FROM parcels "
     "WHERE state IN ('collected', 'recalled', 'cancelled') AND updated < :before "
     "LIMIT :limit)",
@@ -214,7 +226,6 @@ TELEMETRY_EVENTS = frozenset(
         "board_online",
         "compartment_service",
         "command_refused",
-        "message_quarantined",
     }
 )
 # the outbox's hard ceiling, as a multiple of its quota: past it the hub also refuses
@@ -276,11 +287,14 @@ class Intent:
 class Inbox:
     """A cloud command recorded with its effect, in the same transaction: a redelivered
     command finds it and gets ``reply`` again instead of acting twice. ``publish``:
-    queue the reply for the cloud now (``False`` while an open is still under way)."""
+    queue the reply for the cloud now (``False`` while an open is still under way).
+    ``remember``: ``False`` for a refusal before the command was authenticated: only
+    the reply is queued, and the id stays free for the command done right."""
 
     command_id: str
     reply: dict[str, Any]
     publish: bool = True
+    remember: bool = True
 
 
 @dataclass(frozen=True)
@@ -818,7 +832,7 @@ class Store:
         if evts:
             row = db.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
             seq = int(row[0]) if row else 1
-            for e in self._within_quota(evts, dropped):
+            for e in self._within_quota(db, evts, dropped):
                 # what came from outside (a command's type, a terminal's name) is in
                 # some events: stored only as text any JSON encoder can send
                 safe = clean(e.data)
@@ -834,16 +848,10 @@ class Store:
                 self._outbox_bytes += len(data) + len(e.type) + 64
                 seq += 1
                 if e.type in ALARM_EVENTS:
-                    alarm_target = str(
-                        safe.get("compartment")
-                        or safe.get("board")
-                        or safe.get("terminal")
-                        or "hub"
-                    )
                     db.execute(
                         "INSERT INTO alarms(type, target, raised, data) VALUES(?,?,?,?) "
                         "ON CONFLICT DO NOTHING",
-                        (e.type, alarm_target, now, data),
+                        (e.type, _alarm_target(safe), now, data),
                     )
             self._set_meta(db, "next_seq", str(seq))
             self._tx_events.extend(dropped)  # not queued for the cloud, but they happened
@@ -889,12 +897,15 @@ class Store:
             and self._outbox_bytes >= self.outbox_quota * CEILING_FACTOR
         )
 
-    def _within_quota(self, evts: list[d.Event], dropped: list[str]) -> list[d.Event]:
+    def _within_quota(
+        self, db: sqlite3.Connection, evts: list[d.Event], dropped: list[str]
+    ) -> list[d.Event]:
         """Past the outbox quota, door telemetry (and reports the state snapshot also
-        carries) is no longer queued for the cloud (the audit keeps it); parcel events
-        and alarms always are. Crossing the quota raises one alarm event, crossing the
-        hard ceiling another. ``seq`` stays gapless: a dropped event never takes a
-        number."""
+        carries) is no longer queued for the cloud (the audit keeps it), nor is an
+        alarm whose alarm is still open (a door forced again and again, a board that
+        flaps: the cloud knows of it already); parcel events and new alarms always are.
+        Crossing the quota raises one alarm event, crossing the hard ceiling another.
+        ``seq`` stays gapless: a dropped event never takes a number."""
         if self.outbox_quota is None or self._outbox_bytes < self.outbox_quota:
             return evts
         kept = []
@@ -918,7 +929,13 @@ class Store:
                 )
             )
         for e in evts:
-            if e.type in TELEMETRY_EVENTS:
+            if e.type in TELEMETRY_EVENTS or (
+                e.type in ALARM_EVENTS
+                and db.execute(
+                    "SELECT 1 FROM alarms WHERE type=? AND target=? AND acked IS NULL",
+                    (e.type, _alarm_target(clean(e.data))),
+                ).fetchone()
+            ):
                 dropped.append(e.type)
             else:
                 kept.append(e)
@@ -944,11 +961,12 @@ class Store:
         if command is None:
             return
         reply = json.dumps(command.reply, sort_keys=True)
-        db.execute(
-            "INSERT INTO inbox(command_id, at, reply) VALUES(?,?,?) "
-            "ON CONFLICT(command_id) DO UPDATE SET reply=excluded.reply",
-            (command.command_id, now, reply),
-        )
+        if command.remember:
+            db.execute(
+                "INSERT INTO inbox(command_id, at, reply) VALUES(?,?,?) "
+                "ON CONFLICT(command_id) DO UPDATE SET reply=excluded.reply",
+                (command.command_id, now, reply),
+            )
         if command.publish:
             db.execute(
                 "INSERT INTO replies(command_id, reply) VALUES(?,?)", (command.command_id, reply)
@@ -1134,6 +1152,11 @@ class Store:
 
     def integrity_ok(self) -> bool:
         return bool(self._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok")
+
+
+def _alarm_target(data: dict[str, Any]) -> str:
+    """What an alarm is about: one open alarm per type and target."""
+    return str(data.get("compartment") or data.get("board") or data.get("terminal") or "hub")
 
 
 def _compartment(r: sqlite3.Row) -> d.Compartment:

@@ -277,3 +277,58 @@ def test_check_config_refuses_a_retention_shorter_than_a_command_lives() -> None
     assert problem.where == "retention.inbox_days"
     assert "replayed command could be applied again" in problem.message
     assert problem.line is not None
+
+
+async def test_a_kept_row_among_the_oldest_never_stops_the_prune(hub: Hub) -> None:
+    """Seen in review: the oldest 500 were taken and then filtered, so one open intent
+    among them held the whole table at 499 deletions an hour."""
+    store = hub.store
+    with store.transaction() as db:
+        db.execute(
+            "INSERT INTO intents(label, purpose, actor, created) VALUES('A02', 'service', 't', ?)",
+            (NOW - 100 * DAY,),
+        )
+        db.executemany(
+            "INSERT INTO intents(label, purpose, actor, created, outcome) "
+            "VALUES('A01', 'service', 't', ?, 'opened')",
+            [(NOW - 99 * DAY,)] * 3000,
+        )
+    hub.service.clock = lambda: NOW
+    assert (await hub.service.prune(Retention()))["intents"] == 3000
+    assert [i.label for i in store.open_intents()] == ["A02"]
+
+
+async def test_a_hub_without_a_cloud_keeps_its_events_as_long_as_its_audit(hub: Hub) -> None:
+    store = hub.store
+    for when in (NOW - 400 * DAY, NOW):
+        store.apply(
+            d.Change(events=(d.Event("board_online", {"board": "A:0"}),)),
+            now=when,
+            actor="monitor",
+            action="hardware",
+            target="A:0",
+        )
+    hub.service.clock = lambda: NOW
+    assert (await hub.service.prune(Retention()))["audit"] >= 1
+    assert len(store.outbox()) == 2  # with a cloud link, the cloud takes them
+    assert (await hub.service.prune(Retention(), outbox=True))["outbox"] == 1
+    assert [r.at for r in store.outbox()] == [NOW]
+
+
+def test_past_the_quota_a_repeated_open_alarm_is_not_queued_but_a_new_one_is(
+    store: Store,
+) -> None:
+    store.outbox_quota = 500
+    for _ in range(50):  # a door forced again and again, its alarm still open
+        store.apply(
+            d.Change(events=(d.Event("forced_open", {"compartment": "A01"}),)),
+            now=NOW,
+            actor="monitor",
+            action="door",
+            target="A01",
+        )
+    store.quarantine("cloud", "q-1", "ValueError: x", b"{}", now=NOW)
+    types = [r.type for r in store.outbox(limit=1000)]
+    assert types.count("forced_open") < 10
+    assert types.count("message_quarantined") == 1  # a new alarm past the quota
+    assert {a["type"] for a in store.alarms()} >= {"forced_open", "message_quarantined"}

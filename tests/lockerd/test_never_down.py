@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import signal
+import sqlite3
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,13 +23,14 @@ from structlog.testing import capture_logs
 from lockerd import domain as d
 from lockerd.api import call
 from lockerd.cloud import _Mqtt
+from lockerd.codes import new_code
 from lockerd.config import Cloud
 from lockerd.daemon import Hub, demo_config, open_hub, serve
 from lockerd.instance import AlreadyRunning, StateLock
 from tests.broker import Broker
 from tests.helpers import eventually
 from tests.lockerd.daemonproc import ROOT, api_up, hub_config, run_daemon
-from tests.lockerd.test_cloud import CloudSide, cloud_side, running_hub
+from tests.lockerd.test_cloud import CloudSide, cloud_side, reserve_cmd, running_hub
 
 HUB = "demo-hub"
 POISON = b'{"id": "poison-1", "type": "\\ud800", "hub": "demo-hub", "issued_at": 1}'
@@ -249,13 +251,110 @@ async def test_what_a_command_carries_is_never_stored_or_echoed_unbounded(
             (reply,) = cloud.replies(f"big-{i}")
             assert reply["status"] == "malformed"
             assert len(json.dumps(reply)) < 2_000
-        stored = hub.store.inbox("big-0")
-        assert stored is not None
-        assert len(json.dumps(stored)) < 2_000
+        assert hub.store.inbox("big-0") is None  # a refusal never takes the id
         for row in hub.store.audit(100):
             assert len(json.dumps(row)) < 2_000
         # (WAL pages come and go: a bound, not an exact figure)
         assert hub.store.path.stat().st_size - before < 1_000_000
+
+
+async def test_a_refusal_before_authentication_does_not_use_up_the_id(
+    tmp_path: Path, broker: Broker
+) -> None:
+    """A grant refused (unsigned here; as well: not yet valid on a hub whose clock was
+    late, or sent before the cloud's key was installed) is taken when it comes right."""
+    async with running_hub(tmp_path, broker) as hub, cloud_side(broker, hub) as cloud:
+        assert hub.cloud is not None
+        await asyncio.wait_for(hub.cloud.connected.wait(), 10)
+        cmd = reserve_cmd(hub, "grant-1", "P-1", new_code(8), new_code(8), signed=False)
+        await cloud.send(cmd)
+        await eventually(lambda: bool(cloud.replies("grant-1")), within=10, what="refusal")
+        assert cloud.replies("grant-1")[0]["status"] == "unsigned"
+        await cloud.send(cloud.sign({**cmd, "expires_at": cmd["issued_at"] + 3600}))
+        await eventually(lambda: len(cloud.replies("grant-1")) == 2, within=10, what="reply")
+        second = cloud.replies("grant-1")[1]
+        assert (second["ok"], second["duplicate"]) == (True, False)
+        assert hub.store.parcel("P-1") is not None
+
+
+async def test_service_flips_the_link_is_sending_are_never_rewritten(
+    tmp_path: Path, broker: Broker
+) -> None:
+    """Seen in review: the link read rows without marking them, a flip rewrote a row on
+    its way, its PUBACK deleted it, and the cloud's last word was the wrong state."""
+    async with running_hub(tmp_path, broker) as hub, cloud_side(broker, hub) as cloud:
+        assert hub.cloud is not None
+        await asyncio.wait_for(hub.cloud.connected.wait(), 10)
+        labels = ["A05", "A06", "A07", "A08"]
+        for label in labels:  # (each round races the link; one alone may miss the race)
+            for i in range(301):
+                await hub.service.set_service(label, i % 2 == 1, actor="tech:ana")
+        await eventually(lambda: not hub.store.outbox(), within=15, what="the outbox drained")
+        for label in labels:
+            comp = hub.store.compartment(label)
+            assert comp is not None
+            said = [
+                e for e in cloud.events("compartment_service") if e["data"]["compartment"] == label
+            ]
+            assert said[-1]["data"]["in_service"] == comp.in_service is False, label
+        seqs = [e["seq"] for e in cloud.events()]
+        assert sorted(set(seqs)) == list(range(seqs[0], seqs[0] + len(set(seqs))))  # gapless
+
+
+async def test_a_publish_the_broker_refuses_is_kept_and_said(
+    tmp_path: Path, make_broker: Any
+) -> None:
+    """A hub logged in as another identity: the ACL refuses every publish (PUBACK "Not
+    authorized"). Its events stay in the outbox; the link says why and backs off."""
+    broker = make_broker(tls=True, acl=True)
+    wrong = broker.make_client_cert("hub-other")
+    cloud = Cloud(
+        url=broker.tls_url,
+        ca_file=str(broker.ca_cert),
+        cert_file=str(wrong.certfile),
+        key_file=str(wrong.keyfile),
+        reconnect_min_s=0.05,
+        reconnect_max_s=0.5,
+    )
+    with capture_logs() as logs:
+        async with running_hub(tmp_path, broker, cloud=cloud) as hub:
+            link = hub.cloud
+            assert link is not None
+            await hub.service.record(
+                d.Change(events=(d.Event("forced_open", {"compartment": "A05"}),)),
+                actor="monitor",
+                target="A05",
+            )
+            await eventually(lambda: link.refused_reason is not None, within=15, what="the refusal")
+            assert [r.type for r in hub.store.outbox()] == ["forced_open"]  # kept
+            assert (await link.health())["publish_refused"] == "Not authorized"
+    assert any(x["event"] == "cloud_publish_refused" for x in logs)
+
+
+async def test_a_command_the_store_cannot_take_comes_again(tmp_path: Path, broker: Broker) -> None:
+    """The store is locked by another writer past its busy timeout: the command is not
+    acknowledged, the link reconnects, the broker redelivers it, and it is answered."""
+    async with running_hub(tmp_path, broker) as hub, cloud_side(broker, hub) as cloud:
+        link = hub.cloud
+        assert link is not None
+        await asyncio.wait_for(link.connected.wait(), 10)
+        other = sqlite3.connect(hub.store.path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # holds the write lock
+            with capture_logs() as logs:
+                await cloud.send(
+                    {"id": "late-1", "type": "sync.request", "hub": HUB, "issued_at": 1}
+                )
+                await eventually(
+                    lambda: any(x["event"] == "command_not_stored" for x in logs),
+                    within=20,
+                    what="the store refusing it",
+                )
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        await eventually(lambda: bool(cloud.replies("late-1")), within=20, what="the reply")
+        assert cloud.replies("late-1")[0]["ok"] is True
 
 
 # ======================================================================================
@@ -388,3 +487,10 @@ async def test_a_stale_socket_file_is_replaced(tmp_path: Path) -> None:
 
 
 __all__ = ["CloudSide", "Hub"]
+
+
+def test_deleting_the_pid_file_does_not_let_a_second_daemon_in(tmp_path: Path) -> None:
+    with StateLock(tmp_path) as held:
+        held.path.unlink()  # a clean-up script, say
+        with pytest.raises(AlreadyRunning, match="already running"):
+            StateLock(tmp_path).acquire()
