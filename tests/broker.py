@@ -10,6 +10,11 @@ Use the pytest fixtures (registered in ``conftest.py``)::
         hub = b.make_client_cert("A")                    # CN "A" is the username
         ...
 
+A broker with an ACL is set up as production (``config/mosquitto-lockerd.conf``):
+no anonymous login, and a client's id is its username, whatever id it sends.  So two
+clients that log in with one name at once take each other's place: give each client
+in a test its own name (its own cert CN, or its own login).
+
 A broker keeps its ports, config and persistence file across ``stop()``/``start()``,
 so persistent sessions and their queued QoS 1/2 messages survive a clean restart
 (SIGTERM makes mosquitto write its database).  ``kill()`` is a crash (SIGKILL): only
@@ -65,6 +70,18 @@ INSTALL_HINT = (
 #: the user ``cloud`` may read/write all of ``lockers/#``.
 ACL_PATH = Path(__file__).resolve().parents[1] / "config" / "mosquitto-acl.conf"
 DEFAULT_ACL = ACL_PATH.read_text()
+
+#: The broker settings lockerd ships for production: ``config/mosquitto-lockerd.conf``.
+#: A broker with an ACL (``acl=True`` or an ACL's text) takes from it the settings that
+#: decide who a client is and what its session keeps, so the tests run what the operator
+#: is told to run: ``allow_anonymous`` (the default), ``PRODUCTION_GLOBAL``, and on its
+#: listeners ``use_username_as_clientid`` (the client id is the username, so no login
+#: can take another client's session).  Every TLS listener takes ``require_certificate``
+#: and ``use_identity_as_username`` from it (a client cert's CN is its username).
+PRODUCTION_CONF_PATH = ACL_PATH.with_name("mosquitto-lockerd.conf")
+PRODUCTION_GLOBAL = ("max_packet_size", "persistent_client_expiration")
+PRODUCTION_TLS = ("require_certificate", "use_identity_as_username")
+PRODUCTION_CLIENT_ID = "use_username_as_clientid"
 
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 3.0
@@ -145,6 +162,58 @@ def port_accepts(host: str, port: int, timeout: float = 0.2) -> bool:
             return True
     except OSError:
         return False
+
+
+# --------------------------------------------------------------------------- production
+
+
+@dataclass(frozen=True)
+class MosquittoConf:
+    """The options of a mosquitto config: the global ones, and each listener's."""
+
+    options: dict[str, str]
+    listeners: dict[str, dict[str, str]]  # "8883 127.0.0.1" (`listener`'s value) -> options
+
+
+def parse_mosquitto_conf(text: str) -> MosquittoConf:
+    """Read ``option value`` lines (``#`` comments and blank lines skipped); the lines
+    after ``listener X`` are that listener's. An option given twice in one place is an
+    error here (mosquitto itself would keep one of them, or refuse the file)."""
+    options: dict[str, str] = {}
+    listeners: dict[str, dict[str, str]] = {}
+    where = options
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.partition(" ")
+        value = value.strip()
+        if key == "listener":
+            if value in listeners:
+                raise ValueError(f"line {n}: listener {value} twice")
+            where = listeners[value] = {}
+        elif key in where:
+            raise ValueError(f"line {n}: {key} twice")
+        else:
+            where[key] = value
+    return MosquittoConf(options, listeners)
+
+
+def production_conf(path: Path = PRODUCTION_CONF_PATH) -> tuple[dict[str, str], dict[str, str]]:
+    """The shipped config's global options and its one listener's options.
+
+    BrokerError when it has not exactly one listener, or lacks an option that the test
+    brokers take from it (``allow_anonymous``, ``PRODUCTION_*``).
+    """
+    conf = parse_mosquitto_conf(path.read_text())
+    if len(conf.listeners) != 1:
+        raise BrokerError(f"{path}: expected one listener, found {sorted(conf.listeners)}")
+    (listener,) = conf.listeners.values()
+    missing = [k for k in ("allow_anonymous", *PRODUCTION_GLOBAL) if k not in conf.options]
+    missing += [k for k in (*PRODUCTION_TLS, PRODUCTION_CLIENT_ID) if k not in listener]
+    if missing:
+        raise BrokerError(f"{path}: no {', '.join(missing)}")
+    return conf.options, listener
 
 
 # --------------------------------------------------------------------------- passwords
@@ -341,6 +410,8 @@ class Broker:
     Build it with ``Broker.create(...)`` (or the fixtures), then ``start()``.
     ``port`` is always a plain MQTT listener; ``tls_port`` is a TLS listener that
     requires a client certificate signed by ``ca_cert`` and takes its CN as username.
+    ``production``: the settings of ``config/mosquitto-lockerd.conf`` (``PRODUCTION_*``);
+    ``username_as_clientid``: every listener makes a client's id its username.
     """
 
     workdir: Path
@@ -355,6 +426,8 @@ class Broker:
     password_file: Path | None = None
     acl_file: Path | None = None
     allow_anonymous: bool = True
+    production: bool = False
+    username_as_clientid: bool = False
     autosave_interval: int = 1
     extra_config: str = ""
     config_path: Path = field(init=False)
@@ -384,22 +457,36 @@ class Broker:
         acl: bool | str = False,
         passwords: Mapping[str, str] | None = None,
         allow_anonymous: bool | None = None,
+        username_as_clientid: bool | None = None,
         autosave_interval: int = 1,
         extra_config: str = "",
         binary: str | None = None,
     ) -> Broker:
         """A configured, not yet started broker in ``workdir``.
 
-        ``acl``: True for ``DEFAULT_ACL``, or the text of an ACL file.
+        ``acl``: True for ``DEFAULT_ACL``, or the text of an ACL file; either way the
+        broker is set up as production (``PRODUCTION_CONF_PATH``): anonymous login off
+        and the client id is the username, unless ``allow_anonymous`` or
+        ``username_as_clientid`` say otherwise.
         ``passwords``: user -> password; then anonymous login is off unless
-        ``allow_anonymous`` says otherwise (default: on without passwords).
+        ``allow_anonymous`` says otherwise (default: on without passwords nor ACL).
         """
         binary = binary or find_mosquitto()
+        production = bool(acl)
+        if allow_anonymous is None:
+            if production:
+                allow_anonymous = production_conf()[0]["allow_anonymous"] == "true"
+            else:
+                allow_anonymous = passwords is None
+        if username_as_clientid is None:
+            username_as_clientid = production
         b = cls(
             workdir=workdir,
             binary=binary,
             version=mosquitto_version(binary),
-            allow_anonymous=passwords is None if allow_anonymous is None else allow_anonymous,
+            allow_anonymous=allow_anonymous,
+            production=production,
+            username_as_clientid=username_as_clientid,
             autosave_interval=autosave_interval,
             extra_config=extra_config,
         )
@@ -472,7 +559,13 @@ class Broker:
             lines.append(f"password_file {self.password_file}")
         if self.acl_file is not None:
             lines.append(f"acl_file {self.acl_file}")
-        lines += ["", f"listener {self.port} {self.host}"]
+        shipped, shipped_listener = production_conf()
+        if self.production:
+            lines += [f"{k} {shipped[k]}" for k in PRODUCTION_GLOBAL]
+        client_id = []
+        if self.username_as_clientid:
+            client_id = [f"{PRODUCTION_CLIENT_ID} {shipped_listener[PRODUCTION_CLIENT_ID]}"]
+        lines += ["", f"listener {self.port} {self.host}", *client_id]
         if self.tls_port is not None:
             lines += [
                 "",
@@ -480,8 +573,8 @@ class Broker:
                 f"cafile {self.ca_cert}",
                 f"certfile {self.server_cert}",
                 f"keyfile {self.server_key}",
-                "require_certificate true",
-                "use_identity_as_username true",
+                *(f"{k} {shipped_listener[k]}" for k in PRODUCTION_TLS),
+                *client_id,
             ]
         if self.extra_config:
             lines += ["", self.extra_config]
@@ -658,6 +751,7 @@ class MakeBroker(Protocol):
         acl: bool | str = False,
         passwords: Mapping[str, str] | None = None,
         allow_anonymous: bool | None = None,
+        username_as_clientid: bool | None = None,
         autosave_interval: int = 1,
         extra_config: str = "",
         start: bool = True,
@@ -672,7 +766,8 @@ def mosquitto_binary() -> str:
 
 @pytest.fixture
 def make_broker(mosquitto_binary: str, tmp_path: Path) -> Iterator[MakeBroker]:
-    """``make_broker(tls=False, acl=False, passwords=None, ...)``: a started Broker.
+    """``make_broker(tls=False, acl=False, passwords=None, ...)``: a started Broker
+    (the arguments are ``Broker.create``'s).
 
     Every broker made is stopped at teardown (SIGTERM, SIGKILL after a few seconds),
     whether the test passed or not.
@@ -685,6 +780,7 @@ def make_broker(mosquitto_binary: str, tmp_path: Path) -> Iterator[MakeBroker]:
         acl: bool | str = False,
         passwords: Mapping[str, str] | None = None,
         allow_anonymous: bool | None = None,
+        username_as_clientid: bool | None = None,
         autosave_interval: int = 1,
         extra_config: str = "",
         start: bool = True,
@@ -695,6 +791,7 @@ def make_broker(mosquitto_binary: str, tmp_path: Path) -> Iterator[MakeBroker]:
             acl=acl,
             passwords=passwords,
             allow_anonymous=allow_anonymous,
+            username_as_clientid=username_as_clientid,
             autosave_interval=autosave_interval,
             extra_config=extra_config,
             binary=mosquitto_binary,

@@ -11,6 +11,7 @@ import socket
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -18,8 +19,13 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from lockerd.config import Cloud
 from tests import broker as broker_mod
 from tests.broker import (
+    ACL_PATH,
+    PRODUCTION_CLIENT_ID,
+    PRODUCTION_GLOBAL,
+    PRODUCTION_TLS,
     Broker,
     BrokerError,
     ClientCert,
@@ -27,6 +33,8 @@ from tests.broker import (
     MosquittoNotFound,
     find_mosquitto,
     mosquitto_version,
+    parse_mosquitto_conf,
+    production_conf,
     require_mosquitto,
     version_tuple,
     write_password_file,
@@ -306,3 +314,143 @@ async def test_acl_hub_is_confined_to_its_own_subtree(make_broker: MakeBroker) -
         assert len(a.messages) == 0
         assert len(cloud.messages) == 0
     assert "Denied PUBLISH" in b.log_path.read_text()
+
+
+# --------------------------------------------------------------------------- production
+
+HUB_A, HUB_B = "hub-aaa", "hub-bbb"
+LOGINS = {HUB_A: "pw-aaa", HUB_B: "pw-bbb", "cloud": "pw-cloud"}
+DURATION_S = {"h": 3600, "d": 86_400, "w": 7 * 86_400}
+
+
+def test_the_shipped_broker_config_has_what_production_needs() -> None:
+    """config/mosquitto-lockerd.conf, the operator's broker (docs/install.md)."""
+    options, listener = production_conf()
+    assert options["allow_anonymous"] == "false"
+    assert Path(options["acl_file"]).name == ACL_PATH.name
+    assert int(options["max_packet_size"]) == Cloud.model_fields["max_packet_kb"].default * 1024
+    assert options["persistence"] == "true"
+    expiration = options["persistent_client_expiration"]
+    seconds = int(expiration[:-1]) * DURATION_S[expiration[-1]]
+    assert seconds == Cloud.model_fields["session_expiry_s"].default  # 7 days
+    assert {k: listener[k] for k in (*PRODUCTION_TLS, PRODUCTION_CLIENT_ID)} == {
+        "require_certificate": "true",
+        "use_identity_as_username": "true",
+        "use_username_as_clientid": "true",
+    }
+    assert {"cafile", "certfile", "keyfile"} <= listener.keys()
+
+
+def test_a_broker_with_an_acl_takes_the_shipped_settings(make_broker: MakeBroker) -> None:
+    b = make_broker(tls=True, acl=True)
+    options, listener = production_conf()
+    written = parse_mosquitto_conf(b.config_path.read_text())
+    for key in ("allow_anonymous", *PRODUCTION_GLOBAL):
+        assert written.options[key] == options[key]
+    assert written.listeners.keys() == {f"{b.port} {b.host}", f"{b.tls_port} {b.host}"}
+    for opts in written.listeners.values():
+        assert opts[PRODUCTION_CLIENT_ID] == listener[PRODUCTION_CLIENT_ID]
+    tls = written.listeners[f"{b.tls_port} {b.host}"]
+    assert {k: tls[k] for k in PRODUCTION_TLS} == {k: listener[k] for k in PRODUCTION_TLS}
+
+
+def fleet(make_broker: MakeBroker, via: str, *, protected: bool) -> Broker:
+    """A broker with the shipped ACL whose clients log in with their certificate (on the
+    TLS listener) or their password (``LOGINS``, on the plain one). ``protected``: with
+    ``use_username_as_clientid`` (as shipped); False shows what it protects from."""
+    if via == "cert":
+        return make_broker(tls=True, acl=True, username_as_clientid=protected)
+    return make_broker(acl=True, passwords=LOGINS, username_as_clientid=protected)
+
+
+def login(
+    b: Broker, name: str, *, identifier: str | None = None, persistent: bool = False
+) -> aiomqtt.Client:
+    """``name``'s login, sending ``identifier`` (default ``name``) as its client id: a
+    persistent session as a hub keeps it, or else clean start."""
+    session: dict[str, Any] = {"clean_start": True}
+    if persistent:
+        session = {"clean_start": False, "properties": session_props()}
+    if b.tls_port is not None:
+        ctx = b.make_client_cert(name).ssl_context()
+        return mqtt(b.host, b.tls_port, identifier=identifier or name, tls_context=ctx, **session)
+    return mqtt(
+        b.host,
+        b.port,
+        identifier=identifier or name,
+        username=name,
+        password=LOGINS[name],
+        **session,
+    )
+
+
+def took_client_id(b: Broker, client_id: str, username: str) -> bool:
+    """The broker's log says that ``username``'s login held the client id ``client_id``."""
+    pattern = rf"New client connected from \S+ as {client_id} \([^)]*u'{username}'\)"
+    return re.search(pattern, b.log_path.read_text()) is not None
+
+
+VIAS = pytest.mark.parametrize("via", ["cert", "password"])
+PROTECTED = pytest.mark.parametrize(
+    "protected", [True, False], ids=["username_as_clientid", "without-it"]
+)
+
+
+@VIAS
+@PROTECTED
+async def test_another_hubs_login_cannot_wipe_a_hubs_session(
+    make_broker: MakeBroker, via: str, protected: bool
+) -> None:
+    """hub-bbb's login sending hub-aaa's client id with clean start, while hub-aaa is
+    away: as shipped it gets a session of its own (hub-bbb's), and the grant queued for
+    hub-aaa is delivered when it returns. Without use_username_as_clientid it would have
+    wiped hub-aaa's session, grant and subscription with it."""
+    b = fleet(make_broker, via, protected=protected)
+    cmd = f"lockers/{HUB_A}/cmd"
+    async with login(b, HUB_A, persistent=True) as a:
+        await a.subscribe(cmd, qos=1)
+    async with login(b, "cloud") as cloud:  # hub-aaa is away: its session queues it
+        await cloud.publish(cmd, b"grant-1", qos=1)
+    async with login(b, HUB_B, identifier=HUB_A):  # CONNACK: the broker has acted on it
+        pass
+
+    async with login(b, HUB_A, persistent=True) as a:
+        # Subscribing again (a no-op for a kept session) and a sentinel from the cloud
+        # turn "the grant is lost" into a message too: the sentinel comes after
+        # anything that hub-aaa's session kept.
+        await a.subscribe(cmd, qos=1)
+        async with login(b, "cloud") as cloud:
+            await cloud.publish(cmd, b"sentinel", qos=1)
+        first = await next_message(a)
+    assert first.topic.value == cmd
+    assert first.payload == (b"grant-1" if protected else b"sentinel")
+    assert took_client_id(b, HUB_A, HUB_B) is not protected
+
+
+@VIAS
+@PROTECTED
+async def test_another_hubs_login_cannot_kick_a_hub_off(
+    make_broker: MakeBroker, via: str, protected: bool
+) -> None:
+    """hub-bbb's login sending hub-aaa's client id while hub-aaa is online: as shipped,
+    hub-aaa stays connected and keeps getting its commands on the same connection.
+    Without use_username_as_clientid the broker would close hub-aaa's connection (the
+    MQTT session takeover), and with one hub's login anyone could do that to every hub."""
+    b = fleet(make_broker, via, protected=protected)
+    cmd = f"lockers/{HUB_A}/cmd"
+    takeover = f"Client {HUB_A} already connected, closing old connection"
+    async with login(b, HUB_A, persistent=True) as a:
+        await a.subscribe(cmd, qos=1)
+        # The broker closes the old connection before it sends the new one CONNACK, so
+        # once the `async with` is in, a takeover has happened (or never will).
+        async with login(b, HUB_B, identifier=HUB_A), login(b, "cloud") as cloud:
+            await cloud.publish(cmd, b"after", qos=1)
+            if protected:
+                got = await next_message(a)  # aiomqtt never reconnects: the same connection
+                assert (got.topic.value, got.payload) == (cmd, b"after")
+                await a.publish(f"lockers/{HUB_A}/evt", b"still here", qos=1)  # its PUBACK
+            else:
+                with pytest.raises(aiomqtt.MqttError):  # "Disconnected during message iteration"
+                    await next_message(a)
+    assert (takeover in b.log_path.read_text()) is not protected
+    assert took_client_id(b, HUB_A, HUB_B) is not protected

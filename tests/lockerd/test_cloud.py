@@ -378,8 +378,9 @@ def _parcel(hub: Hub, pid: str, dep: str, pick: str) -> tuple[Any, Any]:
 
 
 async def test_tls_with_client_certificates_and_acls(tmp_path: Path, make_broker: Any) -> None:
-    """The hub daemon end to end behind the shipped ACL (config/mosquitto-acl.conf), and
-    what the ACL keeps from a hub's identity: another hub's topics, and its own `cmd`."""
+    """The hub daemon end to end behind the shipped broker settings
+    (config/mosquitto-lockerd.conf, config/mosquitto-acl.conf), and what the ACL keeps
+    from a hub's identity: another hub's topics, its own `cmd`, what the hub sends."""
     broker = make_broker(tls=True, acl=True)
     hub_cert = broker.make_client_cert(HUB)
     cloud_cert = broker.make_client_cert("cloud")
@@ -409,36 +410,51 @@ async def test_tls_with_client_certificates_and_acls(tmp_path: Path, make_broker
             assert (await hub.service.enter_code(dep, "keypad")).status == "opened"
             await eventually(lambda: bool(side.events("door_opened")), what="door telemetry")
 
-            # whoever holds the hub's key (a client with its identity) cannot command
-            # the hub, read another hub's topics, nor publish on them
-            async with aiomqtt.Client(
-                broker.host,
-                broker.tls_port,
-                identifier="spy",
-                protocol=aiomqtt.ProtocolVersion.V5,
-                tls_context=hub_cert.ssl_context(),
-            ) as as_hub:
-                await as_hub.subscribe("lockers/other-hub/#", qos=1)
-                await as_hub.subscribe(f"lockers/{HUB}/#", qos=1)
-                now = int(time.time())
-                forged = reserve_cmd(hub, "forged-1", "P-forged", new_code(8), new_code(8))
-                await as_hub.publish(f"lockers/{HUB}/cmd", json.dumps(forged), qos=1)
-                await as_hub.publish("lockers/other-hub/evt", b"forged", qos=1)
-                await side.client.publish("lockers/other-hub/cmd", b"secret", qos=1)
-                sentinel = {"id": "sentinel-1", "type": "sync.request", "hub": HUB}
-                await side.send({**sentinel, "issued_at": now})
-                got = await asyncio.wait_for(anext(as_hub.messages), 5)
-                # its own commands only: not the other hub's, not its own forged one
-                assert str(got.topic) == f"lockers/{HUB}/cmd"
-                assert json.loads(bytes(got.payload))["id"] == "sentinel-1"  # type: ignore[arg-type,unused-ignore]
-                await eventually(lambda: bool(side.replies("sentinel-1")), what="the sentinel")
-                await asyncio.sleep(0.2)  # proving absence, bounded
-                assert len(as_hub.messages) == 0  # nor what the hub itself sends
-            assert not side.replies("forged-1")  # the hub never got it
-            assert hub.store.parcel("P-forged") is None
-            cmds = [m for t, m, _ in side.seen if t.endswith("/cmd")]
-            assert [m["id"] for m in cmds] == ["tls-1", "sentinel-1"]  # never the forged one
-    assert "Denied PUBLISH" in broker.log_tail(500)
+    # Whoever holds the hub's key is the hub to the broker: whatever client id it sends,
+    # it gets the hub's (use_username_as_clientid), so it would take the daemon's place;
+    # here the daemon has stopped, and its retained status and state stay. It still
+    # cannot command the hub, read another hub's topics, publish on them, nor read what
+    # the hub sends.
+    async with (
+        cloud_side(broker, hub, port=broker.tls_port, tls=cloud_cert.ssl_context()) as side,
+        aiomqtt.Client(
+            broker.host,
+            broker.tls_port,
+            identifier="spy",
+            protocol=aiomqtt.ProtocolVersion.V5,
+            tls_context=hub_cert.ssl_context(),
+        ) as as_hub,
+    ):
+        # the cloud reads the hub's retained status and state: they are there to be read
+        await eventually(
+            lambda: bool(side.of("status")) and bool(side.of("state")),
+            what="the hub's retained status and state at the cloud",
+        )
+        await as_hub.subscribe("lockers/other-hub/#", qos=1)
+        await as_hub.subscribe(f"lockers/{HUB}/#", qos=1)
+        now = int(time.time())
+        forged = reserve_cmd(hub, "forged-1", "P-forged", new_code(8), new_code(8))
+        await as_hub.publish(f"lockers/{HUB}/cmd", json.dumps(forged), qos=1)
+        await as_hub.publish("lockers/other-hub/evt", b"forged", qos=1)
+        await side.client.publish("lockers/other-hub/cmd", b"secret", qos=1)
+        await side.send({"id": "sentinel-1", "type": "sync.request", "hub": HUB, "issued_at": now})
+        got = await asyncio.wait_for(anext(as_hub.messages), 5)
+        # its own commands only: not the other hub's, not its own forged one, not the
+        # hub's retained status and state (they would have come first)
+        assert str(got.topic) == f"lockers/{HUB}/cmd"
+        assert json.loads(bytes(got.payload))["id"] == "sentinel-1"  # type: ignore[arg-type,unused-ignore]
+        await eventually(
+            lambda: any(m["id"] == "sentinel-1" for m in side.of("cmd")),
+            what="the sentinel at the cloud",
+        )
+        await asyncio.sleep(0.2)  # proving absence, bounded
+        assert len(as_hub.messages) == 0
+        assert [m["id"] for m in side.of("cmd")] == ["sentinel-1"]  # never the forged one
+    log = broker.log_tail(500)
+    assert "Denied PUBLISH" in log
+    # the last to connect was the spy, under the hub's client id, not the one it sent
+    connected = [line for line in log.splitlines() if "New client connected" in line]
+    assert f" as {HUB} (" in connected[-1]
 
 
 async def test_a_hub_with_a_bad_certificate_is_refused(tmp_path: Path, make_broker: Any) -> None:
