@@ -78,6 +78,7 @@ OPS: dict[str, Access] = {
     "parcels": Access(False, True, False),
     "events": Access(False, True, False),
     "alarms": Access(False, True, False),
+    "quarantine": Access(False, True, False),
     "bus": Access(False, True, False),
     "cloud": Access(False, True, False),
     "watchdog": Access(False, True, False),
@@ -140,6 +141,13 @@ class Alarms(_Req):
     op: Literal["alarms"]
 
 
+class Quarantine(_Req):
+    """Messages the hub set aside (ADR 0016), newest first, without their bodies."""
+
+    op: Literal["quarantine"]
+    limit: int = Field(default=100, ge=1, le=1000)
+
+
 class Ack(_Req):
     op: Literal["ack"]
     id: int = Field(ge=1)
@@ -175,6 +183,7 @@ Request = Annotated[
     | Parcels
     | Events
     | Alarms
+    | Quarantine
     | Ack
     | EmptyExpired
     | SimDoor
@@ -715,6 +724,8 @@ class ApiServer:
             return _outcome(await s.inspect(req.label, req.holds_parcel, actor=actor))
         if isinstance(req, Alarms):
             return await s.alarms()
+        if isinstance(req, Quarantine):
+            return await s.run_db(s.store.quarantined, req.limit)
         if isinstance(req, Ack):
             return _outcome(await s.ack(req.id, actor=actor))
         if isinstance(req, EmptyExpired):

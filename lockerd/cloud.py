@@ -325,7 +325,9 @@ class CloudLink:
                     broker=self.cfg.url,
                     error=str(exc),
                     retry_in_s=round(delay, 2),
-                    hint="the hub keeps working; events wait in the outbox",
+                    hint=_TAKEN_OVER
+                    if "taken over" in str(exc).lower()
+                    else "the hub keeps working; events wait in the outbox",
                 )
                 with contextlib.suppress(TimeoutError):  # a stop ends the wait too
                     async with asyncio.timeout(delay):
@@ -825,6 +827,12 @@ async def _read(body: bytes | bytearray) -> tuple[Any, Any, str | None, str]:
 
 
 _TYPE = re.compile(c.TYPE_PATTERN)
+
+_TAKEN_OVER = (
+    "another client connected with this hub's client id and took its session: a second "
+    "lockerd on another box with this hub's identity, or a broker that does not make the "
+    "client id the login (use_username_as_clientid, config/mosquitto-lockerd.conf)"
+)
 
 # what a signed command's refusal says (the reply's message; docs/cloud-guide.md)
 _WHY = {

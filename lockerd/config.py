@@ -123,7 +123,11 @@ class Cloud(_Model):
         description="mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (TLS)",
     )
     prefix: str = Field(default="lockers", pattern=r"^[A-Za-z0-9_-]{1,32}$")
-    client_id: str | None = Field(default=None, description="default: the hub id")
+    client_id: str | None = Field(
+        default=None,
+        description="default: the hub id. Under the shipped broker settings "
+        "(config/mosquitto-lockerd.conf) the broker makes it the hub's login anyway",
+    )
     username: str | None = None
     password_file: str | None = Field(
         default=None, description="file holding the MQTT password (not the password itself)"

@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("content", choices=["empty", "parcel"])
     sub.add_parser("bus")
     sub.add_parser("alarms")
+    sub.add_parser(
+        "quarantine",
+        help="messages the hub could not handle and set aside (the message_quarantined alarm)",
+    )
     sub.add_parser("expired", help="parcels past their pickup window")
     sub.add_parser("empty-expired", help="open each expired parcel's door to take it out")
     ack = sub.add_parser("ack")
@@ -172,6 +176,9 @@ def render(command: str, result: Any) -> str:  # noqa: PLR0911 - one per command
         return text
     if command == "alarms":
         return table(result, ["id", "type", "target", "raised"]) if result else "no open alarms"
+    if command == "quarantine":
+        columns = ["n", "at", "source", "ref", "bytes", "error"]
+        return table(result, columns) if result else "no message set aside"
     if command == "empty-expired":
         return "\n".join(render("open", o) for o in result) or "no expired parcels"
     if command in ("parcels", "expired"):

@@ -306,6 +306,7 @@ TECHNICIAN_REQUESTS: dict[str, dict[str, Any]] = {
     "parcels": {"op": "parcels"},
     "events": {"op": "events"},
     "alarms": {"op": "alarms"},
+    "quarantine": {"op": "quarantine"},
     "bus": {"op": "bus"},
     "cloud": {"op": "cloud"},
     "watchdog": {"op": "watchdog"},

@@ -177,6 +177,9 @@ async def test_a_command_the_hub_fails_on_is_set_aside_with_an_alarm(
         rows = hub.store.quarantined()
         assert [(r["source"], r["ref"]) for r in rows] == [("cloud", "boom-1")]
         assert "RuntimeError" in rows[0]["error"]
+        # what a technician sees of it (lockerctl quarantine)
+        seen = await call(tmp_path / "api.sock", {"op": "quarantine"})
+        assert [r["ref"] for r in seen["result"]] == ["boom-1"]
         alarms = await hub.service.alarms()
         assert [a["type"] for a in alarms] == ["message_quarantined"]
         await eventually(
