@@ -149,6 +149,7 @@ async def stall(broker: Broker, tmp: Path) -> list[Figure]:
         done.set()
         await asyncio.gather(*watchers)
         cycle = max(p.stats.max_cycle_s for p in hub.monitor.pollers)
+        hub.cloud.close()
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

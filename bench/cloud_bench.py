@@ -204,6 +204,7 @@ async def bulk(broker: Broker, tmp: Path, n: int) -> list[Figure]:
             await asyncio.gather(*watchers)
         assert reserved == n, reserved
         cycle = max(p.stats.max_cycle_s for p in hub.monitor.pollers)
+        hub.cloud.close()
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

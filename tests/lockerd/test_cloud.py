@@ -120,9 +120,12 @@ async def running_hub(
         try:
             yield hub
         finally:
+            # as serve() stops it: close() first (a cancel alone can be lost inside
+            # aiomqtt on Python 3.11 while the link reconnects), never a hang
+            hub.cloud.close()
             for t in tasks:
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
 
 
 @contextlib.asynccontextmanager

@@ -991,7 +991,7 @@ async def test_guessed_codes_are_throttled_per_keypad_and_hub_wide(make_hub: Hub
     # now even a good code waits, and the door stays shut
     waited = await hub.code("P-1", DEPOSIT)
     assert waited["status"] == "wait"
-    assert 25 <= waited["wait_s"] <= 30
+    assert 0 < waited["wait_s"] <= 30  # its own wait (the hub's would be 60)
     assert waited["message"].startswith("Please wait ")
     assert (await hub.parcel("P-1"))["state"] == "reserved"
     assert await hub.sim.unlocks() == Counter()
@@ -1010,7 +1010,7 @@ async def test_guessed_codes_are_throttled_per_keypad_and_hub_wide(make_hub: Hub
     assert [(a["type"], a["target"]) for a in alarms] == [("code_guessing_hub_wide", "hub")]
     waited = await hub.code("P-1", COLLECT, terminal="keypad:3")
     assert waited["status"] == "wait"
-    assert 55 <= waited["wait_s"] <= 60
+    assert 30 < waited["wait_s"] <= 60  # the hub-wide wait (its own would be 0)
     assert (await hub.parcel("P-1"))["state"] == "stored"
     events = await hub.events(mark)
     assert [e["type"] for e in events] == [
