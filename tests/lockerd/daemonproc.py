@@ -42,22 +42,30 @@ def hub_config(
     return path
 
 
+async def lockerd(
+    *args: str,
+    out: IO[bytes] | int | None = None,
+    err: IO[bytes] | int | None = None,
+    env: dict[str, str] | None = None,
+) -> asyncio.subprocess.Process:
+    """``lockerd ARGS`` in its own process, as the installed command runs it."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "from lockerd.cli import main; raise SystemExit(main())",
+        *args,
+        stdout=out,
+        stderr=err,
+        env=env,
+    )
+
+
 async def spawn(
     config: Path, out: IO[bytes], err: IO[bytes], *, env: dict[str, str] | None = None
 ) -> asyncio.subprocess.Process:
     """``lockerd run --config CONFIG`` (the files may be closed once it runs: it has
     its own copies)."""
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        "from lockerd.cli import main; raise SystemExit(main())",
-        "run",
-        "--config",
-        str(config),
-        stdout=out,
-        stderr=err,
-        env=env,
-    )
+    return await lockerd("run", "--config", str(config), out=out, err=err, env=env)
 
 
 @contextlib.asynccontextmanager

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import sqlite3
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from lockerd.daemon import Hub, demo_config, open_hub, serve
 from lockerd.instance import AlreadyRunning, StateLock
 from tests.broker import Broker
 from tests.helpers import eventually
-from tests.lockerd.daemonproc import ROOT, api_up, hub_config, run_daemon
+from tests.lockerd.daemonproc import ROOT, api_up, hub_config, lockerd, run_daemon
 from tests.lockerd.test_cloud import CloudSide, cloud_side, reserve_cmd, running_hub
 
 HUB = "demo-hub"
@@ -402,6 +401,13 @@ def test_the_unit_restarts_a_clean_exit_that_was_not_asked_for() -> None:
 # ======================================================================================
 
 
+async def refused(*args: str) -> tuple[int | None, str]:
+    """``lockerd ARGS`` that is expected to exit at once: its status and stderr."""
+    proc = await lockerd(*args, out=asyncio.subprocess.PIPE, err=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode, err.decode()
+
+
 async def test_a_second_daemon_on_the_same_state_exits_non_zero_and_the_first_serves(
     tmp_path: Path,
 ) -> None:
@@ -409,37 +415,17 @@ async def test_a_second_daemon_on_the_same_state_exits_non_zero_and_the_first_se
     sock = tmp_path / "api.sock"
     async with run_daemon(tmp_path, config) as first:
         await api_up(sock, first)
-        second = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            "from lockerd.cli import main; raise SystemExit(main())",
-            "run",
-            "--config",
-            str(config),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        _, err = await asyncio.wait_for(second.communicate(), 60)
-        assert second.returncode == 1
-        assert f"lockerd is already running (pid {first.pid})" in err.decode()
+        rc, err = await refused("run", "--config", str(config))
+        assert rc == 1
+        assert f"lockerd is already running (pid {first.pid})" in err
         # the first one still has its socket and answers
         assert (await call(sock, {"op": "status"}))["ok"]
         # a demo on the same state directory too
-        demo = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            "from lockerd.cli import main; raise SystemExit(main())",
-            "demo",
-            "--state-dir",
-            str(tmp_path / "state"),
-            "--socket",
-            str(tmp_path / "other.sock"),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+        rc, err = await refused(
+            "demo", "--state-dir", str(tmp_path / "state"), "--socket", str(tmp_path / "o.sock")
         )
-        _, err = await asyncio.wait_for(demo.communicate(), 60)
-        assert demo.returncode == 1
-        assert "lockerd is already running" in err.decode()
+        assert rc == 1
+        assert "lockerd is already running" in err
         assert (await call(sock, {"op": "status"}))["ok"]
 
 
@@ -452,19 +438,9 @@ async def test_a_daemon_on_another_state_does_not_take_a_live_socket(tmp_path: P
         other.mkdir()
         text = config.read_text().replace(str(tmp_path / "state"), str(other / "state"))
         (other / "hub.toml").write_text(text)
-        second = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            "from lockerd.cli import main; raise SystemExit(main())",
-            "run",
-            "--config",
-            str(other / "hub.toml"),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        _, err = await asyncio.wait_for(second.communicate(), 60)
-        assert second.returncode == 1
-        assert "answers on the socket" in err.decode()
+        rc, err = await refused("run", "--config", str(other / "hub.toml"))
+        assert rc == 1
+        assert "answers on the socket" in err
         assert (await call(sock, {"op": "status"}))["ok"]
 
 
