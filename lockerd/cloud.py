@@ -453,7 +453,9 @@ class CloudLink:
             return False
         refused = self.mqtt.refusals if self.mqtt else 0
         results = await asyncio.gather(
-            *(client.publish(self.t_reply, _reply_json(reply), qos=1) for _, reply in rows),
+            # (ASCII JSON: even a reply a former version stored with a lone surrogate
+            # is sent, escaped; new replies hold only cleaned text)
+            *(client.publish(self.t_reply, json.dumps(reply), qos=1) for _, reply in rows),
             return_exceptions=True,
         )
         self._refused_since(refused)
@@ -545,16 +547,16 @@ class CloudLink:
             status="quarantined",
             message="the hub could not handle this command; it was set aside for analysis",
         )
-        inbox = Inbox(cid or f"unknown-{time.monotonic_ns()}", reply)
+        # a redelivery of a command with an id gets this reply, never a retry
+        inbox = Inbox(cid or "unknown", reply, remember=cid is not None)
         try:
             await self.service.run_db(
                 self.store.quarantine, "cloud", cid, error, body, now=self.clock(), command=inbox
             )
-            self.poke()
         except Exception:  # even this must not stop the link
             log.exception("quarantine_failed", command=cid)
         mqtt.ack(message)
-        self._wake.set()
+        self.poke()  # the reply and the alarm's event to send, the alarm in the snapshot
 
     async def handle(  # noqa: PLR0911 - one return per way a command ends
         self, client: aiomqtt.Client, mqtt: _Mqtt, message: aiomqtt.Message
@@ -849,12 +851,6 @@ _WHY = {
 
 def _body(message: aiomqtt.Message) -> bytes:
     return bytes(message.payload)  # (aiomqtt hands paho's bytes on as they came)
-
-
-def _reply_json(reply: dict[str, Any]) -> str:
-    # replies are built by the hub; a stored one from a former version may hold text
-    # that no encoder sends (a lone surrogate): cleaned, never a crash of the drain
-    return json.dumps(clean(reply, max_items=c.BULK_MAX + 8, max_str=1000))
 
 
 def _valid_bulk(body: bytes | bytearray) -> c.CodesBulk | None:

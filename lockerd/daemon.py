@@ -267,8 +267,7 @@ def _only_daemon(cfg: HubConfig) -> StateLock:
     lock = StateLock(cfg.paths.state_dir)
     lock.acquire()
     try:
-        terminals = getattr(cfg, "terminals", None) or []
-        for path in [cfg.paths.socket, *(t.socket for t in terminals)]:
+        for path in [cfg.paths.socket, *(t.socket for t in cfg.terminals)]:
             claim_socket(path)
     except BaseException:
         lock.release()

@@ -16,7 +16,6 @@ passes through :func:`clean` first. What it guarantees, whatever went in:
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from typing import Any
@@ -81,9 +80,4 @@ def clean(
     return walk(value, 0)
 
 
-def dumps(value: Any) -> str:
-    """Compact, key-sorted JSON of :func:`clean`'s output: always encodable as UTF-8."""
-    return json.dumps(clean(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-__all__ = ["clean", "dumps", "text"]
+__all__ = ["clean", "text"]

@@ -128,8 +128,13 @@ class HubService:
             "on the device (the reserve is made again by itself)",
         )
         event = d.Event("disk_full", {"path": str(self.store.path.parent)})
+        self._record_apart((event,), actor="lockerd", target="disk")
+
+    def _record_apart(self, events: tuple[d.Event, ...], *, actor: str, target: str) -> None:
+        """Alarm events committed in a task of their own, apart from the request or the
+        store call that raised them (which is failing, or holds the service lock)."""
         task = asyncio.get_running_loop().create_task(
-            self.record(d.Change(events=(event,)), actor="lockerd", action="alarm", target="disk")
+            self.record(d.Change(events=events), actor=actor, action="alarm", target=target)
         )
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -171,20 +176,18 @@ class HubService:
             "inbox": retention.inbox_days,
             "intents": retention.intents_days,
             "parcels": retention.parcels_days,
+            "tombstones": retention.tombstone_days,
         }
         if outbox:
             ages["outbox"] = retention.audit_days
         pruned: dict[str, int] = {}
-        for table, days in [*ages.items(), ("tombstones", retention.tombstone_days)]:
+        for table, days in ages.items():
             before = now - days * day
             pruned[table] = 0
             try:
                 while True:
                     async with self._lock:
-                        if table == "tombstones":
-                            n = await self._db(self.store.prune_tombstones, before, batch=batch)
-                        else:
-                            n = await self._db(self.store.prune, table, before, batch)
+                        n = await self._db(self.store.prune, table, before, batch)
                     pruned[table] += n
                     if n < batch:
                         break
@@ -418,10 +421,17 @@ class HubService:
             return Outcome("refused", d.terminal_message(refusal))
         return await self._wrong(attempt, refusal)
 
+    @staticmethod
+    def _guessed(attempt: Attempt) -> list[d.Event]:
+        """The attempt stays counted as a guess: the alarm events it raises, logged."""
+        events = attempt.wrong()
+        for event in events:
+            log.error(event.type, **{"terminal": attempt.terminal, **event.data})
+        return events
+
     async def _count(self, attempt: Attempt) -> None:
         """The attempt stays counted; the alarms it raises are committed."""
-        for event in attempt.wrong():
-            log.error(event.type, **{"terminal": attempt.terminal, **event.data})
+        for event in self._guessed(attempt):
             await self._commit(
                 d.Change(events=(event,)),
                 now=attempt.at,
@@ -433,20 +443,8 @@ class HubService:
     def _count_in_background(self, attempt: Attempt) -> None:
         """An attempt whose check failed half-way stays counted; its alarms are
         committed apart from the request, which is failing."""
-        events = attempt.wrong()
-        for event in events:
-            log.error(event.type, **{"terminal": attempt.terminal, **event.data})
-        if events:
-            task = asyncio.get_running_loop().create_task(
-                self.record(
-                    d.Change(events=tuple(events)),
-                    actor=attempt.terminal,
-                    action="alarm",
-                    target=attempt.terminal,
-                )
-            )
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+        if events := self._guessed(attempt):
+            self._record_apart(tuple(events), actor=attempt.terminal, target=attempt.terminal)
 
     # ------------------------------------------------------------------ reservations
     async def reserve(

@@ -139,7 +139,7 @@ SCHEMA: list[str] = [
         AND parcel_id IS NULL;
     """,
     # 6: tombstones: a code hash spent or replaced at this hub is never accepted again
-    # (pruned after the longest validity window: prune_tombstones)
+    # (pruned after the longest validity window: Store.prune('tombstones'))
     """
     CREATE TABLE spent_codes (
         hash TEXT PRIMARY KEY,
@@ -197,6 +197,8 @@ _PRUNE: dict[str, str] = {
     "parcels": "DELETE FROM parcels WHERE rowid IN (SELECT rowid FROM parcels "
     "WHERE state IN ('collected', 'recalled', 'cancelled') AND updated < :before "
     "LIMIT :limit)",
+    "tombstones": "DELETE FROM spent_codes WHERE hash IN "
+    "(SELECT hash FROM spent_codes WHERE at < :before ORDER BY at LIMIT :limit)",
 }
 
 
@@ -718,23 +720,6 @@ class Store:
         """Whether a code hash is tombstoned: spent or replaced here, never again."""
         return bool(_spent(self._db, [code_hash]))
 
-    def prune_tombstones(self, before: float, *, batch: int = 1000) -> int:
-        """Forget tombstones older than ``before``, ``batch`` rows a transaction (the
-        door monitor never waits for more than one); how many were deleted. ``before``
-        must leave them at least as long as any signed command carrying such a hash
-        can still be accepted: ``cloud.grant_max_life_s`` plus ``command_skew_s``."""
-        total = 0
-        while True:
-            with self.transaction() as db:
-                n = db.execute(
-                    "DELETE FROM spent_codes WHERE hash IN "
-                    "(SELECT hash FROM spent_codes WHERE at < ? ORDER BY at LIMIT ?)",
-                    (before, batch),
-                ).rowcount
-            total += n
-            if n < batch:
-                return total
-
     # ------------------------------------------------------------------ applying a change
     def apply(
         self,
@@ -827,17 +812,16 @@ class Store:
         action: str,
         target: str,
     ) -> None:
-        evts = list(events)
+        # what came from outside (a command's type, a terminal's name) is in some
+        # events: stored (and compared) only as text any JSON encoder can send
+        evts = [d.Event(e.type, clean(e.data)) for e in events]
         dropped: list[str] = []
         if evts:
             row = db.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
             seq = int(row[0]) if row else 1
             for e in self._within_quota(db, evts, dropped):
-                # what came from outside (a command's type, a terminal's name) is in
-                # some events: stored only as text any JSON encoder can send
-                safe = clean(e.data)
-                data = json.dumps(safe, sort_keys=True)
-                if self._coalesced(db, e.type, safe, data, now, seq):
+                data = json.dumps(e.data, sort_keys=True)
+                if self._coalesced(db, e.type, e.data, data, now, seq):
                     self._tx_events.append(e.type)
                     continue
                 db.execute(
@@ -851,7 +835,7 @@ class Store:
                     db.execute(
                         "INSERT INTO alarms(type, target, raised, data) VALUES(?,?,?,?) "
                         "ON CONFLICT DO NOTHING",
-                        (e.type, _alarm_target(safe), now, data),
+                        (e.type, _alarm_target(e.data), now, data),
                     )
             self._set_meta(db, "next_seq", str(seq))
             self._tx_events.extend(dropped)  # not queued for the cloud, but they happened
@@ -933,7 +917,7 @@ class Store:
                 e.type in ALARM_EVENTS
                 and db.execute(
                     "SELECT 1 FROM alarms WHERE type=? AND target=? AND acked IS NULL",
-                    (e.type, _alarm_target(clean(e.data))),
+                    (e.type, _alarm_target(e.data)),
                 ).fetchone()
             ):
                 dropped.append(e.type)
@@ -1017,7 +1001,9 @@ class Store:
     def prune(self, table: str, before: float, limit: int = 500) -> int:
         """Delete up to ``limit`` of ``table``'s rows older than ``before`` (see above:
         audit lines, command replies, settled intents, quarantined messages,
-        acknowledged alarms, parcels that ended)."""
+        acknowledged alarms, parcels that ended, code tombstones, the outbox of a hub
+        without a cloud). Tombstones must outlive any signed command that could carry
+        their hash: ``cloud.grant_max_life_s`` plus twice ``command_skew_s``."""
         with self.transaction() as db:
             return int(db.execute(_PRUNE[table], {"limit": limit, "before": before}).rowcount)
 
