@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
-import platform
 import sys
 from pathlib import Path
 
@@ -35,31 +33,8 @@ from bench import (
     hub_bench,
     startup_bench,
 )
-from bench.bus_bench import Figure
+from bench.common import RESULTS, Figure, machine, verdict
 from lockerd.logs import configure
-
-RESULTS = Path(__file__).parent / "results"
-
-
-def machine() -> str:
-    cpu = "unknown cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{platform.node()}: {os.cpu_count()} cores, {cpu}, "
-        f"Python {platform.python_version()}, {platform.system()} {platform.release()}"
-    )
-
-
-def verdict(f: Figure) -> str:
-    if f.ok is None:
-        return ""
-    return "met" if f.ok else "NOT met"
 
 
 def write(figures: list[Figure], quick: bool) -> Path:
@@ -95,6 +70,9 @@ def write(figures: list[Figure], quick: bool) -> Path:
 
 
 def main() -> int:
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(__doc__)
+        return 0
     quick = "--quick" in sys.argv[1:]
     configure(level="warning", stream=sys.stderr)
     figures = bus_bench.main(quick=quick)

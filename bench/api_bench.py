@@ -1,14 +1,14 @@
 """The local API under a connection flood: a keypad's ``enter_code`` with 2,000 idle
 connections held open on the same terminal socket.
 
-The demo hub runs as ``lockerd run`` in its own process (tests/lockerd/daemonproc's
+The demo hub runs as ``lockerd run`` in its own process (tests/support/daemon.py's
 config: every bus on the in-process simulator, the keypad ``keypad:1`` on its terminal
 socket, ``[api]`` at its defaults: 32 connections per socket), with 1,024 file handles
 (``RLIMIT_NOFILE`` lowered with prlimit: what a unit without ``LimitNOFILE`` gets). The
 code throttle is opened wide for the run (free attempts, alarms and the hub-wide limit
 at 10^6), so every request is a wrong code that is really checked: HMAC, the store's
 index on its thread, the refusal. The keypad connects anew for each code, as
-``lockerctl enter-code`` does; one sample is ``lockerd.api.call``: connect, request,
+``lockerctl enter-code`` does; one sample is ``lockerd.api.server.call``: connect, request,
 reply, close (``time.perf_counter``).
 
 Three phases, the same number of samples each:
@@ -40,14 +40,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from bench.bus_bench import Figure, percentile
-from lockerd.api import call
-from tests.lockerd.daemonproc import api_up, hub_config, spawn
+from bench.common import RESULTS, Figure, percentile
+from lockerd.api.server import call
+from tests.support.daemon import api_up, hub_config, spawn
 
 TARGET_MS = 50.0
 IDLE = 2_000
 DAEMON_FILES = 1_024  # a unit without LimitNOFILE
-RESULTS = Path(__file__).parent / "results"
 
 
 def config(root: Path) -> Path:

@@ -1,6 +1,6 @@
 """Bounded input: the hub under commands at the size limit (issue 10's figures).
 
-A local Mosquitto (tests/broker.py) and the demo hub with its cloud link; the cloud
+A local Mosquitto (tests/support/broker.py) and the demo hub with its cloud link; the cloud
 publishes, at once, 10 signed ``codes.bulk`` of 2,000 reservations (the biggest valid
 command, about 650 kB), 10 malformed commands just under the 1 MiB packet limit (an
 array of 200,000 numbers: the worst case for the JSON parser's memory) and 3 of
@@ -27,14 +27,15 @@ import aiomqtt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bench.bus_bench import Figure
-from bench.cloud_bench import DoorStall
-from lockerd import contract as c
-from lockerd.codes import CodeHasher, load_key
+from bench.common import DoorStall, Figure
+from lockerd.cloud import contract as c
 from lockerd.config import Cloud
-from lockerd.daemon import demo_config, open_hub
-from tests.broker import Broker
-from tests.lockerd.daemonproc import api_up, hub_config, spawn
+from lockerd.daemon.wiring import open_hub
+from lockerd.demo.ports import SimulatedPorts
+from lockerd.demo.scene import demo_config
+from lockerd.hub.codes import CodeHasher, load_key
+from tests.support.broker import Broker
+from tests.support.daemon import api_up, hub_config, spawn
 
 HUB = "demo-hub"
 
@@ -108,7 +109,7 @@ async def publish(broker: Broker, bodies: list[bytes], wanted: set[str]) -> floa
 async def stall(broker: Broker, tmp: Path) -> list[Figure]:
     cfg, _ = demo_config(str(tmp / "hub"), str(tmp / "api.sock"))
     cfg = cfg.model_copy(update={"cloud": Cloud(url=broker.plain_url, state_coalesce_s=0.5)})
-    async with open_hub(cfg, simulate=True) as hub:
+    async with open_hub(cfg, ports=SimulatedPorts()) as hub:
         assert hub.cloud is not None
         tasks = [asyncio.create_task(hub.monitor.run()), asyncio.create_task(hub.cloud.run())]
         await asyncio.wait_for(hub.cloud.connected.wait(), 10)

@@ -22,27 +22,18 @@ import sys
 import time
 import tty
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from drivers.boards import Board, make_board
-from drivers.bus import Bus, Timing
-from drivers.errors import DriverError
-from drivers.framing import frame_silence, wire_time
-from drivers.settings import BusSettings, Cu16Settings, Cu48Settings, ModbusRelaySettings
+from bench.common import Figure, percentile
+from lockerd.drivers.boards import Board, make_board
+from lockerd.drivers.bus import Bus, Timing
+from lockerd.drivers.errors import DriverError
+from lockerd.drivers.framing import frame_silence, wire_time
+from lockerd.drivers.settings import BusSettings, Cu16Settings, Cu48Settings, ModbusRelaySettings
 from lockerd.logs import configure
 
-SIM = [sys.executable, "-m", "simulator.cli"]
-
-
-@dataclass(frozen=True)
-class Figure:
-    name: str
-    value: float
-    unit: str
-    target: str = ""
-    ok: bool | None = None
+SIM = [sys.executable, "-m", "lockerd.simulator.cli"]
 
 
 @contextlib.asynccontextmanager
@@ -58,11 +49,6 @@ async def simulator(*args: str) -> AsyncIterator[str]:
     finally:
         proc.terminate()
         await proc.wait()
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def idle_samples(

@@ -1,4 +1,4 @@
-"""Cloud link benchmark, against a local Mosquitto started here (tests/broker.py).
+"""Cloud link benchmark, against a local Mosquitto started here (tests/support/broker.py).
 
 1. Outbox drain: N events in the real store (SQLite on disk, ``synchronous=FULL``)
    sent by the real :class:`CloudLink` (QoS 1, each row deleted after its PUBACK),
@@ -25,18 +25,20 @@ from typing import Any
 
 import aiomqtt
 
-from bench.bus_bench import Figure
-from lockerd import contract as c
-from lockerd import domain as d
-from lockerd.cloud import WINDOW, CloudLink
-from lockerd.cloudctl import load_signing_key
-from lockerd.codes import CodeHasher
+from bench.common import DoorStall, Figure
+from lockerd.cli.cloudctl import load_signing_key
+from lockerd.cloud import contract as c
+from lockerd.cloud.contract import BULK_MAX
+from lockerd.cloud.link import WINDOW, CloudLink
 from lockerd.config import Cloud
-from lockerd.contract import BULK_MAX
-from lockerd.daemon import demo_config, open_hub
-from lockerd.service import HubService
-from lockerd.store import Store
-from tests.broker import Broker
+from lockerd.daemon.wiring import open_hub
+from lockerd.demo.ports import SimulatedPorts
+from lockerd.demo.scene import demo_config
+from lockerd.hub import domain as d
+from lockerd.hub.codes import CodeHasher
+from lockerd.hub.service import HubService
+from lockerd.hub.store import Store
+from tests.support.broker import Broker
 
 
 def _events(n: int) -> list[d.Event]:
@@ -113,7 +115,7 @@ async def drain(broker: Broker, tmp: Path, n: int) -> list[Figure]:
 async def bulk(broker: Broker, tmp: Path, n: int) -> list[Figure]:
     cfg, _ = demo_config(str(tmp / "hub"), str(tmp / "api.sock"))
     cfg = cfg.model_copy(update={"cloud": Cloud(url=broker.plain_url, state_coalesce_s=0.5)})
-    async with open_hub(cfg, simulate=True) as hub:
+    async with open_hub(cfg, ports=SimulatedPorts()) as hub:
         assert hub.cloud is not None
         tasks = [asyncio.create_task(hub.monitor.run()), asyncio.create_task(hub.cloud.run())]
         await asyncio.wait_for(hub.cloud.connected.wait(), 10)
@@ -176,73 +178,6 @@ async def bulk(broker: Broker, tmp: Path, n: int) -> list[Figure]:
         Figure(f"codes.bulk {n:,}: publish to reply", took, "s", "< 10 s", took < 10),
         *stall.figures(f"codes.bulk {n:,}"),
     ]
-
-
-class DoorStall:
-    """How long door handling stalls while something else runs: the event loop's worst
-    lateness, the longest poll cycle, and the slowest door change the service handled,
-    while a person opens and shuts a door every 100 ms (its debounced change waits its
-    turn behind whatever holds the loop or the store: that wait is the stall)."""
-
-    def __init__(self, hub: Any) -> None:
-        self.hub = hub
-        self.lag = 0.0
-        self.door_worst = 0.0
-        self.cycle = 0.0
-        self._done = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-
-    async def start(self) -> None:
-        for poller in self.hub.monitor.pollers:  # the first readings are in first
-            await asyncio.wait_for(poller.cycle_done.wait(), 10)
-            poller.stats.max_cycle_s = 0.0
-        real = self.hub.service.door_changed
-
-        async def timed(label: str, is_open: bool, occupied: bool | None = None) -> None:
-            t = time.perf_counter()
-            await real(label, is_open, occupied)
-            self.door_worst = max(self.door_worst, time.perf_counter() - t)
-
-        self.hub.service.door_changed = timed
-        self._tasks = [asyncio.create_task(self._watch_loop()), asyncio.create_task(self._person())]
-
-    async def stop(self) -> None:
-        self._done.set()
-        await asyncio.gather(*self._tasks)
-        self.cycle = max(p.stats.max_cycle_s for p in self.hub.monitor.pollers)
-
-    async def _watch_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while not self._done.is_set():
-            t = loop.time()
-            await asyncio.sleep(0.005)
-            self.lag = max(self.lag, loop.time() - t - 0.005)
-
-    async def _person(self) -> None:
-        board = self.hub.sims["A"].board(0)
-        is_open = False
-        while not self._done.is_set():
-            is_open = not is_open
-            (board.open_door if is_open else board.close_door)(24)
-            await asyncio.sleep(0.1)
-
-    @property
-    def worst(self) -> float:
-        return max(self.lag, self.cycle, self.door_worst)
-
-    def figures(self, what: str) -> list[Figure]:
-        return [
-            Figure(f"{what}: worst event-loop lateness", self.lag * 1e3, "ms"),
-            Figure(f"{what}: longest poll cycle", self.cycle * 1e3, "ms"),
-            Figure(f"{what}: slowest door change handled", self.door_worst * 1e3, "ms"),
-            Figure(
-                f"{what}: longest stall of door handling",
-                self.worst * 1e3,
-                "ms",
-                "< 100 ms",
-                self.worst < 0.1,
-            ),
-        ]
 
 
 async def run(quick: bool) -> list[Figure]:

@@ -69,19 +69,18 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from bench.__main__ import machine
-from bench.bus_bench import Figure
-from lockerd import contract as c
-from lockerd import domain as d
-from lockerd.api import call
-from lockerd.cloudctl import load_signing_key
-from lockerd.codes import CodeHasher, create_key, load_key, new_code
-from lockerd.daemon import demo_command_keys
-from tests.broker import Broker
-from tests.lockerd.daemonproc import api_up, spawn
-from tests.lockerd.test_e2e_flows import CHANNEL, THROTTLE, SimProcess, _config, keypad_sockets
+from bench.common import RESULTS, Figure, machine
+from lockerd.api.server import call
+from lockerd.cli.cloudctl import load_signing_key
+from lockerd.cloud import contract as c
+from lockerd.demo.keys import demo_command_keys
+from lockerd.hub import domain as d
+from lockerd.hub.codes import CodeHasher, create_key, load_key, new_code
+from tests.support.broker import Broker
+from tests.support.daemon import api_up, spawn
+from tests.support.e2e import CHANNEL, HUB_ID, THROTTLE, SimProcess, e2e_config, keypad_sockets
 
-HUB = "e2e-hub"  # the hub id of tests.lockerd.test_e2e_flows's config
+HUB = HUB_ID  # the hub id of the end-to-end hub's config (tests.support.e2e)
 TIMERS: dict[str, float] = {
     "open_confirm_s": 2.0,
     "left_open_alarm_s": 600.0,
@@ -89,7 +88,6 @@ TIMERS: dict[str, float] = {
     "poll_interval_s": 0.05,
     "debounce_reads": 2,
 }
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 @dataclass
@@ -242,7 +240,7 @@ class Campaign:
         )
         # the scripted technician works faster than a person: no rate limit in its way
         api = "\n[api]\ntechnician_burst = 10000\ntechnician_per_minute = 6000\n"
-        config = _config(self.root, self.sock, self.link, TIMERS, THROTTLE) + cloud + api
+        config = e2e_config(self.root, self.sock, self.link, TIMERS, THROTTLE) + cloud + api
         self.config.write_text(config)
         with (self.root / "sim.log").open("ab") as sim_log:
             self.sim = await SimProcess.start(self.link, sim_log)

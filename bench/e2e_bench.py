@@ -1,7 +1,7 @@
 """End to end on the demo hub: an API ``enter_code`` request to the unlock frame at the board.
 
 The demo hub runs in this process as ``lockerd demo`` runs it (``daemon.open_hub`` on
-config/demo-hub.toml, every bus served by an in-process simulator on a real pty),
+lockerd/demo/demo-hub.toml, every bus served by an in-process simulator on a real pty),
 with its door monitor polling every board every 0.5 s and the once-a-second tick,
 and logging at info level (to a file) as ``lockerd run`` does. A client on the keypad's
 terminal socket (keypad:1; one connection, as a kiosk keeps) sends ``{"op": "enter_code", ...}``
@@ -27,7 +27,7 @@ unlock frame's own wire time* (what issue 3 asks to report); the frame's wire ti
 at the bus's baud rate is reported next to it, not subtracted twice.
 
 The disk's floor (a one-row fsync'd SQLite commit next to the store,
-``hub_bench.FsyncFloor``) is sampled between the samples: on a shared machine it
+``common.FsyncFloor``) is sampled between the samples: on a shared machine it
 moves, and every open commits its intent (fsync) before the pulse.
 
 Caveats: the simulator shares this process's loop, and to send a reply at its exact
@@ -51,17 +51,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from bench.bus_bench import Figure, percentile
-from bench.hub_bench import FsyncFloor
-from drivers.boards import Board, UnlockAck
-from drivers.framing import wire_time
-from lockerd import domain as d
-from lockerd.api import call
+from bench.common import Figure, FsyncFloor, percentile
+from lockerd.api.server import call
 from lockerd.config import HubConfig
-from lockerd.daemon import Hub, demo_config, open_hub, reserve_sample
+from lockerd.daemon.wiring import Hub, open_hub
+from lockerd.demo.ports import SimulatedPorts, simulators
+from lockerd.demo.scene import demo_config, reserve_sample
+from lockerd.drivers.boards import Board, UnlockAck
+from lockerd.drivers.framing import wire_time
+from lockerd.hub import domain as d
 from lockerd.logs import configure
-from simulator.boards import SimBoard
-from simulator.line import request_len
+from lockerd.simulator.boards import SimBoard
+from lockerd.simulator.line import request_len
 
 TARGET_MS = 15.0
 WARMUP = 2
@@ -86,7 +87,7 @@ class UnlockProbe:
 
     def __init__(self, hub: Hub) -> None:
         self.seen: list[Unlock] = []
-        for bus, sim in hub.sims.items():
+        for bus, sim in simulators(hub).items():
             for board in sim.line.boards:
                 self._wrap(bus, board)
 
@@ -171,7 +172,7 @@ class Bench:
         """A person puts the parcel in (or takes it out of) ``label`` and shuts the door
         (what a board with occupancy sensors, such as a CU16, sees)."""
         bus, address, channel = self.where[label]
-        board = self.hub.sims[bus].board(address)
+        board = simulators(self.hub)[bus].board(address)
         board.put_parcel(channel, parcel_inside)
         board.close_door(channel)
 
@@ -267,8 +268,8 @@ async def measure(tmp: Path, samples: int, log: TextIO) -> Run:
     floor = FsyncFloor(tmp)
     configure(level="info", stream=log)  # what `lockerd run` pays for its log lines
     try:
-        async with open_hub(cfg, simulate=True) as hub:
-            for sim in hub.sims.values():
+        async with open_hub(cfg, ports=SimulatedPorts()) as hub:
+            for sim in simulators(hub).values():
                 sim.line.emulate_line_speed = True  # polls hold the bus as on the wire
                 for board in sim.line.boards:
                     board.spring_delay_s = 0.0  # the door pops at once: not what is measured
@@ -285,7 +286,9 @@ async def measure(tmp: Path, samples: int, log: TextIO) -> Run:
                 for t in tasks:
                     t.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
-            violations = sum(s.stats.collisions + s.stats.gap_violations for s in hub.sims.values())
+            violations = sum(
+                s.stats.collisions + s.stats.gap_violations for s in simulators(hub).values()
+            )
     finally:
         floor.close()
         configure(level="warning", stream=sys.stderr)

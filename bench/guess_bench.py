@@ -28,13 +28,13 @@ from pathlib import Path
 
 import structlog
 
-from bench.bus_bench import Figure
-from bench.hub_bench import _InstantDoor
-from lockerd import domain as d
-from lockerd.codes import CodeHasher, ThrottlePolicy, burst_allowance, guesses_per_day
+from bench.common import RESULTS, Figure, InstantDoor, machine, verdict
+from lockerd.config import ThrottlePolicy
+from lockerd.hub import domain as d
+from lockerd.hub.codes import CodeHasher, burst_allowance, guesses_per_day
+from lockerd.hub.service import Door, HubService, Outcome
+from lockerd.hub.store import Store
 from lockerd.logs import configure
-from lockerd.service import Door, HubService, Outcome
-from lockerd.store import Store
 
 KEY = bytes(range(32))
 RIGHT = "11112222"
@@ -61,7 +61,7 @@ class _Hub:
             now=self.now,
             actor="bench",
         )
-        self.door = _InstantDoor()
+        self.door = InstantDoor()
         self.service = HubService(
             self.store,
             hasher,
@@ -205,7 +205,6 @@ def main(quick: bool = False) -> list[Figure]:
 
 def write(figures: list[Figure], command: str) -> Path:
     """bench/results/guess_bench.md: the figures of a run on its own."""
-    from bench.__main__ import RESULTS, machine, verdict  # noqa: PLC0415 - a cycle otherwise
 
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [

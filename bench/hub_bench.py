@@ -33,124 +33,27 @@ the COMMIT. The totals with the flush, and the floor, are reported next to it.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
-import sqlite3
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
-from bench.bus_bench import Figure, percentile
-from lockerd import domain as d
-from lockerd.codes import CodeHasher, ThrottlePolicy
-from lockerd.service import Door, HubService
-from lockerd.store import Store
+from bench.common import (
+    BATCH,
+    Figure,
+    FsyncFloor,
+    InstantDoor,
+    deposit_code,
+    load_parcels,
+    percentile,
+)
+from lockerd.config import ThrottlePolicy
+from lockerd.hub import domain as d
+from lockerd.hub.codes import CodeHasher
+from lockerd.hub.service import Door, HubService
+from lockerd.hub.store import Store
 
-BATCH = 50_000
 TARGET_S = 0.002
-
-
-def deposit_code(i: int) -> str:
-    """Parcel ``i``'s deposit code (8 digits; ``0`` first for i < 10,000,000)."""
-    return f"{i:08d}"
-
-
-def collect_code(i: int) -> str:
-    return f"9{i:07d}"
-
-
-def load_parcels(store: Store, key: bytes, n: int, now: float) -> float:
-    """Reserve parcels ``P0000000``.. with their deposit and collect codes, in bulk.
-
-    Hashes as ``CodeHasher`` does (HMAC-SHA256 of the digits), from a keyed HMAC
-    copied per code rather than set up per code (half the cost; checked equal).
-    Returns the seconds taken.
-    """
-    base = hmac.new(key, digestmod=hashlib.sha256)
-
-    def hashed(code: str) -> str:
-        h = base.copy()
-        h.update(code.encode())
-        return h.hexdigest()
-
-    hasher = CodeHasher(key)
-    assert hashed(deposit_code(0)) == hasher.hash(deposit_code(0))
-    assert hashed(collect_code(0)) == hasher.hash(collect_code(0))
-    deposit, collect = d.Purpose.DEPOSIT, d.Purpose.COLLECT
-    t0 = time.perf_counter()
-    for lo in range(0, n, BATCH):
-        items = [
-            (
-                d.Parcel(
-                    f"P{i:07d}",
-                    d.Kind.DELIVERY,
-                    d.Size.M,
-                    deposit_from=now - 60,
-                    deposit_until=now + 86_400,
-                ),
-                {deposit: hashed(deposit_code(i)), collect: hashed(collect_code(i))},
-            )
-            for i in range(lo, min(n, lo + BATCH))
-        ]
-        store.add_parcels(items, now=now, actor="bench")
-    return time.perf_counter() - t0
-
-
-class FsyncFloor:
-    """The disk's floor: a one-row INSERT committed in SQLite (WAL, synchronous=FULL),
-    in its own database next to the store; measured interleaved with the samples, so
-    both see the same disk (a shared machine's disk load comes and goes)."""
-
-    def __init__(self, directory: Path) -> None:
-        self.one: list[float] = []  # one commit (seconds)
-        self.two: list[float] = []  # two commits back to back
-        self._db = sqlite3.connect(
-            directory / "floor.db", isolation_level=None, check_same_thread=False
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, at REAL NOT NULL) STRICT")
-        for _ in range(20):  # warm up: the WAL file exists, its pages are cached
-            self._commit()
-
-    def _commit(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-        self._db.execute("INSERT INTO t(at) VALUES(?)", (time.time(),))
-        self._db.execute("COMMIT")
-
-    def sample(self) -> None:
-        t = time.perf_counter()
-        self._commit()
-        self.one.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        self._commit()
-        self._commit()
-        self.two.append(time.perf_counter() - t)
-
-    def close(self) -> None:
-        self._db.close()
-
-
-class _InstantDoor:
-    """A board whose door is seen open the moment it is unlocked (no bus)."""
-
-    def __init__(self) -> None:
-        self.key = "stub@0"
-        self.service: HubService | None = None
-        self.labels: dict[int, str] = {}
-        self.pulsed_at = 0.0  # perf_counter() of the last unlock() call
-        self.commit_s = 0.0  # how long the intent's COMMIT took (the store's last commit)
-
-    async def unlock(self, channel: int) -> Any:
-        self.pulsed_at = time.perf_counter()
-        assert self.service is not None
-        self.commit_s = self.service.store.last_commit_s
-        asyncio.get_running_loop().call_soon(
-            lambda: asyncio.ensure_future(self.service.door_changed(self.labels[channel], True))  # type: ignore[union-attr]
-        )
-        return None
 
 
 def _ms(samples: list[float], q: float) -> float:
@@ -168,7 +71,7 @@ async def _run(tmp: Path, parcels: int, samples: int) -> list[Figure]:
     store.sync_compartments(d.Compartment(label, d.Size.M) for label in labels)
     key = bytes(range(32))
     load_s = load_parcels(store, key, parcels, time.time())
-    door = _InstantDoor()
+    door = InstantDoor()
     service = HubService(
         store,
         CodeHasher(key),

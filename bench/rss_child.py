@@ -11,10 +11,10 @@ import contextlib
 import sys
 from typing import Any
 
-from drivers.boards import DoorReading, make_board
-from drivers.bus import Bus
-from drivers.poll import BusPoller
-from drivers.settings import BusSettings, Cu48Settings
+from lockerd.drivers.boards import DoorReading, make_board
+from lockerd.drivers.bus import Bus
+from lockerd.drivers.poll import BusPoller
+from lockerd.drivers.settings import BusSettings, Cu48Settings
 from lockerd.logs import configure
 
 BUSES = 10
@@ -36,7 +36,7 @@ async def main(seconds: float) -> None:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "simulator.cli",
+            "lockerd.simulator.cli",
             *[f"kerong-cu48:{a}" for a in range(BOARDS)],
             stdout=asyncio.subprocess.PIPE,
             stdin=asyncio.subprocess.DEVNULL,

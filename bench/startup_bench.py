@@ -18,7 +18,7 @@ Then ``lockerd run --config FILE`` is spawned as its own process:
 
 For a reader to see what start-up is made of: the bare interpreter
 (``python -c pass``) and the interpreter plus imports (``python -c "import
-lockerd.daemon"``, and of ``lockerd.cli``, what ``lockerd run`` imports), spawn to exit.
+lockerd.daemon.wiring"``, and of ``lockerd.cli.main``, what ``lockerd run`` imports), spawn to exit.
 
 Targets (issue 3): start-up under 1.5 s, peak RSS under 80 MB.
 """
@@ -37,16 +37,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from bench.bus_bench import Figure
-from bench.hub_bench import load_parcels
-from lockerd import domain as d
-from lockerd.api import call
-from lockerd.codes import create_key, load_key
+from bench.common import Figure, load_parcels
+from lockerd.api.server import call
 from lockerd.config import load
-from lockerd.store import Store
+from lockerd.hub import domain as d
+from lockerd.hub.codes import create_key, load_key
+from lockerd.hub.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
-LOCKERD = "from lockerd.cli import main; raise SystemExit(main())"
+LOCKERD = "from lockerd.cli.main import main; raise SystemExit(main())"
 
 COMPARTMENTS = 1000
 PARCELS = 100_000
@@ -234,8 +233,8 @@ def main(quick: bool = False) -> list[Figure]:
     starts, seed_s = _starts(runs)
     imports = 1 if quick else 7
     bare = spawn_to_exit("pass", imports)
-    daemon = spawn_to_exit("import lockerd.daemon", imports)
-    cli = spawn_to_exit("import lockerd.cli", imports)
+    daemon = spawn_to_exit("import lockerd.daemon.wiring", imports)
+    cli = spawn_to_exit("import lockerd.cli.main", imports)
     ready = [s.ready_s for s in starts]
     hwm = max(s.hwm_kb for s in starts) / 1024
     name = f"start-up, {COMPARTMENTS:,} compartments, {PARCELS:,} parcels"
@@ -276,11 +275,11 @@ def main(quick: bool = False) -> list[Figure]:
         Figure(f"{name}: SIGTERM -> exit", max(s.stop_s for s in starts), "s"),
         Figure("start-up part: bare interpreter, spawn -> exit", bare, "s"),
         Figure(
-            "start-up part: interpreter + import lockerd.daemon, spawn -> exit",
+            "start-up part: interpreter + import lockerd.daemon.wiring, spawn -> exit",
             daemon,
             "s",
         ),
-        Figure("start-up part: interpreter + import lockerd.cli, spawn -> exit", cli, "s"),
+        Figure("start-up part: interpreter + import lockerd.cli.main, spawn -> exit", cli, "s"),
     ]
     return figures
 

@@ -15,12 +15,18 @@ from typing import Any, Generic, TypeVar
 
 import structlog
 
-from drivers import kerong, modbus
-from drivers.bus import Bus, Exchange, Priority
-from drivers.errors import BusError, EncodeError, ReplyTimeout, UnlockNotSent, UnlockUnconfirmed
-from drivers.settings import BoardSettings, Cu16Settings, Cu48Settings, ModbusRelaySettings
+from lockerd.drivers import kerong, modbus
+from lockerd.drivers.bus import Bus, Exchange, Priority
+from lockerd.drivers.errors import (
+    BusError,
+    EncodeError,
+    ReplyTimeout,
+    UnlockNotSent,
+    UnlockUnconfirmed,
+)
+from lockerd.drivers.settings import BoardSettings, Cu16Settings, Cu48Settings, ModbusRelaySettings
 
-log = structlog.get_logger("lockerd.board")
+log = structlog.get_logger(__name__)
 
 S = TypeVar("S", bound=Cu48Settings | Cu16Settings | ModbusRelaySettings)
 

@@ -41,13 +41,11 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-import fcntl
 import heapq
 import itertools
 import random
 import socket
 import struct
-import termios
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -57,7 +55,7 @@ import serial
 import serial_asyncio_fast
 import structlog
 
-from drivers.errors import (
+from lockerd.drivers.errors import (
     BoardOffline,
     BusClosed,
     PortBusy,
@@ -65,12 +63,12 @@ from drivers.errors import (
     ReplyTimeout,
     UnlockNotSent,
 )
-from drivers.framing import StreamDecoder, frame_silence, wire_time
-from drivers.settings import BusSettings
+from lockerd.drivers.framing import StreamDecoder, frame_silence, wire_time
+from lockerd.drivers.settings import BusSettings
 
 F = TypeVar("F")
 
-log = structlog.get_logger("lockerd.bus")
+log = structlog.get_logger(__name__)
 
 
 class Priority(IntEnum):
@@ -687,20 +685,6 @@ class Bus:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         if link is not None:
             self._on_lost(link, ConnectionResetError(f"reset by us: {reason}"))
-
-    def unsent_bytes(self) -> int:
-        """Bytes written to a TCP link that the gateway has not acknowledged yet."""
-        link = self._link
-        transport = link.transport if link is not None else None
-        if transport is None:
-            return 0
-        queued = transport.get_write_buffer_size()
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
-                queued += struct.unpack("i", raw)[0]
-        return queued
 
     def _port_failed(self, exc: PortUnavailable) -> None:
         self._port_down = True

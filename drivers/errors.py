@@ -6,8 +6,10 @@ technician can check. Nothing below the service raises a bare ``Exception``.
 
 from __future__ import annotations
 
+from lockerd.errors import LockerdError
 
-class DriverError(Exception):
+
+class DriverError(LockerdError):
     """Base of every error raised by ``drivers``."""
 
 
@@ -69,7 +71,3 @@ class UnlockNotSent(BusError):
 
     Nothing was pulsed; it is safe to try again.
     """
-
-
-class ConfigError(DriverError, ValueError):
-    """A bus or board setting that cannot work (unknown kind, bad port URL, ...)."""

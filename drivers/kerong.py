@@ -4,7 +4,7 @@ Pure code: bytes in, frames out, and back. No I/O, no clocks.
 
 Both protocols frame as ``STX ... ETX SUM`` where SUM is the low byte of the sum of
 every byte before it. Frames have no transaction id, so a reply is matched to its
-request by address, command and length (see :mod:`drivers.bus`).
+request by address, command and length (see :mod:`lockerd.drivers.bus`).
 
 Byte-exact references are in ``shared/design/HARDWARE.md`` and in the tests.
 """
@@ -15,8 +15,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
 
-from drivers.errors import EncodeError, FrameError
-from drivers.framing import BufferedDecoder
+from lockerd.drivers.errors import EncodeError, FrameError
+from lockerd.drivers.framing import BufferedDecoder
 
 STX: Final = 0x02
 ETX: Final = 0x03

@@ -34,8 +34,8 @@ from pymodbus.pdu.register_message import (
     WriteSingleRegisterResponse,
 )
 
-from drivers.errors import EncodeError
-from drivers.framing import BufferedDecoder
+from lockerd.drivers.errors import EncodeError
+from lockerd.drivers.framing import BufferedDecoder
 
 # pymodbus logs every decode at debug and some failures with tracebacks; our own
 # decoders report what matters through DecoderStats and the bus's structured log.

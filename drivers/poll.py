@@ -18,10 +18,10 @@ from typing import Any
 
 import structlog
 
-from drivers.boards import Board, DoorReading
-from drivers.errors import BusClosed, DriverError
+from lockerd.drivers.boards import Board, DoorReading
+from lockerd.drivers.errors import BusClosed, DriverError
 
-log = structlog.get_logger("lockerd.poll")
+log = structlog.get_logger(__name__)
 
 
 @dataclass(slots=True)
@@ -35,6 +35,9 @@ class PollStats:
 
 
 class BusPoller:
+    """Reads every board of one bus once per interval and hands each reading on;
+    a board that fails costs only its own read."""
+
     PREPARE_RETRY_S = 10.0
 
     def __init__(

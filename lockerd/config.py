@@ -5,7 +5,7 @@ carries every problem found (not only the first), each with its place in the
 file (a path such as ``compartments[12].channel`` and, where it can be found, a
 line number) and a fix a technician understands.
 
-Bus and board settings are the models of :mod:`drivers.settings`, embedded as
+Bus and board settings are the models of :mod:`lockerd.drivers.settings`, embedded as
 they are: one definition, one default, one error message per setting.
 """
 
@@ -20,12 +20,39 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from drivers.settings import BoardSettings, BusSettings
-from lockerd.codes import ThrottlePolicy
+from lockerd.drivers.settings import BoardSettings, BusSettings
+from lockerd.errors import LockerdError
 
 SizeClass = Literal["S", "M", "L", "XL"]
 SIZES: tuple[SizeClass, ...] = ("S", "M", "L", "XL")
 LABEL_RE = re.compile(r"^[A-Z]{1,3}[0-9]{1,3}$")
+
+
+class ThrottlePolicy(BaseModel):
+    """How wrong codes slow a terminal and the hub (embedded in the hub config)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    free_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="wrong codes a terminal may enter one right after another (all that "
+        "a burst gets checked); the first delay follows the last of them",
+    )
+    base_delay_s: float = Field(
+        default=2.0, gt=0, description="first delay; doubles with each wrong code after"
+    )
+    max_delay_s: float = Field(default=300.0, gt=0, description="longest delay")
+    alarm_after: int = Field(
+        default=10, ge=1, description="wrong codes from one terminal that raise an alarm"
+    )
+    hub_wide_per_hour: int = Field(
+        default=20,
+        ge=1,
+        description="wrong codes in the window, all terminals together, after which every "
+        "terminal waits the longest delay",
+    )
+    window_s: float = Field(default=3600.0, gt=0, description="how long a wrong code counts")
 
 
 class _Model(BaseModel):
@@ -33,7 +60,7 @@ class _Model(BaseModel):
 
 
 class BusConfig(BusSettings):
-    """A bus: its port settings (drivers.settings.BusSettings), a name and its boards."""
+    """A bus: its port settings (lockerd.drivers.settings.BusSettings), a name and its boards."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$", description="short name, e.g. A")
     boards: list[BoardSettings] = Field(min_length=1)
@@ -56,6 +83,8 @@ class Compartment(_Model):
 
 
 class Timers(_Model):
+    """How long the hub waits for things: polls, door confirmations, alarms."""
+
     open_confirm_s: float = Field(
         default=3.0, gt=0, le=60, description="how long an opened door may take to be seen open"
     )
@@ -93,6 +122,8 @@ class Codes(_Model):
 
 
 class Paths(_Model):
+    """Where the hub keeps its state and its sockets, and who may use them."""
+
     state_dir: str = Field(default="/var/lib/lockerd", description="the store and keys")
     socket: str = Field(
         default="/run/lockerd/api.sock",
@@ -294,6 +325,10 @@ class MetricsEndpoint(_Model):
 
 
 class HubConfig(_Model):
+    """A hub's whole configuration, as ``lockerd check-config`` and ``lockerd run``
+    read it from TOML: identity, paths, buses and boards, compartments, codes,
+    timers, terminals, the cloud, the API's limits, retention, metrics."""
+
     hub_id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{2,62}$", description="e.g. hub-0042")
     buses: list[BusConfig] = Field(min_length=1)
     compartments: list[Compartment] = Field(min_length=1)
@@ -340,7 +375,7 @@ class Problem:
         return f"{text}\n    fix: {self.fix}" if self.fix else text
 
 
-class ConfigInvalid(ValueError):
+class ConfigInvalid(LockerdError, ValueError):
     """The config cannot run a hub; :attr:`problems` says everything that is wrong."""
 
     def __init__(self, file: str, problems: list[Problem]) -> None:

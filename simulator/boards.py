@@ -7,24 +7,13 @@ A board answers decoded requests with the bytes a real board would send. Time
 from __future__ import annotations
 
 import asyncio
-import enum
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from drivers import kerong, modbus
-from drivers.framing import pack_bits
-
-
-class Fault(enum.Enum):
-    """Faults that can be injected into one board (see :class:`Faults`)."""
-
-    NO_REPLY = "no-reply"
-    LATE_REPLY = "late-reply"
-    CORRUPT_CHECKSUM = "corrupt-checksum"
-    SPLIT_REPLY = "split-reply"
-    GARBAGE = "garbage"
-    DEAD = "dead"
+from lockerd.drivers import kerong, modbus
+from lockerd.drivers.framing import pack_bits
+from lockerd.drivers.settings import BoardSettings, ModbusRelaySettings
 
 
 @dataclass(slots=True)
@@ -349,3 +338,22 @@ class SimModbusRelay(SimBoard):
 BOARD_TYPES: dict[str, type[SimBoard]] = {
     cls.kind: cls for cls in (SimCu48, SimCu16, SimModbusRelay)
 }
+
+
+def board_for(settings: BoardSettings, *, spring_delay_s: float = 0.3) -> SimBoard:
+    """The simulated board that answers like the configured one, register map included
+    (a new board kind: its driver in drivers/boards.py, its simulation here)."""
+    extra: dict[str, Any] = {}
+    if isinstance(settings, ModbusRelaySettings):
+        extra = {
+            "coil_base": settings.coil_base,
+            "input_base": settings.input_base,
+            "flash_base": settings.flash_base,
+        }
+    return BOARD_TYPES[settings.kind](
+        settings.address,
+        settings.channels,
+        door_open_bit=settings.door_open_bit,
+        spring_delay_s=spring_delay_s,
+        **extra,
+    )

@@ -27,10 +27,10 @@ from typing import Any
 import structlog
 
 from lockerd.logs import configure
-from simulator.boards import BOARD_TYPES, SimBoard, SimCu16
-from simulator.line import Simulator, parse_board
+from lockerd.simulator.boards import BOARD_TYPES, SimBoard, SimCu16
+from lockerd.simulator.line import Simulator, parse_board
 
-log = structlog.get_logger("lockerd.sim")
+log = structlog.get_logger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -31,11 +31,11 @@ from typing import Any, Literal
 
 import structlog
 
-from drivers import kerong, modbus
-from drivers.framing import StreamDecoder, frame_silence, wire_time
-from simulator.boards import BOARD_TYPES, SimBoard
+from lockerd.drivers import kerong, modbus
+from lockerd.drivers.framing import StreamDecoder, frame_silence, wire_time
+from lockerd.simulator.boards import BOARD_TYPES, SimBoard
 
-log = structlog.get_logger("lockerd.sim")
+log = structlog.get_logger(__name__)
 
 Send = Callable[[bytes], None]
 

@@ -1,4 +1,7 @@
-"""Shared fixtures: simulated buses on real pseudo-terminals, and buses that drive them."""
+"""Shared fixtures: simulated buses on real pseudo-terminals, buses that drive them (with
+tests.support.buses.FAST_BUS timings), and a real mosquitto per test
+(tests.support.broker: ``broker``, ``make_broker``, ``mosquitto_binary``). Support code
+that test modules import lives in tests/support/, never here."""
 
 from __future__ import annotations
 
@@ -9,19 +12,12 @@ from typing import Any
 import pytest
 import structlog
 
-from drivers.bus import Bus
-from drivers.settings import BusSettings
-from simulator.boards import SimBoard
-from simulator.line import Simulator
-
-# Fast-failing defaults for tests: a dead board costs 30 ms a try, not 100.
-FAST_BUS: dict[str, Any] = {
-    "gap_ms": 0.5,
-    "timeout_ms": 30.0,
-    "offline_probe_s": 0.5,
-    "reopen_min_s": 0.02,
-    "reopen_max_s": 0.2,
-}
+from lockerd.drivers.bus import Bus
+from lockerd.drivers.settings import BusSettings
+from lockerd.simulator.boards import SimBoard
+from lockerd.simulator.line import Simulator
+from tests.support.broker import broker, make_broker, mosquitto_binary  # noqa: F401 - fixtures
+from tests.support.buses import FAST_BUS
 
 SimFactory = Callable[..., Any]
 
@@ -60,7 +56,3 @@ def make_bus(stack: AsyncExitStack) -> Callable[..., Any]:
         return bus
 
     return make
-
-
-# A real mosquitto per test (tests/broker.py): `broker`, `make_broker`, `mosquitto_binary`.
-from tests.broker import broker, make_broker, mosquitto_binary  # noqa: E402, F401

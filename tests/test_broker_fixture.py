@@ -20,8 +20,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from lockerd.config import Cloud
-from tests import broker as broker_mod
-from tests.broker import (
+from tests.support import broker as broker_mod
+from tests.support.broker import (
     ACL_PATH,
     PRODUCTION_CLIENT_ID,
     PRODUCTION_GLOBAL,

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from drivers.boards import BoardRejected, UnlockAck, make_board
-from drivers.bus import Bus
-from drivers.errors import (
+from lockerd.drivers.boards import BoardRejected, UnlockAck, make_board
+from lockerd.drivers.bus import Bus
+from lockerd.drivers.errors import (
     BoardOffline,
     BusClosed,
     PortUnavailable,
@@ -20,10 +20,10 @@ from drivers.errors import (
     UnlockNotSent,
     UnlockUnconfirmed,
 )
-from drivers.poll import BusPoller
-from drivers.settings import BusSettings, Cu16Settings, Cu48Settings, ModbusRelaySettings
-from simulator.boards import SimCu16, SimCu48, SimModbusRelay
-from tests.helpers import eventually, until_result
+from lockerd.drivers.poll import BusPoller
+from lockerd.drivers.settings import BusSettings, Cu16Settings, Cu48Settings, ModbusRelaySettings
+from lockerd.simulator.boards import SimCu16, SimCu48, SimModbusRelay
+from tests.support.waiting import eventually, until_result
 
 MakeSim = Callable[..., Any]
 MakeBus = Callable[..., Any]

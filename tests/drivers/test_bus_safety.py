@@ -12,15 +12,15 @@ import pytest
 from pydantic import ValidationError
 from structlog.testing import capture_logs
 
-from drivers.boards import DoorReading, UnlockAck, make_board
-from drivers.bus import Bus
-from drivers.errors import BoardOffline, BusClosed, PortUnavailable, ReplyTimeout
-from drivers.framing import wire_time
-from drivers.poll import BusPoller
-from drivers.settings import BusSettings, Cu16Settings, Cu48Settings, ModbusRelaySettings
-from simulator.boards import SimCu16, SimCu48, SimModbusRelay
-from simulator.line import PtyPort, SimLine, Simulator
-from tests.helpers import eventually
+from lockerd.drivers.boards import DoorReading, UnlockAck, make_board
+from lockerd.drivers.bus import Bus
+from lockerd.drivers.errors import BoardOffline, BusClosed, PortUnavailable, ReplyTimeout
+from lockerd.drivers.framing import wire_time
+from lockerd.drivers.poll import BusPoller
+from lockerd.drivers.settings import BusSettings, Cu16Settings, Cu48Settings, ModbusRelaySettings
+from lockerd.simulator.boards import SimCu16, SimCu48, SimModbusRelay
+from lockerd.simulator.line import PtyPort, SimLine, Simulator
+from tests.support.waiting import eventually
 
 MakeSim = Callable[..., Any]
 MakeBus = Callable[..., Any]

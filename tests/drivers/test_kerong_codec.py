@@ -1,4 +1,4 @@
-"""Byte-exact and property tests for the Kerong KR-CU48 / KR-CU16 codecs (``drivers.kerong``).
+"""Byte-exact and property tests for the Kerong KR-CU48 / KR-CU16 codecs (``drivers/kerong.py``).
 
 Byte vectors are the ones in ``shared/design/HARDWARE.md``. Every other expected frame
 is built here from the documented rule (``STX body ETX SUM``, SUM = low byte of the sum
@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.errors import EncodeError, FrameError
-from drivers.framing import StreamDecoder
-from drivers.kerong import (
+from lockerd.drivers.errors import EncodeError, FrameError
+from lockerd.drivers.framing import StreamDecoder
+from lockerd.drivers.kerong import (
     CU16_REQUEST_CMDS,
     Cu16ReplyDecoder,
     Cu16Request,

@@ -1,4 +1,4 @@
-"""Byte-exact and property tests for the Modbus RTU codec (``drivers.modbus``).
+"""Byte-exact and property tests for the Modbus RTU codec (``lockerd.drivers.modbus``).
 
 Vectors: ``shared/design/HARDWARE.md`` and the examples of the Modbus Application
 Protocol spec v1.1b3. Expected frames are laid out here from the spec (big-endian
@@ -18,9 +18,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.errors import EncodeError
-from drivers.framing import StreamDecoder, frame_silence, unpack_bits
-from drivers.modbus import (
+from lockerd.drivers.errors import EncodeError
+from lockerd.drivers.framing import StreamDecoder, frame_silence, unpack_bits
+from lockerd.drivers.modbus import (
     FC_READ_COILS,
     FC_READ_DISCRETE_INPUTS,
     FC_WRITE_COIL,
@@ -407,7 +407,7 @@ words = st.integers(0, 0xFFFF)
 
 @dataclass(frozen=True)
 class RequestCase:
-    wire: bytes  # built by drivers.modbus
+    wire: bytes  # built by lockerd.drivers.modbus
     reference: bytes  # laid out here from the spec
     decoded: ModbusRequest
 

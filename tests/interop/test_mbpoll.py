@@ -3,7 +3,7 @@
 The simulator serves the board on a real pseudo-terminal in this process; mbpoll runs
 as a subprocess on the same event loop (never a blocking ``subprocess.run``: the
 simulator must keep answering while mbpoll waits). This checks that what
-``simulator.boards.SimModbusRelay`` puts on the wire is Modbus RTU as libmodbus
+``lockerd.simulator.boards.SimModbusRelay`` puts on the wire is Modbus RTU as libmodbus
 understands it: framing, CRC, bit order, echoes and exception replies.
 
 mbpoll numbers references from 1 unless ``-0`` is given; ``-r 3`` is coil address 2.
@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from simulator.boards import SimModbusRelay
-from simulator.line import Simulator
-from tests.helpers import eventually
+from lockerd.simulator.boards import SimModbusRelay
+from lockerd.simulator.line import Simulator
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.interop
 

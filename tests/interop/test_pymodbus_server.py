@@ -28,10 +28,10 @@ from pymodbus.pdu import ExceptionResponse, ModbusPDU
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from drivers.boards import BoardRejected, ModbusRelay, UnlockAck, make_board
-from drivers.bus import Bus
-from drivers.settings import ModbusRelaySettings
-from tests.helpers import until_result
+from lockerd.drivers.boards import BoardRejected, ModbusRelay, UnlockAck, make_board
+from lockerd.drivers.bus import Bus
+from lockerd.drivers.settings import ModbusRelaySettings
+from tests.support.waiting import until_result
 
 pytestmark = pytest.mark.interop
 

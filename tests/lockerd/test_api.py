@@ -1,8 +1,8 @@
 """The local API over real Unix sockets, and lockerctl as a person runs it.
 
-The first part serves the API in this process over a small hub (tests.lockerd.
-test_service). The second part attacks a real daemon (``lockerd run`` on the demo
-hub's config, tests.lockerd.daemonproc) as a socket client would: a keypad's terminal
+The first part serves the API in this process over a small hub (tests.support.hubs,
+built by open_hub). The second part attacks a real daemon (``lockerd run`` on the demo
+hub's config, tests.support.daemon) as a socket client would: a keypad's terminal
 socket asking for what only a technician may do, a request naming its own actor, a
 user outside the technician group (a child process that drops to ``nobody``; these
 need root), 2,000 idle connections, a line never finished, a technician's flood of
@@ -33,19 +33,19 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from lockerd import domain as d
-from lockerd.api import OPS, AcceptErrors, ActionLimiter, ApiServer, call
-from lockerd.config import Api, Terminal
-from tests.helpers import until_result
-from tests.lockerd.daemonproc import api_up, hub_config, run_daemon
-from tests.lockerd.test_service import Hub, _make_hub
+from lockerd.api.server import OPS, AcceptErrors, ActionLimiter, ApiServer, call
+from lockerd.config import Api
+from lockerd.hub import domain as d
+from tests.support.daemon import api_up, hub_config, run_daemon
+from tests.support.hubs import SimHub, make_hub
+from tests.support.waiting import until_result
 
 ME = pwd.getpwuid(os.getuid()).pw_name  # who runs the tests: tech:ME on the technician socket
 
 
 @dataclass
 class Served:
-    hub: Hub
+    hub: SimHub
     sock: Path  # the technician socket
     keypad: Path  # keypad:1's terminal socket
     server: ApiServer
@@ -61,17 +61,8 @@ async def serve(tmp_path: Path) -> AsyncIterator[ServeFactory]:
     async with contextlib.AsyncExitStack() as stack:
 
         async def make(**api: Any) -> Served:
-            hub = await _make_hub(stack, tmp_path)
-            sock, keypad = tmp_path / "run" / "api.sock", tmp_path / "run" / "keypad.sock"
-            server = ApiServer(
-                hub.service,
-                sock,
-                terminals=[Terminal(name="keypad:1", socket=str(keypad))],
-                limits=Api(**api),
-            )
-            await server.start()
-            stack.push_async_callback(server.close)
-            return Served(hub, sock, keypad, server)
+            hub = await make_hub(stack, tmp_path, api=api)
+            return Served(hub, hub.sock, hub.keypad, hub.api)
 
         yield make
 
@@ -148,7 +139,7 @@ async def lockerctl(sock: Path, *args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
-        "from lockerd.ctl import main; raise SystemExit(main())",
+        "from lockerd.cli.ctl import main; raise SystemExit(main())",
         "--socket",
         str(sock),
         *args,

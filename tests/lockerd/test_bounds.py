@@ -13,11 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lockerd import domain as d
-from lockerd import jsonsafe
 from lockerd.config import Retention
-from lockerd.store import Inbox, Store
-from tests.lockerd.test_service import Hub, _make_hub
+from lockerd.hub import domain as d
+from lockerd.hub import jsonsafe
+from lockerd.hub.store import Inbox, Store
+from tests.support.hubs import SimHub, make_hub
 
 NOW = 10_000_000.0
 DAY = 86_400.0
@@ -31,9 +31,9 @@ def store(tmp_path: Path) -> Store:
 
 
 @pytest.fixture
-async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
+async def hub(tmp_path: Path) -> AsyncIterator[SimHub]:
     async with contextlib.AsyncExitStack() as stack:
-        yield await _make_hub(stack, tmp_path)
+        yield await make_hub(stack, tmp_path)
 
 
 def full(store: Store) -> bool:
@@ -98,7 +98,7 @@ def test_what_a_former_run_left_in_the_outbox_is_never_changed(tmp_path: Path) -
     assert [r.seq for r in again.outbox()] == [1, 2]
 
 
-async def test_at_the_hard_ceiling_reservations_and_service_changes_wait(hub: Hub) -> None:
+async def test_at_the_hard_ceiling_reservations_and_service_changes_wait(hub: SimHub) -> None:
     store = hub.store
     store.outbox_quota = 4_000
     for i in range(200):  # alarms: never dropped, so the outbox grows past its quota
@@ -162,7 +162,7 @@ def old_and_new(store: Store) -> None:
     store.answer(Inbox("cmd-opening", {"status": "opening"}, publish=False), now=NOW - 400 * DAY)
 
 
-async def test_prune_deletes_only_what_retention_lets_go(hub: Hub) -> None:
+async def test_prune_deletes_only_what_retention_lets_go(hub: SimHub) -> None:
     store = hub.store
     old_and_new(store)
     hub.service.clock = lambda: NOW
@@ -189,7 +189,7 @@ async def test_prune_deletes_only_what_retention_lets_go(hub: Hub) -> None:
     assert store.integrity_ok()
 
 
-async def test_settled_intents_are_pruned_and_open_ones_never(hub: Hub) -> None:
+async def test_settled_intents_are_pruned_and_open_ones_never(hub: SimHub) -> None:
     store = hub.store
     with store.transaction() as db:
         db.execute(
@@ -269,7 +269,7 @@ def test_an_event_with_outside_text_is_stored_sendable(store: Store) -> None:
 def test_check_config_refuses_a_retention_shorter_than_a_command_lives() -> None:
     from lockerd.config import ConfigInvalid, parse  # noqa: PLC0415
 
-    text = (Path(__file__).resolve().parents[2] / "config" / "demo-hub.toml").read_text()
+    text = (Path(__file__).resolve().parents[2] / "lockerd" / "demo" / "demo-hub.toml").read_text()
     text += '\n[cloud]\nurl = "mqtt://127.0.0.1:1883"\n\n[retention]\ninbox_days = 2\n'
     with pytest.raises(ConfigInvalid) as exc:
         parse(text, "hub.toml")
@@ -279,7 +279,7 @@ def test_check_config_refuses_a_retention_shorter_than_a_command_lives() -> None
     assert problem.line is not None
 
 
-async def test_a_kept_row_among_the_oldest_never_stops_the_prune(hub: Hub) -> None:
+async def test_a_kept_row_among_the_oldest_never_stops_the_prune(hub: SimHub) -> None:
     """Seen in review: the oldest 500 were taken and then filtered, so one open intent
     among them held the whole table at 499 deletions an hour."""
     store = hub.store
@@ -298,7 +298,7 @@ async def test_a_kept_row_among_the_oldest_never_stops_the_prune(hub: Hub) -> No
     assert [i.label for i in store.open_intents()] == ["A02"]
 
 
-async def test_a_hub_without_a_cloud_keeps_its_events_as_long_as_its_audit(hub: Hub) -> None:
+async def test_a_hub_without_a_cloud_keeps_its_events_as_long_as_its_audit(hub: SimHub) -> None:
     store = hub.store
     for when in (NOW - 400 * DAY, NOW):
         store.apply(

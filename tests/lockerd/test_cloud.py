@@ -5,12 +5,9 @@ simulator (real ptys, real SQLite file); the cloud is an aiomqtt client."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import ssl
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,75 +18,19 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import BaseModel
 
-from lockerd import cloud as cloud_module
-from lockerd import contract as c
-from lockerd import domain as d
-from lockerd.cloud import reservation
-from lockerd.cloudctl import load_signing_key
-from lockerd.codes import new_code
+from lockerd.cloud import contract as c
+from lockerd.cloud import link as cloud_module
+from lockerd.cloud.link import reservation
 from lockerd.config import Cloud
-from lockerd.daemon import Hub, demo_config, open_hub
-from tests.broker import Broker
-from tests.contract_check import validate_message
-from tests.helpers import eventually
-
-HUB = "demo-hub"
-
-
-@dataclass
-class CloudSide:
-    """The cloud: watches lockers/HUB/#, sends commands, signs what must be signed."""
-
-    client: aiomqtt.Client
-    key: Ed25519PrivateKey
-    seen: list[tuple[str, dict[str, Any], bool]] = field(default_factory=list)
-
-    def of(self, kind: str) -> list[dict[str, Any]]:
-        return [m for t, m, _ in self.seen if t.endswith(f"/{kind}")]
-
-    def replies(self, cid: str) -> list[dict[str, Any]]:
-        return [r for r in self.of("reply") if r["id"] == cid]
-
-    def events(self, type_: str | None = None) -> list[dict[str, Any]]:
-        return [e for e in self.of("evt") if type_ is None or e["type"] == type_]
-
-    async def send(self, cmd: dict[str, Any], *, retain: bool = False) -> None:
-        await self.client.publish(f"lockers/{HUB}/cmd", json.dumps(cmd), qos=1, retain=retain)
-
-    def sign(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        return c.sign(cmd, self.key)
-
-    def grant(self, cmd: dict[str, Any], *, life: int = 3600) -> dict[str, Any]:
-        """A grant (reservation, codes, recall, bulk) as the cloud sends it: signed,
-        valid for ``life`` seconds."""
-        return c.sign({**cmd, "expires_at": cmd["issued_at"] + life}, self.key)
-
-
-def cloud_key(hub: Hub) -> Ed25519PrivateKey:
-    """The cloud's signing key (the demo hub keeps the pair in its state directory)."""
-    return load_signing_key(hub.cfg.state_path("keys/cloud-commands.key"))
-
-
-def reserve_cmd(
-    hub: Hub, cid: str, pid: str, deposit: str, pickup: str, *, signed: bool = True
-) -> dict[str, Any]:
-    """A parcel.reserve, signed unless ``signed`` is false (an attacker's)."""
-    now = int(time.time())
-    cmd = {
-        "id": cid,
-        "type": "parcel.reserve",
-        "hub": HUB,
-        "issued_at": now,
-        "parcel": pid,
-        "size": "M",
-        "deposit_code_hash": hub.service.hasher.hash(deposit),
-        "pickup_code_hash": hub.service.hasher.hash(pickup),
-        "deposit_from": now - 60,
-        "deposit_until": now + 86_400,
-    }
-    if not signed:
-        return cmd
-    return c.sign({**cmd, "expires_at": now + 3600}, cloud_key(hub))
+from lockerd.daemon.wiring import Hub, open_hub
+from lockerd.demo.ports import SimulatedPorts, simulators
+from lockerd.demo.scene import demo_config
+from lockerd.hub import domain as d
+from lockerd.hub.codes import new_code
+from tests.support.broker import Broker
+from tests.support.cloud import HUB, CloudSide, cloud_side, reserve_cmd, running_hub
+from tests.support.contract_check import validate_message
+from tests.support.waiting import eventually
 
 
 def open_cmd(cid: str, label: str, *, life: int = 60, hub: str = HUB) -> dict[str, Any]:
@@ -103,60 +44,6 @@ def open_cmd(cid: str, label: str, *, life: int = 60, hub: str = HUB) -> dict[st
         "compartment": label,
         "reason": "support call 42",
     }
-
-
-@contextlib.asynccontextmanager
-async def running_hub(
-    tmp_path: Path, broker: Broker, *, cloud: Cloud | None = None
-) -> AsyncIterator[Hub]:
-    cfg, _ = demo_config(str(tmp_path / "hub"), str(tmp_path / "api.sock"))
-    cloud = cloud or Cloud(
-        url=broker.url, state_coalesce_s=0.05, reconnect_min_s=0.05, reconnect_max_s=0.2
-    )
-    cfg = cfg.model_copy(update={"cloud": cloud})
-    async with open_hub(cfg, simulate=True) as hub:
-        assert hub.cloud is not None
-        tasks = [asyncio.create_task(hub.monitor.run()), asyncio.create_task(hub.cloud.run())]
-        try:
-            yield hub
-        finally:
-            # as serve() stops it: close() first (a cancel alone can be lost inside
-            # aiomqtt on Python 3.11 while the link reconnects), never a hang
-            hub.cloud.close()
-            for t in tasks:
-                t.cancel()
-            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
-
-
-@contextlib.asynccontextmanager
-async def cloud_side(
-    broker: Broker, hub: Hub, *, port: int | None = None, tls: ssl.SSLContext | None = None
-) -> AsyncIterator[CloudSide]:
-    key = cloud_key(hub)
-    async with aiomqtt.Client(
-        broker.host,
-        port or broker.port,
-        identifier="cloud",
-        protocol=aiomqtt.ProtocolVersion.V5,
-        tls_context=tls,
-    ) as client:
-        side = CloudSide(client, key)
-        await client.subscribe(f"lockers/{HUB}/#", qos=1)
-
-        async def collect() -> None:
-            async for m in client.messages:
-                topic = str(m.topic)
-                body = json.loads(bytes(m.payload))  # type: ignore[arg-type,unused-ignore]
-                if not topic.endswith("/cmd"):  # what the hub sends: always to the contract
-                    validate_message(topic.rsplit("/", 1)[1], body)
-                side.seen.append((topic, body, m.retain))
-
-        task = asyncio.create_task(collect())
-        try:
-            yield side
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
 
 def validate(side: CloudSide) -> None:
@@ -185,11 +72,11 @@ async def test_reserve_deposit_collect_round_trip(tmp_path: Path, broker: Broker
         out = await hub.service.enter_code(deposit, "keypad")
         assert out.status == "opened"
         assert out.compartment is not None
-        hub.sims["A"].board(0).close_door(int(out.compartment[1:]))
+        simulators(hub)["A"].board(0).close_door(int(out.compartment[1:]))
         await eventually(lambda: bool(cloud.events("deposited")), what="deposited event", within=10)
         out = await hub.service.enter_code(pickup, "keypad")
         assert out.status == "opened"
-        hub.sims["A"].board(0).close_door(int(out.compartment[1:]))  # type: ignore[index]
+        simulators(hub)["A"].board(0).close_door(int(out.compartment[1:]))  # type: ignore[index]
         await eventually(lambda: bool(cloud.events("collected")), what="collected event", within=10)
         seqs = [e["seq"] for e in cloud.events()]
         assert seqs == sorted(seqs)
@@ -266,7 +153,7 @@ async def test_a_bad_open_command_opens_nothing(
         assert reply["status"] == reason
         await eventually(lambda: bool(cloud.events("command_refused")), what="the event")
         assert cloud.events("command_refused")[0]["data"]["reason"] == reason
-        assert hub.sims["A"].board(0).unlocks_of(5) == 0
+        assert simulators(hub)["A"].board(0).unlocks_of(5) == 0
         if retain:  # clear it, or the next test's broker... (each test has its own)
             await cloud.client.publish(f"lockers/{HUB}/cmd", b"", qos=1, retain=True)
 
@@ -285,7 +172,7 @@ async def test_a_signed_open_opens_once_even_when_replayed(tmp_path: Path, broke
         await cloud.send(cmd)  # a replay
         await eventually(lambda: len(cloud.replies("open-ok")) == 2, what="the stored reply")
         assert cloud.replies("open-ok")[1]["duplicate"] is True
-        assert hub.sims["A"].board(0).unlocks_of(5) == 1
+        assert simulators(hub)["A"].board(0).unlocks_of(5) == 1
 
 
 async def test_an_outage_loses_nothing_and_commands_wait(tmp_path: Path, broker: Broker) -> None:
@@ -333,7 +220,7 @@ async def test_an_outage_loses_nothing_and_commands_wait(tmp_path: Path, broker:
                 out = await hub.service.enter_code(dep, "keypad")
                 assert out.status == "opened"
                 assert out.compartment is not None
-                hub.sims["A"].board(0).close_door(int(out.compartment[1:]))
+                simulators(hub)["A"].board(0).close_door(int(out.compartment[1:]))
             await eventually(
                 lambda: sum(1 for r in hub.store.outbox(limit=1000) if r.type == "deposited") == 3,
                 what="three deposits stored offline",
@@ -588,7 +475,7 @@ async def test_every_other_command_over_mqtt(tmp_path: Path, broker: Broker) -> 
         out = await hub.service.enter_code(dep, "keypad")
         assert out.status == "opened"
         assert out.compartment is not None
-        hub.sims["A"].board(0).close_door(int(out.compartment[1:]))
+        simulators(hub)["A"].board(0).close_door(int(out.compartment[1:]))
         await eventually(lambda: bool(cloud.events("deposited")), what="deposited", within=10)
         assert (await hub.service.enter_code(pick, "keypad")).status == "refused"
         # a recall code for a stored (not yet expired) parcel is accepted; it opens only
@@ -618,7 +505,7 @@ async def _deposit(hub: Hub, code: str, pid: str, terminal: str = "keypad") -> s
     out = await hub.service.enter_code(code, terminal)
     assert out.status == "opened", out
     assert out.compartment is not None
-    hub.sims["A"].board(0).close_door(int(out.compartment[1:]))
+    simulators(hub)["A"].board(0).close_door(int(out.compartment[1:]))
     await eventually(
         lambda: getattr(hub.store.parcel(pid), "state", None) is d.ParcelState.STORED,
         what=f"{pid} stored",
@@ -631,7 +518,7 @@ async def _collect(hub: Hub, code: str, pid: str) -> None:
     out = await hub.service.enter_code(code, "keypad")
     assert out.status == "opened", out
     assert out.compartment is not None
-    hub.sims["A"].board(0).close_door(int(out.compartment[1:]))
+    simulators(hub)["A"].board(0).close_door(int(out.compartment[1:]))
     await eventually(
         lambda: getattr(hub.store.parcel(pid), "state", None) is d.ParcelState.COLLECTED,
         what=f"{pid} collected",
@@ -663,7 +550,7 @@ async def test_a_spent_code_cannot_be_attached_to_another_parcel(
         await _deposit(hub, dep1, "P-1")  # the carrier's deposit code is spent now
         await _collect(hub, pick1, "P-1")  # and the resident's pickup code
         label = await _deposit(hub, dep2, "P-2")
-        board = hub.sims["A"].board(0)
+        board = simulators(hub)["A"].board(0)
         unlocks = board.unlocks_of(int(label[1:]))
         now = int(time.time())
         attack = {
@@ -846,7 +733,7 @@ async def test_a_stop_while_the_broker_goes_away_still_stops(
     went on reconnecting and the daemon never exited on SIGTERM.)"""
     cfg, _ = demo_config(str(tmp_path / "hub"), str(tmp_path / "api.sock"))
     cloud = Cloud(url=broker.url, reconnect_min_s=0.05, reconnect_max_s=0.2)
-    async with open_hub(cfg.model_copy(update={"cloud": cloud}), simulate=True) as hub:
+    async with open_hub(cfg.model_copy(update={"cloud": cloud}), ports=SimulatedPorts()) as hub:
         assert hub.cloud is not None
         task = asyncio.create_task(hub.cloud.run())
         await asyncio.wait_for(hub.cloud.connected.wait(), 10)

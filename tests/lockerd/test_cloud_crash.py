@@ -5,94 +5,27 @@ is neither lost nor applied twice (ADR 0009). The kill comes from a named failpo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import sys
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import pytest
 
-from lockerd import contract as c
-from lockerd.cloudctl import load_signing_key
-from lockerd.codes import CodeHasher, load_key
-from tests.broker import Broker
-from tests.helpers import eventually
-
-HUB = "crash-hub"
-
-
-_STARTED: list[asyncio.subprocess.Process] = []
+from lockerd.cli.cloudctl import load_signing_key
+from lockerd.cloud import contract as c
+from lockerd.hub.codes import CodeHasher, load_key
+from tests.support.broker import Broker
+from tests.support.demoproc import HUB_ID, kill_started, start_demo, watch_cloud
+from tests.support.waiting import eventually
 
 
 @pytest.fixture(autouse=True)
 def _no_daemon_left_behind() -> Iterator[None]:
     """Whatever a test asserts, every daemon it started is gone afterwards."""
     yield
-    while _STARTED:
-        proc = _STARTED.pop()
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-
-
-async def start(
-    state: Path, broker: Broker, failpoint: str | None = None
-) -> asyncio.subprocess.Process:
-    env = {**os.environ}
-    env.pop("LOCKERD_FAILPOINT", None)
-    if failpoint:
-        env["LOCKERD_FAILPOINT"] = failpoint
-    log = (state.parent / "daemon.log").open("ab")  # for a failure's post-mortem
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        "from lockerd.cli import main; raise SystemExit(main())",
-        "demo",
-        "--state-dir",
-        str(state),
-        "--mqtt",
-        broker.url,
-        "--hub-id",
-        HUB,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=log,
-        env=env,
-    )
-    log.close()  # the daemon has its own copy
-    _STARTED.append(proc)
-    assert proc.stdout is not None
-    while True:
-        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
-        assert line, "the demo exited early"
-        if line.startswith("serving until"):
-            return proc
-
-
-@asynccontextmanager
-async def cloud(broker: Broker) -> AsyncIterator[tuple[aiomqtt.Client, list[dict[str, Any]]]]:
-    seen: list[dict[str, Any]] = []
-    async with aiomqtt.Client(
-        broker.host, broker.port, identifier="cloud", protocol=aiomqtt.ProtocolVersion.V5
-    ) as client:
-        await client.subscribe(f"lockers/{HUB}/#", qos=1)
-
-        async def collect() -> None:
-            async for m in client.messages:
-                body = json.loads(bytes(m.payload))  # type: ignore[arg-type,unused-ignore]
-                seen.append({"topic": str(m.topic).rsplit("/", 1)[1], **body})
-
-        task = asyncio.create_task(collect())
-        try:
-            yield client, seen
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+    kill_started()
 
 
 def replies(seen: list[dict[str, Any]], cid: str) -> list[dict[str, Any]]:
@@ -120,8 +53,8 @@ def reserved(seen: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 async def first_run(state: Path, broker: Broker) -> None:
     """Create the hub (its keys, its session at the broker), then stop it cleanly."""
-    async with cloud(broker) as (_, seen):
-        proc = await start(state, broker)
+    async with watch_cloud(broker) as (_, seen):
+        proc = await start_demo(state, broker)
         await eventually(
             lambda: any(m["topic"] == "status" and m["state"] == "online" for m in seen),
             what="the hub's birth",
@@ -142,7 +75,7 @@ async def test_a_reservation_survives_a_kill_before_its_ack(
     body = {
         "id": "res-1",
         "type": "parcel.reserve",
-        "hub": HUB,
+        "hub": HUB_ID,
         "issued_at": now,
         "expires_at": now + 3600,
         "parcel": "P-crash",
@@ -153,12 +86,12 @@ async def test_a_reservation_survives_a_kill_before_its_ack(
         "deposit_until": now + 3600,
     }
     cmd = c.sign(body, load_signing_key(state / "keys" / "cloud-commands.key"))
-    async with cloud(broker) as (client, seen):
-        proc = await start(state, broker, failpoint)
+    async with watch_cloud(broker) as (client, seen):
+        proc = await start_demo(state, broker, failpoint)
         await born(seen, boot=2)  # subscribed again: the command reaches it live
-        await client.publish(f"lockers/{HUB}/cmd", json.dumps(cmd), qos=1)
+        await client.publish(f"lockers/{HUB_ID}/cmd", json.dumps(cmd), qos=1)
         assert await asyncio.wait_for(proc.wait(), 20) == 99  # killed at the failpoint
-        proc = await start(state, broker)  # the broker redelivers: never acknowledged
+        proc = await start_demo(state, broker)  # the broker redelivers: never acknowledged
         try:
             await eventually(lambda: bool(reserved(seen)), what="the effect")
             await eventually(lambda: bool(replies(seen, "res-1")), what="a reply")
@@ -187,19 +120,19 @@ async def test_a_signed_open_killed_before_its_pulse_is_never_pulsed(
     body: dict[str, Any] = {
         "id": "open-1",
         "type": "compartment.open",
-        "hub": HUB,
+        "hub": HUB_ID,
         "issued_at": now,
         "expires_at": now + 120,
         "compartment": "A05",
         "reason": "support",
     }
     cmd = c.sign(body, load_signing_key(state / "keys" / "cloud-commands.key"))
-    async with cloud(broker) as (client, seen):
-        proc = await start(state, broker, "cloud.open_committed")
+    async with watch_cloud(broker) as (client, seen):
+        proc = await start_demo(state, broker, "cloud.open_committed")
         await born(seen, boot=2)  # subscribed again: the command reaches it live
-        await client.publish(f"lockers/{HUB}/cmd", json.dumps(cmd), qos=1)
+        await client.publish(f"lockers/{HUB_ID}/cmd", json.dumps(cmd), qos=1)
         assert await asyncio.wait_for(proc.wait(), 20) == 99
-        proc = await start(state, broker)
+        proc = await start_demo(state, broker)
         try:
             await eventually(
                 lambda: bool(events(seen, "open_interrupted")), what="the intent reconciled"

@@ -7,20 +7,30 @@ import asyncio
 import json
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
-from tests.broker import Broker
-from tests.helpers import eventually
-from tests.lockerd.test_cloud_crash import HUB, cloud, start
+import pytest
+
+from tests.support.broker import Broker
+from tests.support.demoproc import HUB_ID, kill_started, start_demo, watch_cloud
+from tests.support.waiting import eventually
 
 PARCEL = re.compile(r"^parcel (\S+) size (\S+) deposit (\d+) pickup (\d+)$", re.M)
+
+
+@pytest.fixture(autouse=True)
+def _no_daemon_left_behind() -> Iterator[None]:
+    """Whatever a test asserts, every daemon it started is gone afterwards."""
+    yield
+    kill_started()
 
 
 async def lockerctl(*args: str) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
-        "from lockerd.ctl import main; raise SystemExit(main())",
+        "from lockerd.cli.ctl import main; raise SystemExit(main())",
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
@@ -32,14 +42,14 @@ async def lockerctl(*args: str) -> tuple[int, str]:
 
 async def test_lockerctl_cloud_drives_a_demo_hub(tmp_path: Path, broker: Broker) -> None:
     state = tmp_path / "hub"
-    async with cloud(broker) as (_, seen):
-        proc = await start(state, broker)
+    async with watch_cloud(broker) as (_, seen):
+        proc = await start_demo(state, broker)
         await eventually(  # subscribed: a command sent now reaches it
             lambda: any(m["topic"] == "status" and m["state"] == "online" for m in seen),
             what="the hub's birth",
             within=10,
         )
-    as_cloud = ["cloud", "--mqtt", broker.url, "--hub", HUB, "--state-dir", str(state)]
+    as_cloud = ["cloud", "--mqtt", broker.url, "--hub", HUB_ID, "--state-dir", str(state)]
     local = ["--socket", str(state / "api.sock"), "--json"]
     try:
         rc, out = await lockerctl(*local, "status")
@@ -74,7 +84,14 @@ async def test_lockerctl_cloud_drives_a_demo_hub(tmp_path: Path, broker: Broker)
 
 async def test_lockerctl_cloud_without_a_broker_says_so(tmp_path: Path) -> None:
     rc, out = await lockerctl(
-        "cloud", "--mqtt", "mqtt://127.0.0.1:9", "--hub", HUB, "--state-dir", str(tmp_path), "sync"
+        "cloud",
+        "--mqtt",
+        "mqtt://127.0.0.1:9",
+        "--hub",
+        HUB_ID,
+        "--state-dir",
+        str(tmp_path),
+        "sync",
     )
     assert rc == 3
     assert "cannot reach" in out

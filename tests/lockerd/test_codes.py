@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from lockerd.codes import (
+from lockerd.config import ThrottlePolicy
+from lockerd.hub.codes import (
     Attempt,
     CodeHasher,
     KeyFileError,
     Throttle,
-    ThrottlePolicy,
     burst_allowance,
     create_key,
     guesses_per_day,
@@ -21,7 +21,7 @@ from lockerd.codes import (
     new_code,
     normalise,
 )
-from lockerd.domain import Event
+from lockerd.hub.domain import Event
 
 KEY = bytes(range(32))
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lockerd.cli import main
+from lockerd.cli.main import main
 from lockerd.config import ConfigInvalid, Problem, load, parse
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,7 +48,7 @@ def problems(text: str) -> list[Problem]:
 
 
 def test_the_shipped_demo_hub_is_valid() -> None:
-    cfg = load(ROOT / "config" / "demo-hub.toml")
+    cfg = load(ROOT / "lockerd" / "demo" / "demo-hub.toml")
     assert cfg.hub_id == "demo-hub"
     assert len(cfg.compartments) == 68
     assert {c.size for c in cfg.compartments} == {"S", "M", "L", "XL"}
@@ -163,7 +163,7 @@ def test_an_unreadable_file_is_a_problem_not_a_crash(tmp_path: Path) -> None:
 def test_check_config_command_reports_and_exits_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    good = ROOT / "config" / "demo-hub.toml"
+    good = ROOT / "lockerd" / "demo" / "demo-hub.toml"
     assert main(["check-config", str(good)]) == 0
     assert "ok: hub demo-hub, 3 bus(es), 4 board(s), 68 compartments" in capsys.readouterr().out
     bad = tmp_path / "bad.toml"
@@ -193,7 +193,7 @@ def test_the_example_for_real_hardware_is_valid_once_its_key_exists(tmp_path: Pa
 
 
 def test_a_hub_may_not_take_the_clouds_name_on_the_broker() -> None:
-    text = (ROOT / "config" / "demo-hub.toml").read_text()
+    text = (ROOT / "lockerd" / "demo" / "demo-hub.toml").read_text()
     text = text.replace('hub_id = "demo-hub"', 'hub_id = "cloud"')
     with pytest.raises(ConfigInvalid) as exc:
         parse(text, "hub.toml")

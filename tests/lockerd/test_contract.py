@@ -6,14 +6,18 @@ own Verifier)."""
 from __future__ import annotations
 
 import ast
+import contextlib
 import copy
 import difflib
+import enum
 import inspect
 import json
 import re
 import textwrap
+import typing
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -23,12 +27,22 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from lockerd import asyncapi, cloud
-from lockerd import contract as c
-from lockerd.cloud import Verifier
-from lockerd.codes import CodeHasher
-from lockerd.config import Cloud
-from tests.contract_check import validate_message
+import lockerd
+from lockerd.cloud import contract as c
+from lockerd.cloud import link as cloud
+from lockerd.cloud.link import Verifier
+from lockerd.config import Cloud, ThrottlePolicy
+from lockerd.hub import domain as d
+from lockerd.hub import vocab
+from lockerd.hub.codes import CodeHasher, Throttle
+from lockerd.hub.jsonsafe import clean
+from lockerd.hub.service import Status
+from lockerd.hub.store import ALARM_EVENTS, TELEMETRY_EVENTS
+from lockerd.hub.vocab import REPLY_STATUSES
+from tests.support.contract_check import validate_message
+from tests.support.hubs import make_hub
+from tests.support.waiting import eventually
+from tools import asyncapi
 
 GUIDE = Path(__file__).resolve().parents[2] / "docs" / "cloud-guide.md"
 HUB_MODELS: dict[str, type[BaseModel]] = {
@@ -72,7 +86,7 @@ def test_the_committed_document_is_what_the_code_generates() -> None:
         )
         pytest.fail(
             "docs/asyncapi.json differs from lockerd/contract.py: run "
-            "`python -m lockerd.asyncapi` and commit docs/asyncapi.json\n"
+            "`python -m tools.asyncapi` and commit docs/asyncapi.json\n"
             + "\n".join(list(diff)[:40]),
             pytrace=False,
         )
@@ -84,7 +98,7 @@ def test_check_mode_fails_on_a_stale_file_and_passes_once_written(
     out = tmp_path / "asyncapi.json"
     out.write_text('{"asyncapi": "2.6.0"}\n')
     assert asyncapi.main(["--check", "--out", str(out)]) == 1
-    assert "python -m lockerd.asyncapi" in capsys.readouterr().err
+    assert "python -m tools.asyncapi" in capsys.readouterr().err
     assert asyncapi.main(["--out", str(out)]) == 0
     assert asyncapi.main(["--check", "--out", str(out)]) == 0
     assert out.read_text().endswith("}\n")
@@ -159,7 +173,9 @@ def test_messages_the_hub_builds_match_the_schema() -> None:
         for _, payload in asyncapi.examples()[key]:
             built = model.model_validate(payload)
             validate_message(kind, built.model_dump_json())
-    reply = c.Reply(id="unknown", hub="hub-0042", type="unknown", ok=False, status="x", at=1.5)
+    reply = c.Reply(
+        id="unknown", hub="hub-0042", type="unknown", ok=False, status="quarantined", at=1.5
+    )
     validate_message("reply", reply.model_dump(mode="json"))
 
 
@@ -356,20 +372,20 @@ hub_messages = st.one_of(
         hub=st.just("hub-0042"),
         type=type_names,
         ok=st.booleans(),
-        status=st.from_regex(r"[a-z_]{1,32}", fullmatch=True),
+        status=st.sampled_from(REPLY_STATUSES),
         message=st.text(max_size=20),
         result=st.dictionaries(st.text(max_size=5), json_values, max_size=3),
         duplicate=st.booleans(),
         at=seconds,
     ),
     st.builds(
-        c.EventMessage,
-        hub=st.just("hub-0042"),
+        lambda event, seq, id_, at: c.EventMessage.model_validate(
+            {**event, "seq": seq, "id": id_, "at": at}
+        ),
+        st.sampled_from([payload for _, payload in asyncapi.event_examples()]),
         seq=st.integers(min_value=1, max_value=2**53),
-        id=st.uuids().map(str),
-        type=type_names,
+        id_=st.uuids().map(str),
         at=seconds,
-        data=st.dictionaries(st.text(max_size=5), json_values, max_size=3),
     ),
     st.builds(
         c.Status,
@@ -482,7 +498,7 @@ def test_the_guides_signed_command_verifies_with_the_hubs_verifier() -> None:
 
 
 def _reasons() -> set[str]:
-    """Every refusal reason the hub can send: the Verifier's, and those lockerd.cloud
+    """Every refusal reason the hub can send: the Verifier's, and those lockerd.cloud.link
     passes to ``_refuse`` itself."""
     reasons = set()
     verifier = ast.parse(textwrap.dedent(inspect.getsource(Verifier.refusal)))
@@ -634,3 +650,394 @@ def test_every_command_that_grants_or_opens_is_signed_and_the_rest_say_why_not()
         "compartment.set_service",
         "sync.request",
     }
+
+
+# ======================================================================================
+# (f) one home per vocabulary: every event the hub emits is in the contract
+# ======================================================================================
+
+LOCKERD = Path(lockerd.__file__).resolve().parent
+# where each closed vocabulary of the contract comes from: the hub's own enums
+ENUM_VOCABULARIES: list[tuple[Any, type[enum.Enum]]] = [
+    (c.SizeClass, d.Size),
+    (c.PurposeName, d.Purpose),
+    (c.KindName, d.Kind),
+]
+
+
+def test_every_event_type_has_a_data_model_and_every_model_a_type() -> None:
+    assert len(set(vocab.EVENT_TYPES)) == len(vocab.EVENT_TYPES)
+    assert list(c.EVENT_DATA) == list(vocab.EVENT_TYPES)
+    assert list(c.EVENT_MODELS) == list(vocab.EVENT_TYPES)
+    for type_, model in c.EVENT_MODELS.items():
+        assert model.model_fields["data"].annotation is c.EVENT_DATA[type_]
+        assert typing.get_args(model.model_fields["type"].annotation) == (type_,)
+        assert issubclass(model, c.EventMessage)  # what the link builds, narrowed
+        assert c.EVENT_DATA[type_].__doc__, f"{type_}: say when it is sent"
+    assert set(vocab.EVENT_TYPES) >= vocab.ALARM_KINDS
+    assert set(vocab.EVENT_TYPES) >= vocab.TELEMETRY_KINDS
+    assert not vocab.ALARM_KINDS & vocab.TELEMETRY_KINDS  # an alarm is never dropped
+
+
+def test_the_vocabularies_are_the_ones_the_code_uses() -> None:
+    # the store's lists of alarms and telemetry are the vocabulary's
+    assert set(ALARM_EVENTS) == set(vocab.ALARM_KINDS)
+    assert set(TELEMETRY_EVENTS) == set(vocab.TELEMETRY_KINDS)
+    # the service's outcomes, the link's refusals
+    assert set(typing.get_args(Status)) == set(vocab.OUTCOME_STATUSES)
+    assert _reasons() == set(vocab.REFUSAL_REASONS)
+    assert set(vocab.REFUSAL_REASONS) <= set(vocab.REPLY_STATUSES)
+    assert set(vocab.OUTCOME_STATUSES) <= set(vocab.REPLY_STATUSES)
+    assert set(vocab.REPLY_STATUSES) >= vocab.OK_STATUSES | vocab.UNPUBLISHED_STATUSES
+    for literal, enum_ in ENUM_VOCABULARIES:
+        assert typing.get_args(literal) == tuple(m.value for m in enum_), enum_
+
+
+def test_the_document_has_every_event_reply_status_and_correlation() -> None:
+    d_ = doc()
+    schemas = d_["components"]["schemas"]
+    event = schemas["Event"]
+    assert event["discriminator"] == "type"
+    members = [schemas[r["$ref"].rsplit("/", 1)[1]] for r in event["oneOf"]]
+    assert [m["properties"]["type"]["const"] for m in members] == list(vocab.EVENT_TYPES)
+    for m in members:
+        data = schemas[m["properties"]["data"]["$ref"].rsplit("/", 1)[1]]
+        assert data["additionalProperties"] is False
+    assert schemas["Command"]["discriminator"] == "type"
+    messages = d_["components"]["messages"]
+    assert messages["event"]["payload"] == {"$ref": "#/components/schemas/Event"}
+    examples = [ex["payload"]["type"] for ex in messages["event"]["examples"]]
+    assert examples == list(vocab.EVENT_TYPES)  # one example of every event
+    assert schemas["Reply"]["properties"]["status"]["enum"] == list(vocab.REPLY_STATUSES)
+    assert d_["info"]["version"] == c.CONTRACT_VERSION
+    assert re.fullmatch(r"\d+\.\d+\.\d+", c.CONTRACT_VERSION)
+    correlation = {"$ref": "#/components/correlationIds/commandId"}
+    for name in [*asyncapi.command_models(), "reply"]:
+        assert messages[name]["correlationId"] == correlation, name
+    assert d_["components"]["correlationIds"]["commandId"]["location"] == "$message.payload#/id"
+
+
+def test_the_guide_lists_every_event_and_reply_status() -> None:
+    text = guide()
+    assert asyncapi.event_table() in text, (
+        "docs/cloud-guide.md's table of events is stale: paste tools.asyncapi.event_table()"
+    )
+    published = set(vocab.REPLY_STATUSES) - vocab.UNPUBLISHED_STATUSES
+    missing = sorted(s for s in published if f"| `{s}` |" not in text)
+    assert not missing, f"docs/cloud-guide.md's reply statuses lack {missing}"
+
+
+def _strings(node: ast.expr | None, assigned: dict[str, list[ast.expr]]) -> set[str] | None:
+    """The string constants an expression can evaluate to (a literal, a conditional
+    expression, a dict's values, a name assigned those in the same function); ``None``
+    when it is not made of such."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return {node.value}
+    if isinstance(node, ast.IfExp):
+        a, b = _strings(node.body, assigned), _strings(node.orelse, assigned)
+        return None if a is None or b is None else a | b
+    if isinstance(node, ast.Dict):
+        values = [_strings(v, assigned) for v in node.values]
+        return None if not values or None in values else set().union(*values)  # type: ignore[arg-type]
+    if isinstance(node, ast.Subscript):
+        return _strings(node.value, assigned)
+    if isinstance(node, ast.Name) and assigned.get(node.id):
+        found = [_strings(v, {**assigned, node.id: []}) for v in assigned[node.id]]
+        return None if None in found else set().union(*found)  # type: ignore[arg-type]
+    return None
+
+
+def _event_calls() -> tuple[dict[str, set[str]], list[str]]:
+    """Every ``Event(...)`` / ``d.Event(...)`` with arguments in lockerd/: the event types
+    it can emit (type -> where), and the calls whose type could not be read."""
+    emitted: dict[str, set[str]] = {}
+    unreadable: list[str] = []
+    seen: set[tuple[str, int, int]] = set()
+    for path in sorted(LOCKERD.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        rel = path.relative_to(LOCKERD.parent).as_posix()
+        scopes: list[ast.AST] = [tree]
+        scopes += [
+            n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
+        ]
+        for scope in scopes:
+            assigned: dict[str, list[ast.expr]] = {}
+            for n in ast.walk(scope):
+                if isinstance(n, ast.Assign):
+                    for t in n.targets:
+                        if isinstance(t, ast.Name):
+                            assigned.setdefault(t.id, []).append(n.value)
+                elif isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name) and n.value:
+                    assigned.setdefault(n.target.id, []).append(n.value)
+            for n in ast.walk(scope):
+                if not isinstance(n, ast.Call) or (rel, n.lineno, n.col_offset) in seen:
+                    continue
+                f = n.func
+                name = (
+                    f.id
+                    if isinstance(f, ast.Name)
+                    else f.attr
+                    if isinstance(f, ast.Attribute)
+                    else ""
+                )
+                first = (
+                    n.args[0]
+                    if n.args
+                    else next((k.value for k in n.keywords if k.arg == "type"), None)
+                )
+                if name != "Event" or first is None:  # (asyncio.Event() has no arguments)
+                    continue
+                seen.add((rel, n.lineno, n.col_offset))
+                where = f"{rel}:{n.lineno}"
+                if isinstance(first, ast.Attribute) and first.attr == "type":
+                    continue  # an event made again from another (the store cleans data)
+                types = _strings(first, assigned)
+                if not types:
+                    unreadable.append(where)
+                    continue
+                for type_ in types:
+                    emitted.setdefault(type_, set()).add(where)
+    return emitted, unreadable
+
+
+def test_every_event_the_code_emits_is_in_the_vocabulary_and_the_contract() -> None:
+    emitted, unreadable = _event_calls()
+    assert not unreadable, f"event types the scan cannot read (use a literal): {unreadable}"
+    unknown = {t: sorted(w) for t, w in emitted.items() if t not in vocab.EVENT_TYPES}
+    assert not unknown, f"events emitted but not in lockerd/hub/vocab.py: {unknown}"
+    unused = sorted(set(vocab.EVENT_TYPES) - set(emitted))
+    assert not unused, f"event types in the vocabulary that nothing emits: {unused}"
+    modules = {w.split(":")[0] for where in emitted.values() for w in where}
+    assert {"lockerd/hub/domain.py", "lockerd/cloud/link.py", "lockerd/hub/monitor.py"} <= modules
+
+
+def test_the_scan_finds_what_it_should() -> None:
+    code = textwrap.dedent(
+        """
+        def f(x):
+            kind = "a" if x else "b"
+            kinds = {1: "c", 2: "d"}
+            e = d.Event(kind, {})
+            g = Event(kinds[x], {})
+            h = asyncio.Event()
+            return Event("e"), Event(type="f"), Event(x.type), Event(str(x))
+        """
+    )
+    tree = ast.parse(code)
+    (func,) = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)]
+    assigned: dict[str, list[ast.expr]] = {}
+    for n in ast.walk(func):
+        if isinstance(n, ast.Assign) and isinstance(n.targets[0], ast.Name):
+            assigned.setdefault(n.targets[0].id, []).append(n.value)
+    calls = [n for n in ast.walk(func) if isinstance(n, ast.Call) and n.args]
+    got = [_strings(n.args[0], assigned) for n in calls]
+    assert {"a", "b"} in got
+    assert {"c", "d"} in got
+    assert {"e"} in got
+    assert None in got  # Event(str(x)) is reported as unreadable
+
+
+def _json_round_trip(data: dict[str, Any]) -> str:
+    return json.dumps(clean(data))
+
+
+def test_every_domain_event_matches_its_data_model() -> None:
+    """The pure rules, through every path that makes an event."""
+    t = 1_000_000.0
+    comp = d.Compartment("A01", d.Size.M)
+    parcel = d.Parcel("P1", d.Kind.DELIVERY, d.Size.M, deposit_from=t - 1, has_recall_code=True)
+    ret = d.Parcel("R1", d.Kind.RETURN, d.Size.M, deposit_from=t - 1)
+    changes: list[d.Change] = []
+
+    def deposit(p: d.Parcel, occupied: bool | None = None) -> tuple[d.Parcel, d.Compartment]:
+        start = d.start(p, d.Purpose.DEPOSIT, comp, t, actor="keypad:1")
+        opened = d.door_opened(start.compartment or comp, t)
+        assert start.parcel is not None
+        assert opened.compartment is not None
+        shut = d.door_shut(opened.compartment, start.parcel, t, occupied=occupied)
+        changes.extend([start, opened, shut])
+        assert shut.parcel is not None
+        assert shut.compartment is not None
+        return shut.parcel, shut.compartment
+
+    stored, full = deposit(parcel)
+    deposit(ret)
+    deposit(parcel, occupied=False)  # deposit_abandoned
+    for p, purpose, occupied in [
+        (stored, d.Purpose.COLLECT, None),
+        (stored, d.Purpose.COLLECT, True),  # collect_not_taken
+    ]:
+        start = d.start(p, purpose, full, t, actor="keypad:2")
+        assert start.compartment is not None
+        assert start.parcel is not None
+        opened = d.door_opened(start.compartment, t)
+        assert opened.compartment is not None
+        changes += [
+            start,
+            opened,
+            d.door_shut(opened.compartment, start.parcel, t, occupied=occupied),
+        ]
+        changes.append(d.left_open(opened.compartment, t + 1000, 120))
+        for rule in (d.open_not_seen, d.not_pulsed, d.interrupted):
+            changes.append(rule(start.compartment, start.parcel, t))
+    r_stored, r_full = deposit(ret)
+    collect = d.start(r_stored, d.Purpose.COLLECT, r_full, t)
+    assert collect.compartment is not None
+    assert collect.parcel is not None
+    opened = d.door_opened(collect.compartment, t)
+    assert opened.compartment is not None
+    changes += [collect, opened, d.door_shut(opened.compartment, collect.parcel, t)]
+    expired = d.expire(stored, (stored.collect_until or t) + 1)
+    changes.append(expired)
+    assert expired.parcel is not None
+    recall = d.technician_recall(expired.parcel, full, t, actor="tech")
+    assert recall.compartment is not None
+    assert recall.parcel is not None
+    opened = d.door_opened(recall.compartment, t)
+    assert opened.compartment is not None
+    changes += [recall, opened, d.door_shut(opened.compartment, recall.parcel, t)]
+    service = d.service_open(full, t, actor="tech", reason="cleaning")
+    assert service.compartment is not None
+    opened = d.door_opened(service.compartment, t)
+    assert opened.compartment is not None
+    changes += [service, opened, d.door_shut(opened.compartment, None, t, occupied=False)]
+    changes += [
+        d.service_open(comp, t, actor="tech", reason="empty one"),
+        d.door_opened(comp, t),  # forced
+        d.door_opened(full, t),
+        d.occupancy_seen(comp, True),
+        d.occupancy_seen(full, False),
+        d.cancel(parcel),
+        d.set_service(comp, False, actor="tech"),
+        d.inspected(comp, holds_parcel=False, actor="tech"),
+    ]
+    seen: set[str] = set()
+    for change in changes:
+        for e in change.events:
+            c.EVENT_DATA[e.type].model_validate_json(_json_round_trip(e.data))
+            seen.add(e.type)
+    domain_types = {t for t, w in _event_calls()[0].items() if any("domain.py" in x for x in w)}
+    assert seen == domain_types, sorted(domain_types ^ seen)
+
+
+async def test_events_the_hub_really_emits_match_the_contract(tmp_path: Path) -> None:
+    """Flows through the service, the store and the door monitor on the simulator; every
+    outbox row, made into the event the cloud link publishes, is valid for the union
+    and for the published document."""
+    async with contextlib.AsyncExitStack() as stack:
+        hub = await make_hub(stack, tmp_path)
+        s = hub.service
+        s.throttle = Throttle(
+            ThrottlePolicy(free_attempts=100, alarm_after=3, hub_wide_per_hour=3, base_delay_s=1)
+        )
+        h = hub.hasher.hash
+
+        def parcel(pid: str, kind: d.Kind = d.Kind.DELIVERY) -> d.Parcel:
+            now = hub.now[0]
+            return d.Parcel(
+                pid,
+                kind,
+                d.Size.M,
+                deposit_from=now - 10,
+                deposit_until=now + 86_400,
+                collect_window_s=3600,
+            )
+
+        def events() -> list[str]:
+            return [r.type for r in hub.store.outbox(limit=10_000)]
+
+        async def visit(code: str, channel: int, pid: str, state: d.ParcelState) -> None:
+            out = await s.enter_code(code, "keypad:1")
+            assert out.status == "opened", out
+            hub.board.close_door(channel)
+            await eventually(lambda: hub.parcel(pid) is state, what=f"{pid} {state}")
+
+        codes = {d.Purpose.DEPOSIT: h("11112222"), d.Purpose.COLLECT: h("33334444")}
+        assert (await s.reserve(parcel("P1"), codes, actor="cloud:c1")).status == "ok"
+        await visit("11112222", 2, "P1", d.ParcelState.STORED)
+        new = {d.Purpose.COLLECT: h("55556666")}
+        assert (await s.set_codes("P1", new, actor="cloud:c2")).status == "ok"
+        await visit("55556666", 2, "P1", d.ParcelState.COLLECTED)
+        r_codes = {d.Purpose.DEPOSIT: h("12121212"), d.Purpose.COLLECT: h("34343434")}
+        assert (await s.reserve(parcel("R1", d.Kind.RETURN), r_codes, actor="c")).status == "ok"
+        await visit("12121212", 2, "R1", d.ParcelState.STORED)
+        await visit("34343434", 2, "R1", d.ParcelState.COLLECTED)
+        p2 = {d.Purpose.DEPOSIT: h("77778888"), d.Purpose.COLLECT: h("99990000")}
+        assert (await s.reserve(parcel("P2"), p2, actor="cloud:c3")).status == "ok"
+        assert (await s.cancel("P2", actor="cloud:c4")).status == "ok"
+        for n in range(4):
+            await s.enter_code(f"0000000{n}", "keypad:2")
+            hub.now[0] += 2
+        hub.now[0] += 3700  # past the guessing window: no more waiting
+        hub.board.faults.jammed.add(3)
+        p3 = {d.Purpose.DEPOSIT: h("24682468"), d.Purpose.COLLECT: h("13571357")}
+        assert (await s.reserve(parcel("P3"), p3, actor="cloud:c5")).status == "ok"
+        assert (await s.enter_code("24682468", "keypad:1")).status == "opened"  # A02
+        hub.board.close_door(2)
+        await eventually(lambda: hub.parcel("P3") is d.ParcelState.STORED, what="P3 stored")
+        hub.now[0] += 3601
+        await s.tick()  # P3 expires
+        (out,) = await s.empty_expired(actor="tech:ana")
+        assert out.status == "opened"
+        hub.board.close_door(2)
+        await eventually(lambda: hub.parcel("P3") is d.ParcelState.RECALLED, what="recalled")
+        hub.board.faults.jammed.clear()
+        assert (await s.open_compartment("A01", actor="tech:ana", reason="cleaning")).status
+        hub.board.close_door(1)
+        await eventually(lambda: "service_door_shut" in events(), what="service shut")
+        hub.board.faults.jammed.add(3)
+        assert (await s.open_compartment("A03", actor="tech:ana", reason="x")).status == "jammed"
+        hub.board.open_door(4)
+        await eventually(lambda: "forced_open" in events(), what="forced open")
+        hub.board.close_door(4)
+
+        def shut(label: str) -> bool:
+            comp = hub.store.compartment(label)
+            return comp is not None and not comp.door_open
+
+        await eventually(lambda: shut("A04"), what="A04 seen shut")
+        await eventually(lambda: hub.state("A04") is d.CompartmentState.ATTENTION, what="look")
+        assert (await s.inspect("A04", False, actor="tech:ana")).status == "ok"
+        assert (await s.set_service("A01", False, actor="tech:ana")).status == "ok"
+        p4 = {d.Purpose.DEPOSIT: h("86428642"), d.Purpose.COLLECT: h("75317531")}
+        assert (await s.reserve(parcel("P4"), p4, actor="cloud:c6")).status == "ok"
+        assert (await s.enter_code("86428642", "keypad:1")).status == "opened"
+        hub.now[0] += 1000
+        await s.tick()  # left open
+        hub.store.quarantine("cloud", "cmd-9", "ValueError: x", b"{}", now=hub.now[0])
+        hub.store.outbox_quota = 1  # past the quota and the ceiling at once
+        assert (await s.inspect("A04", False, actor="tech:ana")).status == "ok"
+
+        rows = hub.store.outbox(limit=10_000)
+        link: Any = SimpleNamespace(hub="hub-0042")
+        for row in rows:
+            body = cloud.CloudLink._event_json(link, row)
+            event = c.EVENT.validate_json(body)
+            assert event.type == row.type
+            validate_message("evt", body)
+        seen = {r.type for r in rows}
+        assert {
+            "parcel_reserved",
+            "parcel_codes_changed",
+            "parcel_cancelled",
+            "parcel_expired",
+            "deposited",
+            "return_deposited",
+            "collected",
+            "return_collected",
+            "recalled",
+            "door_open_requested",
+            "door_opened",
+            "door_shut",
+            "service_door_shut",
+            "door_jammed",
+            "door_left_open",
+            "forced_open",
+            "compartment_service",
+            "compartment_inspected",
+            "code_guessing",
+            "code_guessing_hub_wide",
+            "message_quarantined",
+            "outbox_quota_reached",
+            "outbox_full",
+        } <= seen, sorted(seen)

@@ -11,7 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
-from tests.helpers import until_result
+from tests.support.waiting import until_result
 
 PARCEL = re.compile(r"^parcel (\S+) size (\S+) deposit (\d+) pickup (\d+)$")
 
@@ -22,7 +22,7 @@ async def start_demo(
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
-        "from lockerd.cli import main; raise SystemExit(main())",
+        "from lockerd.cli.main import main; raise SystemExit(main())",
         "demo",
         "--state-dir",
         str(state),
@@ -47,7 +47,7 @@ async def ctl(sock: Path, *args: str) -> dict[str, object] | list[object]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
-        "from lockerd.ctl import main; raise SystemExit(main())",
+        "from lockerd.cli.ctl import main; raise SystemExit(main())",
         "--socket",
         str(sock),
         "--json",

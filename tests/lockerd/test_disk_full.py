@@ -20,12 +20,12 @@ from typing import Any
 
 import pytest
 
-from lockerd import domain as d
-from lockerd.api import call
-from lockerd.codes import CodeHasher, create_key, load_key
-from lockerd.store import Store
-from tests.helpers import until_result
-from tests.lockerd.daemonproc import api_up, hub_config, run_daemon
+from lockerd.api.server import call
+from lockerd.hub import domain as d
+from lockerd.hub.codes import CodeHasher, create_key, load_key
+from lockerd.hub.store import Store
+from tests.support.daemon import api_up, hub_config, run_daemon
+from tests.support.waiting import until_result
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from lockerd import domain as d
+from lockerd.hub import domain as d
 
 NOW = 10_000.0
 

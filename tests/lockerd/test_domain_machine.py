@@ -16,7 +16,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from lockerd import domain as d
+from lockerd.hub import domain as d
 
 SIZES = [d.Size.S, d.Size.M, d.Size.L, d.Size.XL]
 

@@ -22,9 +22,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lockerd.api import call
-from tests.broker import Broker
-from tests.lockerd.daemonproc import api_up, hub_config
+from lockerd.api.server import call
+from tests.support.broker import Broker
+from tests.support.daemon import api_up, hub_config
 
 HUB = "demo-hub"
 TYPES = [
@@ -98,7 +98,7 @@ def daemon(tmp_path: Path, broker: Broker) -> Iterator[tuple[subprocess.Popen[by
             [
                 sys.executable,
                 "-c",
-                "from lockerd.cli import main; raise SystemExit(main())",
+                "from lockerd.cli.main import main; raise SystemExit(main())",
                 *("run", "--config", str(config)),
             ],
             stdout=log,

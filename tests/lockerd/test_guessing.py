@@ -1,7 +1,7 @@
 """Code guessing that cannot be raced (issue 10, ADR 0013).
 
 Through the real service, a real SQLite store and simulated boards on real ptys
-(``_make_hub`` of test_service): bursts of concurrent codes on one terminal and on
+(``make_hub`` of tests.support.hubs): bursts of concurrent codes on one terminal and on
 several, a right code that cannot open now, a check that fails half-way, and
 thousands of wrong codes in one window. Then, against the pure throttle, random
 interleavings of attempts in flight together, which must never get more codes
@@ -23,19 +23,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lockerd import domain as d
-from lockerd.codes import (
-    Attempt,
-    Throttle,
-    ThrottlePolicy,
-    WindowView,
-    burst_allowance,
-    most_guesses,
-)
-from lockerd.service import Outcome
-from lockerd.store import Store
-from tests.helpers import eventually
-from tests.lockerd.test_service import SIZES, Hub, _make_hub
+from lockerd.config import ThrottlePolicy
+from lockerd.hub import domain as d
+from lockerd.hub.codes import Attempt, Throttle, WindowView, burst_allowance, most_guesses
+from lockerd.hub.service import Outcome
+from lockerd.hub.store import Store
+from tests.support.hubs import SIZES, SimHub, make_hub
+from tests.support.waiting import eventually
 
 POLICY = ThrottlePolicy()  # the default: what the README's figures are about
 RIGHT, RIGHT_COLLECT = "11112222", "33334444"
@@ -43,10 +37,10 @@ CHANNELS = range(1, len(SIZES) + 1)
 
 
 @pytest.fixture
-async def guarded(tmp_path: Path) -> AsyncIterator[Hub]:
-    """The hub of test_service under the default throttle policy."""
+async def guarded(tmp_path: Path) -> AsyncIterator[SimHub]:
+    """The hub of tests.support.hubs under the default throttle policy."""
     async with contextlib.AsyncExitStack() as stack:
-        hub = await _make_hub(stack, tmp_path)
+        hub = await make_hub(stack, tmp_path)
         hub.service.throttle = Throttle(POLICY)
         yield hub
 
@@ -73,7 +67,7 @@ def statuses(outcomes: list[Outcome]) -> Counter[str]:
 
 
 async def test_a_burst_on_one_terminal_checks_no_more_than_one_keypad_could(
-    guarded: Hub,
+    guarded: SimHub,
 ) -> None:
     """Issue 10: 949 wrong codes and then the right one, all in flight together."""
     hub = guarded
@@ -100,7 +94,7 @@ async def test_a_burst_on_one_terminal_checks_no_more_than_one_keypad_could(
     assert len(looked) == allowed + 1
 
 
-async def test_bursts_on_many_terminals_stop_at_the_hub_wide_limit(guarded: Hub) -> None:
+async def test_bursts_on_many_terminals_stop_at_the_hub_wide_limit(guarded: SimHub) -> None:
     hub = guarded
     hub.reserve("P1", d.Size.M, RIGHT, RIGHT_COLLECT)
     looked = count_lookups(hub.store)
@@ -124,7 +118,7 @@ async def test_bursts_on_many_terminals_stop_at_the_hub_wide_limit(guarded: Hub)
     assert (late.status, late.wait_s) == ("wait", POLICY.max_delay_s)
 
 
-async def test_a_right_code_that_cannot_open_now_is_told_so_and_counted(guarded: Hub) -> None:
+async def test_a_right_code_that_cannot_open_now_is_told_so_and_counted(guarded: SimHub) -> None:
     """ADR 0013: the message tells a code is valid, so the attempt is counted."""
     hub = guarded
     hub.reserve("P1", d.Size.XL, "11110000", "11119999")
@@ -143,7 +137,7 @@ async def test_a_right_code_that_cannot_open_now_is_told_so_and_counted(guarded:
 
 async def test_a_check_that_fails_half_way_stays_counted(tmp_path: Path) -> None:
     async with contextlib.AsyncExitStack() as stack:
-        hub = await _make_hub(stack, tmp_path)
+        hub = await make_hub(stack, tmp_path)
         hub.service.throttle = Throttle(ThrottlePolicy(alarm_after=1))
         real = hub.store.code
 
@@ -163,7 +157,7 @@ async def test_thousands_of_wrong_codes_in_one_window_never_overflow(tmp_path: P
     """Past 1,027 wrong codes the old delay overflowed: `internal` errors, no alarms."""
     policy = ThrottlePolicy(window_s=1e9, hub_wide_per_hour=10**6, alarm_after=4_000)
     async with contextlib.AsyncExitStack() as stack:
-        hub = await _make_hub(stack, tmp_path)
+        hub = await make_hub(stack, tmp_path)
         hub.service.throttle = Throttle(policy)
         refused = waits = 0
         while refused < 5_000:

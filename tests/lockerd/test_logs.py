@@ -69,7 +69,7 @@ def test_library_lines_take_the_same_shape_and_context(out: io.StringIO) -> None
 
 
 def test_library_noise_stays_out(out: io.StringIO) -> None:
-    import drivers.modbus  # noqa: F401, PLC0415 - it quiets pymodbus
+    import lockerd.drivers.modbus  # noqa: F401, PLC0415 - it quiets pymodbus
 
     logging.getLogger("pymodbus.logging").warning("decode failed ...")
     logging.getLogger("aiomqtt").debug("PINGREQ")

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from lockerd.api import call
-from tests.helpers import until_result
-from tests.lockerd.daemonproc import hub_config, run_daemon
+from lockerd.api.server import call
+from tests.support.daemon import hub_config, run_daemon
+from tests.support.waiting import until_result
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-from drivers.boards import DoorReading
-from drivers.settings import ModbusRelaySettings
-from lockerd.daemon import _sim_board
-from lockerd.domain import Event
-from lockerd.monitor import Debouncer, DoorChange, DoorMonitor
-from simulator.boards import SimModbusRelay
-from tests.helpers import eventually
+from lockerd.drivers.boards import DoorReading
+from lockerd.drivers.settings import ModbusRelaySettings
+from lockerd.hub.domain import Event
+from lockerd.hub.monitor import Debouncer, DoorChange, DoorMonitor
+from lockerd.simulator.boards import SimModbusRelay, board_for
+from tests.support.waiting import eventually
 
 
 def reading(*doors: bool, board: str = "kerong-cu48@0") -> DoorReading:
@@ -107,6 +106,6 @@ async def test_a_flapping_sensor_reaches_the_service_as_an_event() -> None:
 
 
 def test_the_simulated_board_follows_the_configured_register_map() -> None:
-    board = _sim_board(ModbusRelaySettings(address=3, channels=4, coil_base=16, input_base=32))
+    board = board_for(ModbusRelaySettings(address=3, channels=4, coil_base=16, input_base=32))
     assert isinstance(board, SimModbusRelay)
     assert (board.address, board.channels, board.coil_base, board.input_base) == (3, 4, 16, 32)

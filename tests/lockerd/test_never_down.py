@@ -19,19 +19,21 @@ import aiomqtt
 import pytest
 from structlog.testing import capture_logs
 
-from lockerd import domain as d
-from lockerd.api import call
-from lockerd.cloud import _Mqtt
-from lockerd.codes import new_code
+from lockerd.api.server import call
+from lockerd.cloud.link import _Mqtt
 from lockerd.config import Cloud
-from lockerd.daemon import Hub, demo_config, open_hub, serve
-from lockerd.instance import AlreadyRunning, StateLock
-from tests.broker import Broker
-from tests.helpers import eventually
-from tests.lockerd.daemonproc import ROOT, api_up, hub_config, lockerd, run_daemon
-from tests.lockerd.test_cloud import CloudSide, cloud_side, reserve_cmd, running_hub
+from lockerd.daemon.serve import serve
+from lockerd.daemon.wiring import Hub, open_hub
+from lockerd.demo.ports import SimulatedPorts
+from lockerd.demo.scene import demo_config
+from lockerd.hub import domain as d
+from lockerd.hub.codes import new_code
+from lockerd.ops.instance import AlreadyRunning, StateLock
+from tests.support.broker import Broker
+from tests.support.cloud import HUB, CloudSide, cloud_side, reserve_cmd, running_hub
+from tests.support.daemon import ROOT, api_up, hub_config, lockerd, run_daemon
+from tests.support.waiting import eventually
 
-HUB = "demo-hub"
 POISON = b'{"id": "poison-1", "type": "\\ud800", "hub": "demo-hub", "issued_at": 1}'
 
 
@@ -373,7 +375,7 @@ async def test_a_task_that_ends_on_its_own_makes_serve_return_non_zero(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cfg, _ = demo_config(str(tmp_path / "hub"), str(tmp_path / "api.sock"))
-    async with open_hub(cfg, simulate=True) as hub:
+    async with open_hub(cfg, ports=SimulatedPorts()) as hub:
 
         async def broken() -> None:
             raise RuntimeError("the monitor's own bug")
@@ -389,7 +391,7 @@ async def test_a_task_that_ends_on_its_own_makes_serve_return_non_zero(
 
 async def test_a_stop_that_was_asked_for_returns_zero(tmp_path: Path) -> None:
     cfg, _ = demo_config(str(tmp_path / "hub"), str(tmp_path / "api.sock"))
-    async with open_hub(cfg, simulate=True) as hub:
+    async with open_hub(cfg, ports=SimulatedPorts()) as hub:
         served = asyncio.create_task(serve(hub))
         await eventually(lambda: hub.watchdog is not None, what="serving")
         os.kill(os.getpid(), signal.SIGTERM)
@@ -466,7 +468,7 @@ async def test_a_stale_socket_file_is_replaced(tmp_path: Path) -> None:
     stale = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
     stale.bind(str(tmp_path / "api.sock"))  # bound, never listening: nobody answers
     stale.close()
-    async with open_hub(cfg, simulate=True):
+    async with open_hub(cfg, ports=SimulatedPorts()):
         assert (await call(tmp_path / "api.sock", {"op": "status"}))["ok"]
 
 

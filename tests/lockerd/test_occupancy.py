@@ -3,7 +3,6 @@ real pty with the simulator; and reservations made and cancelled through the ser
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -11,30 +10,40 @@ from pathlib import Path
 
 import pytest
 
-from drivers.boards import make_board
-from drivers.bus import Bus
-from drivers.poll import BusPoller
-from drivers.settings import BusSettings, Cu16Settings
-from lockerd import domain as d
-from lockerd.codes import CodeHasher
-from lockerd.monitor import DoorMonitor
-from lockerd.service import Door, HubService
-from lockerd.store import Store
-from simulator.boards import SimCu16
-from simulator.line import Simulator
-from tests.conftest import FAST_BUS
-from tests.helpers import eventually
+from lockerd.daemon.wiring import Hub
+from lockerd.demo.ports import simulators
+from lockerd.hub import domain as d
+from lockerd.hub.codes import CodeHasher
+from lockerd.hub.service import HubService
+from lockerd.hub.store import Store
+from lockerd.simulator.boards import SimCu16
+from tests.support.hubs import BUS, open_sim_hub, sim_hub_config, socket_dir
+from tests.support.waiting import eventually
 
-KEY = bytes(range(32))
 LABELS = ["D01", "D02", "D03"]
 
 
 @dataclass
 class Cu16Hub:
-    service: HubService
-    store: Store
-    board: SimCu16
-    hasher: CodeHasher
+    hub: Hub  # as open_hub made it
+
+    @property
+    def service(self) -> HubService:
+        return self.hub.service
+
+    @property
+    def store(self) -> Store:
+        return self.hub.store
+
+    @property
+    def hasher(self) -> CodeHasher:
+        return self.hub.service.hasher
+
+    @property
+    def board(self) -> SimCu16:
+        b = simulators(self.hub)[BUS].board(0)
+        assert isinstance(b, SimCu16)
+        return b
 
     def content(self, label: str) -> d.CompartmentState:
         comp = self.store.compartment(label)
@@ -55,33 +64,16 @@ class Cu16Hub:
 
 @pytest.fixture
 async def hub(tmp_path: Path) -> AsyncIterator[Cu16Hub]:
+    """Three doors of size M on a Kerong CU16 with occupancy sensors; the wall clock."""
     async with contextlib.AsyncExitStack() as stack:
-        sim_board = SimCu16(0, 3, spring_delay_s=0.01)
-        sim = Simulator([sim_board])
-        await stack.enter_async_context(sim)
-        bus = Bus(BusSettings(port=sim.url, **FAST_BUS))
-        await stack.enter_async_context(bus)
-        assert await bus.wait_open(5)
-        board = make_board(bus, Cu16Settings(address=0, channels=3))
-        store = Store(tmp_path / "hub.db")
-        stack.callback(store.close)
-        store.sync_compartments(d.Compartment(label, d.Size.M) for label in LABELS)
-        hasher = CodeHasher(KEY)
-        service = HubService(
-            store,
-            hasher,
-            [Door(label, board, i + 1) for i, label in enumerate(LABELS)],
-            open_confirm_s=1.0,
+        cfg = sim_hub_config(
+            tmp_path,
+            [(label, d.Size.M) for label in LABELS],
+            board={"kind": "kerong-cu16", "address": 0, "channels": 3},
+            sockets=socket_dir(stack, tmp_path),
+            timers={"open_confirm_s": 1.0, "poll_interval_s": 0.01, "debounce_reads": 2},
         )
-        stack.callback(service.close)
-        poller = BusPoller([board], interval_s=0.01, on_reading=lambda r: None)
-        monitor = DoorMonitor(service, [poller], debounce_reads=2)
-        task = asyncio.create_task(monitor.run())
-        try:
-            yield Cu16Hub(service, store, sim_board, hasher)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        yield Cu16Hub(await open_sim_hub(stack, cfg))
 
 
 async def reserve(hub: Cu16Hub, pid: str, deposit: str, pickup: str) -> None:

@@ -1,127 +1,29 @@
-"""The service end to end on the simulator: real pty, real bus, real SQLite file."""
+"""The service end to end on the simulator: real pty, real bus, real SQLite file; the hub
+built by the one wiring, open_hub (tests.support.hubs)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from drivers.boards import make_board
-from drivers.bus import Bus
-from drivers.poll import BusPoller
-from drivers.settings import BusSettings, Cu48Settings
-from lockerd import domain as d
-from lockerd.codes import CodeHasher, ThrottlePolicy
-from lockerd.monitor import DoorMonitor
-from lockerd.service import Door, HubService
-from lockerd.store import Store
-from simulator.boards import SimCu48
-from simulator.line import Simulator
-from tests.conftest import FAST_BUS
-from tests.helpers import eventually
-
-KEY = bytes(range(32))
-SIZES = [("A01", d.Size.S), ("A02", d.Size.M), ("A03", d.Size.M), ("A04", d.Size.XL)]
-
-
-@dataclass
-class Hub:
-    service: HubService
-    store: Store
-    sim: Simulator
-    bus: Bus
-    hasher: CodeHasher
-    now: list[float]
-
-    @property
-    def board(self) -> SimCu48:
-        b = self.sim.board(0)
-        assert isinstance(b, SimCu48)
-        return b
-
-    def reserve(self, pid: str, size: d.Size, deposit: str, pickup: str) -> None:
-        parcel = d.Parcel(
-            pid,
-            d.Kind.DELIVERY,
-            size,
-            deposit_from=self.now[0] - 10,
-            deposit_until=self.now[0] + 86_400,
-            collect_window_s=3600,
-        )
-        self.store.add_parcel(
-            parcel,
-            {
-                d.Purpose.DEPOSIT: self.hasher.hash(deposit),
-                d.Purpose.COLLECT: self.hasher.hash(pickup),
-            },
-            now=self.now[0],
-            actor="cloud",
-        )
-
-    def state(self, label: str) -> d.CompartmentState:
-        comp = self.store.compartment(label)
-        assert comp is not None
-        return comp.state
-
-    def parcel(self, pid: str) -> d.ParcelState:
-        p = self.store.parcel(pid)
-        assert p is not None
-        return p.state
-
-    def events(self) -> list[str]:
-        return [r.type for r in self.store.outbox(limit=10_000)]
+from lockerd.hub import domain as d
+from lockerd.hub.codes import CodeHasher
+from lockerd.hub.store import Store
+from tests.support.hubs import KEY, SimHub, make_hub
+from tests.support.waiting import eventually
 
 
 @pytest.fixture
-async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
+async def hub(tmp_path: Path) -> AsyncIterator[SimHub]:
     async with contextlib.AsyncExitStack() as stack:
-        hub = await _make_hub(stack, tmp_path)
+        hub = await make_hub(stack, tmp_path)
         yield hub
 
 
-async def _make_hub(
-    stack: contextlib.AsyncExitStack, tmp_path: Path, *, start_monitor: bool = True
-) -> Hub:
-    sim = Simulator([SimCu48(0, 8, spring_delay_s=0.01)])
-    await stack.enter_async_context(sim)
-    bus = Bus(BusSettings(port=sim.url, **FAST_BUS))
-    await stack.enter_async_context(bus)
-    assert await bus.wait_open(5)
-    board = make_board(bus, Cu48Settings(address=0, channels=8))
-    store = Store(tmp_path / "hub.db")
-    stack.callback(store.close)
-    store.sync_compartments(d.Compartment(label, size) for label, size in SIZES)
-    now = [1_000_000.0]
-    hasher = CodeHasher(KEY)
-    service = HubService(
-        store,
-        hasher,
-        [Door(label, board, i + 1) for i, (label, _) in enumerate(SIZES)],
-        throttle=ThrottlePolicy(free_attempts=2, base_delay_s=30),
-        open_confirm_s=1.0,
-        clock=lambda: now[0],
-    )
-    stack.callback(service.close)
-    if start_monitor:
-        poller = BusPoller([board], interval_s=0.01, on_reading=lambda r: None)
-        monitor = DoorMonitor(service, [poller], debounce_reads=1)
-        tasks = [asyncio.create_task(monitor.run())]
-
-        async def stop() -> None:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        stack.push_async_callback(stop)
-    return Hub(service, store, sim, bus, hasher, now)
-
-
-async def test_carrier_deposit_then_resident_pickup(hub: Hub) -> None:
+async def test_carrier_deposit_then_resident_pickup(hub: SimHub) -> None:
     hub.reserve("P1", d.Size.M, "11112222", "33334444")
     out = await hub.service.enter_code("1111 2222", "keypad:1")
     assert out.status == "opened", out
@@ -140,7 +42,7 @@ async def test_carrier_deposit_then_resident_pickup(hub: Hub) -> None:
     assert hub.board.unlocks_of(2) == 2  # one pulse per visit, never more
 
 
-async def test_a_jammed_lock_is_reported_and_another_door_is_offered(hub: Hub) -> None:
+async def test_a_jammed_lock_is_reported_and_another_door_is_offered(hub: SimHub) -> None:
     hub.reserve("P1", d.Size.M, "11112222", "33334444")
     hub.board.faults.jammed.add(2)
     out = await hub.service.enter_code("11112222", "keypad:1")
@@ -153,7 +55,7 @@ async def test_a_jammed_lock_is_reported_and_another_door_is_offered(hub: Hub) -
     assert retry.compartment == "A03"
 
 
-async def test_wrong_codes_are_refused_alike_then_throttled(hub: Hub) -> None:
+async def test_wrong_codes_are_refused_alike_then_throttled(hub: SimHub) -> None:
     first = await hub.service.enter_code("00000000", "keypad:1")
     second = await hub.service.enter_code("99999999", "keypad:1")
     assert first.status == second.status == "refused"
@@ -164,7 +66,7 @@ async def test_wrong_codes_are_refused_alike_then_throttled(hub: Hub) -> None:
     assert (await hub.service.enter_code("12345679", "keypad:2")).status == "refused"
 
 
-async def test_a_bus_failure_changes_nothing(hub: Hub) -> None:
+async def test_a_bus_failure_changes_nothing(hub: SimHub) -> None:
     hub.reserve("P1", d.Size.M, "11112222", "33334444")
     hub.sim.vanish()
     await eventually(lambda: not hub.bus.is_open, what="port lost")
@@ -175,7 +77,7 @@ async def test_a_bus_failure_changes_nothing(hub: Hub) -> None:
     assert hub.store.open_intents() == []
 
 
-async def test_a_forced_door_needs_a_look(hub: Hub) -> None:
+async def test_a_forced_door_needs_a_look(hub: SimHub) -> None:
     hub.board.open_door(4)
     await eventually(lambda: "forced_open" in hub.events(), what="forced open seen")
     hub.board.close_door(4)
@@ -195,7 +97,7 @@ async def test_a_forced_door_needs_a_look(hub: Hub) -> None:
     assert await hub.service.alarms() == []
 
 
-async def test_a_technician_open_needs_a_reason_and_is_audited(hub: Hub) -> None:
+async def test_a_technician_open_needs_a_reason_and_is_audited(hub: SimHub) -> None:
     refused = await hub.service.open_compartment("A01", actor="tech:ana", reason=" ")
     assert refused.status == "refused"
     assert hub.board.unlocks_of(1) == 0
@@ -207,7 +109,7 @@ async def test_a_technician_open_needs_a_reason_and_is_audited(hub: Hub) -> None
 
 async def test_a_restart_mid_open_never_pulses_again(tmp_path: Path) -> None:
     async with contextlib.AsyncExitStack() as stack:
-        hub = await _make_hub(stack, tmp_path, start_monitor=False)
+        hub = await make_hub(stack, tmp_path, start_monitor=False)
         hub.reserve("P1", d.Size.M, "11112222", "33334444")
         # the first run decided and committed the intent, then died before the pulse
         found = hub.store.code(hub.hasher.hash("11112222"))
@@ -245,10 +147,7 @@ def test_no_code_reaches_the_store_in_plain_text(tmp_path: Path) -> None:
         assert b"55556666" not in f.read_bytes()
 
 
-_: Callable[..., Any] = _make_hub
-
-
-async def test_a_dead_board_and_its_return_reach_the_outbox(hub: Hub) -> None:
+async def test_a_dead_board_and_its_return_reach_the_outbox(hub: SimHub) -> None:
     hub.board.faults.dead = True
     await eventually(lambda: "board_offline" in hub.events(), within=10, what="board offline")
     hub.board.faults.clear()
@@ -256,7 +155,7 @@ async def test_a_dead_board_and_its_return_reach_the_outbox(hub: Hub) -> None:
     assert hub.events().count("board_offline") == 1
 
 
-async def test_an_expired_parcel_is_emptied_by_a_technician(hub: Hub) -> None:
+async def test_an_expired_parcel_is_emptied_by_a_technician(hub: SimHub) -> None:
     hub.reserve("P1", d.Size.M, "11112222", "33334444")
     assert (await hub.service.enter_code("11112222", "keypad:1")).status == "opened"
     hub.board.close_door(2)
@@ -274,7 +173,7 @@ async def test_an_expired_parcel_is_emptied_by_a_technician(hub: Hub) -> None:
     assert {"parcel_expired", "recalled"} <= set(hub.events())
 
 
-async def test_a_door_left_open_raises_one_alarm(hub: Hub) -> None:
+async def test_a_door_left_open_raises_one_alarm(hub: SimHub) -> None:
     hub.reserve("P1", d.Size.M, "11112222", "33334444")
     assert (await hub.service.enter_code("11112222", "keypad:1")).status == "opened"
     hub.now[0] += 121  # the carrier walked away with the door open

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import lockerd.store as store_module
-from lockerd import domain as d
-from lockerd.store import CodeSpent, Store, StoreConflict, StoreCorrupt, StoreFull
+import lockerd.hub.store as store_module
+from lockerd.hub import domain as d
+from lockerd.hub.store import CodeSpent, Store, StoreConflict, StoreCorrupt, StoreFull
 
 NOW = 50_000.0
 COMPS = [d.Compartment("A01", d.Size.S), d.Compartment("A02", d.Size.M, accessible=True)]

@@ -15,8 +15,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from lockerd import domain as d
-from lockerd.store import Store
+from lockerd.hub import domain as d
+from lockerd.hub.store import Store
 
 LABELS = [("A01", d.Size.S), ("A02", d.Size.M), ("A03", d.Size.L)]
 

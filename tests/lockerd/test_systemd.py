@@ -25,10 +25,10 @@ from typing import Any
 
 import pytest
 
-from lockerd.api import call
-from lockerd.sdnotify import Notifier
-from lockerd.store import Store
-from tests.lockerd.daemonproc import hub_config, run_daemon
+from lockerd.api.server import call
+from lockerd.hub.store import Store
+from lockerd.ops.sdnotify import Notifier
+from tests.support.daemon import hub_config, run_daemon
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "lockerd.service"

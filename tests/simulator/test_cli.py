@@ -8,12 +8,12 @@ import signal
 import sys
 from pathlib import Path
 
-from drivers.boards import make_board
-from drivers.bus import Bus
-from drivers.settings import BusSettings, Cu16Settings, Cu48Settings, ModbusRelaySettings
-from tests.helpers import until_result
+from lockerd.drivers.boards import make_board
+from lockerd.drivers.bus import Bus
+from lockerd.drivers.settings import BusSettings, Cu16Settings, Cu48Settings, ModbusRelaySettings
+from tests.support.waiting import until_result
 
-SIM = [sys.executable, "-m", "simulator.cli"]
+SIM = [sys.executable, "-m", "lockerd.simulator.cli"]
 
 
 async def start_sim(*args: str) -> tuple[asyncio.subprocess.Process, str]:
@@ -90,7 +90,7 @@ async def test_demo_plays_its_scene_and_exits_cleanly(tmp_path: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
-        "from lockerd.cli import main; raise SystemExit(main())",
+        "from lockerd.cli.main import main; raise SystemExit(main())",
         "demo",
         "--hardware",
         "--once",

@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 
-from drivers import kerong, modbus
-from drivers.boards import make_board
-from drivers.framing import frame_silence, wire_time
-from drivers.settings import Cu16Settings, Cu48Settings, ModbusRelaySettings
-from simulator.boards import SimCu16, SimCu48, SimModbusRelay
-from simulator.cli import apply_command, build_boards, build_parser
-from simulator.line import SimLine, Simulator, parse_board
+from lockerd.drivers import kerong, modbus
+from lockerd.drivers.boards import make_board
+from lockerd.drivers.framing import frame_silence, wire_time
+from lockerd.drivers.settings import Cu16Settings, Cu48Settings, ModbusRelaySettings
+from lockerd.simulator.boards import SimCu16, SimCu48, SimModbusRelay
+from lockerd.simulator.cli import apply_command, build_boards, build_parser
+from lockerd.simulator.line import SimLine, Simulator, parse_board
 
 MakeSim = Callable[..., Any]
 MakeBus = Callable[..., Any]

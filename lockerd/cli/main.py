@@ -1,0 +1,147 @@
+"""``lockerd``: the daemon's command line.
+
+lockerd run --config FILE        run a hub (systemd starts this)
+lockerd demo                     the demo hub on the built-in simulator, with its keypad
+lockerd demo --hardware [--once] the hardware layer alone on the built-in simulator
+lockerd check-config FILE        every problem of a hub config, with places and fixes
+lockerd keygen PATH              a new code key (0600), never overwriting one
+lockerd --version                the installed version
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from lockerd import __version__
+from lockerd.config import Cloud, ConfigInvalid, load
+from lockerd.daemon.serve import run_hub
+from lockerd.demo.hardware import main as demo_main
+from lockerd.demo.ports import SimulatedPorts
+from lockerd.demo.scene import run_demo
+from lockerd.errors import LockerdError
+from lockerd.hub.codes import KeyFileError, create_key
+from lockerd.logs import configure
+
+
+def _check_config(path: str) -> int:
+    try:
+        cfg = load(path)
+    except ConfigInvalid as exc:
+        print(exc.report(), file=sys.stderr)
+        return 2
+    boards = sum(len(b.boards) for b in cfg.buses)
+    print(
+        f"{path}: ok: hub {cfg.hub_id}, {len(cfg.buses)} bus(es), {boards} board(s), "
+        f"{len(cfg.compartments)} compartments"
+    )
+    return 0
+
+
+def _keygen(path: str) -> int:
+    try:
+        create_key(Path(path))
+    except KeyFileError as exc:
+        print(f"lockerd keygen: {exc}", file=sys.stderr)
+        return 1
+    print(f"{path}: new code key written (mode 0600); the cloud needs the same key")
+    return 0
+
+
+def _demo(args: list[str]) -> int:
+    if "--hardware" in args:
+        return demo_main([a for a in args if a != "--hardware"])
+    parser = argparse.ArgumentParser(prog="lockerd demo")
+    parser.add_argument("--state-dir", help="keep the hub here (resumed when run again)")
+    parser.add_argument(
+        "--socket", help="the technician's API socket (default: api.sock in the state directory)"
+    )
+    parser.add_argument(
+        "--terminal-socket",
+        metavar="PATH",
+        help="the keypad's socket, terminal keypad:1 (default: terminal.sock in the state "
+        "directory)",
+    )
+    parser.add_argument("--log-level", default="warning")
+    parser.add_argument(
+        "--mqtt", metavar="URL", help="connect to the cloud's broker: mqtt://HOST:PORT or mqtts://"
+    )
+    parser.add_argument("--mqtt-ca", help="CA file of the broker (mqtts)")
+    parser.add_argument("--mqtt-cert", help="this hub's client certificate (mqtts)")
+    parser.add_argument("--mqtt-key", help="this hub's client key (mqtts)")
+    parser.add_argument("--mqtt-username")
+    parser.add_argument("--mqtt-password-file")
+    parser.add_argument("--hub-id", help="default: demo-hub, or a new demo-XXXXXX with --mqtt")
+    ns = parser.parse_args(args)
+    configure(level=ns.log_level, stream=sys.stderr)
+    cloud = None
+    if ns.mqtt:
+        try:
+            cloud = Cloud(
+                url=ns.mqtt,
+                ca_file=ns.mqtt_ca,
+                cert_file=ns.mqtt_cert,
+                key_file=ns.mqtt_key,
+                username=ns.mqtt_username,
+                password_file=ns.mqtt_password_file,
+            )
+        except ValidationError as exc:
+            print(f"lockerd demo: bad --mqtt options: {exc}", file=sys.stderr)
+            return 2
+    try:
+        return asyncio.run(
+            run_demo(
+                ns.state_dir,
+                ns.socket,
+                cloud=cloud,
+                hub_id=ns.hub_id,
+                terminal_socket=ns.terminal_socket,
+            )
+        )
+    except LockerdError as exc:
+        print(f"lockerd demo: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(path: str) -> int:
+    configure(level="info")
+    try:
+        cfg = load(path)
+    except ConfigInvalid as exc:
+        print(exc.report(), file=sys.stderr)
+        return 2
+    try:
+        # a config for a hub without hardware (simulated = true) runs on the simulator
+        ports = SimulatedPorts() if cfg.simulated else None
+        return asyncio.run(run_hub(cfg, ports))
+    except LockerdError as exc:  # said for a technician: no traceback
+        print(f"lockerd: {exc}", file=sys.stderr)
+        return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["demo"]:
+        return _demo(args[1:])
+    parser = argparse.ArgumentParser(
+        prog="lockerd", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"lockerd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("demo", help="the demo hub on the built-in simulator")
+    run = sub.add_parser("run", help="run a hub")
+    run.add_argument("--config", required=True)
+    check = sub.add_parser("check-config", help="check a hub config file")
+    check.add_argument("file")
+    keygen = sub.add_parser("keygen", help="write a new code key file")
+    keygen.add_argument("path")
+    ns = parser.parse_args(args)
+    if ns.command == "check-config":
+        return _check_config(ns.file)
+    if ns.command == "run":
+        return _run(ns.config)
+    return _keygen(ns.path)

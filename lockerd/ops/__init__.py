@@ -1,0 +1,2 @@
+"""Running on an edge box: systemd notify and watchdog, Prometheus metrics, one daemon per
+state directory."""
