@@ -190,6 +190,10 @@ class Cloud:
 
 
 class Campaign:
+    """One crash campaign: the broker, the simulated board process, the daemon it kills
+    and restarts, the scripted load, and the checks after every restart (module
+    docstring). :meth:`run_once` plays one run and checks it."""
+
     def __init__(
         self,
         root: Path,

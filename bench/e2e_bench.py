@@ -140,6 +140,10 @@ class Sample:
 
 
 class Bench:
+    """The end-to-end measurements on one opened demo hub: a keypad's request through
+    the API socket to the unlock frame on the simulated wire, and the door handling
+    around it (module docstring)."""
+
     def __init__(self, hub: Hub, cfg: HubConfig) -> None:
         self.hub = hub
         self.cfg = cfg

@@ -1,9 +1,10 @@
 """Daemon start-up time and peak memory: 1,000 compartments, 100,000 parcels.
 
-A generated hub config (``simulated = true``: every bus served by the daemon's
-in-process simulator on a real pty) with 1,000 compartments on 21 Kerong CU48
-boards of 48 channels across 3 buses of 7 (a CU48's address is 0..9), and a store
-pre-seeded with 100,000 reservations (key made with ``codes.create_key``; the
+A generated hub config (``simulated = true``: every bus served in the daemon's own
+process by ``lockerd.demo.ports.SimulatedPorts``, a simulator on a real pty) with
+1,000 compartments on 21 Kerong CU48 boards of 48 channels across 3 buses of 7 (a
+CU48's address is 0..9), and a store pre-seeded with 100,000 reservations (key made
+with ``codes.create_key``; the
 store synced with the config and loaded with ``Store.add_parcels`` before the
 daemon starts, as a first cloud sync would leave it).
 

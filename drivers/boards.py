@@ -11,7 +11,7 @@ import asyncio
 import enum
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, assert_never
 
 import structlog
 
@@ -476,9 +476,13 @@ class ModbusRelay(Board[ModbusRelaySettings]):
 
 
 def make_board(bus: Bus, settings: BoardSettings) -> Board[Any]:
-    """The driver for ``settings.kind``."""
-    if isinstance(settings, Cu48Settings):
-        return KerongCu48(bus, settings)
-    if isinstance(settings, Cu16Settings):
-        return KerongCu16(bus, settings)
-    return ModbusRelay(bus, settings)
+    """The driver for ``settings.kind`` (a new board kind: its case here)."""
+    match settings:
+        case Cu48Settings():
+            return KerongCu48(bus, settings)
+        case Cu16Settings():
+            return KerongCu16(bus, settings)
+        case ModbusRelaySettings():
+            return ModbusRelay(bus, settings)
+        case _:
+            assert_never(settings)

@@ -6,7 +6,7 @@ has one definition, one default and one error message.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -136,4 +136,7 @@ class ModbusRelaySettings(_Settings):
 BoardSettings = Annotated[
     Cu48Settings | Cu16Settings | ModbusRelaySettings, Field(discriminator="kind")
 ]
-BOARD_KINDS: tuple[str, ...] = ("kerong-cu48", "kerong-cu16", "modbus-relay")
+# every kind a config may name (a new board kind: its settings above, in this union)
+BOARD_KINDS: tuple[str, ...] = tuple(
+    get_args(m.model_fields["kind"].annotation)[0] for m in get_args(get_args(BoardSettings)[0])
+)

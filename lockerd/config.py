@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from lockerd.drivers.settings import BoardSettings, BusSettings
+from lockerd.drivers.settings import BOARD_KINDS, BoardSettings, BusSettings
 from lockerd.errors import LockerdError
 
 SizeClass = Literal["S", "M", "L", "XL"]
@@ -252,7 +252,7 @@ class Retention(_Model):
 
 class Terminal(_Model):
     """A keypad, kiosk or scanner: a socket of its own, on which only what a person at
-    the hub may do is accepted (lockerd/api.py, ADR 0015). Its name is who it is in the
+    the hub may do is accepted (lockerd/api/server.py, ADR 0015). Its name is who it is in the
     code throttle, the audit and the metrics; the request cannot change it."""
 
     name: str = Field(
@@ -274,7 +274,7 @@ class Terminal(_Model):
 
 
 class Api(_Model):
-    """Bounds of the local API, for each of its sockets (lockerd/api.py, ADR 0015)."""
+    """Bounds of the local API, for each of its sockets (lockerd/api/server.py, ADR 0015)."""
 
     max_connections: int = Field(
         default=32,
@@ -314,7 +314,7 @@ class Api(_Model):
 
 
 class MetricsEndpoint(_Model):
-    """Prometheus metrics (lockerd/metrics.py). Absent: no metrics endpoint."""
+    """Prometheus metrics (lockerd/ops/metrics.py). Absent: no metrics endpoint."""
 
     address: str = Field(
         default="127.0.0.1",
@@ -392,7 +392,7 @@ _FIXES = {
     "missing": "add this setting",
     "extra_forbidden": "remove it, or check its spelling against config/example-hub.toml",
     "literal_error": "use one of the values listed",
-    "union_tag_invalid": "kind is one of kerong-cu48, kerong-cu16, modbus-relay",
+    "union_tag_invalid": f"kind is one of {', '.join(BOARD_KINDS)}",
     "string_pattern_mismatch": "see the pattern in the message",
 }
 
@@ -412,7 +412,7 @@ def _where(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("kerong-cu48", "kerong-cu16", "modbus-relay"):
+        elif part in BOARD_KINDS:
             continue  # pydantic's discriminator branch, not a place in the file
         else:
             out += f".{part}" if out else str(part)

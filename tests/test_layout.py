@@ -57,6 +57,8 @@ def test_drivers_and_simulator_are_imported_by_their_package_name_only() -> None
 
 def _module_of(path: Path) -> str:
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[0] in ("drivers", "simulator"):  # installed as lockerd.drivers, ... (ADR 0017)
+        parts.insert(0, "lockerd")
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -119,8 +121,9 @@ def test_no_module_imports_a_test_module_or_a_conftest() -> None:
 def test_benchmarks_share_code_through_bench_common_and_import_no_cycle() -> None:
     """bench/__main__.py runs the benchmarks; a benchmark imports other benchmark code
     only from bench/common.py (and tests/support); no import cycle among the modules of
-    tests/ and bench/."""
-    graph = _graph("tests", "bench")
+    lockerd (its layers included), tools, tests and bench."""
+    graph = _graph("lockerd", "drivers", "simulator", "tools", "tests", "bench")
+    assert {"lockerd.hub.service", "lockerd.drivers.bus", "bench.common"} <= set(graph)
 
     def allowed(module: str, dep: str) -> bool:
         if not (module.startswith("bench.") and dep.startswith("bench.")):
@@ -152,3 +155,26 @@ def test_benchmarks_share_code_through_bench_common_and_import_no_cycle() -> Non
         if module not in state:
             visit(module, [module])
     assert cycles == []
+
+
+def test_the_production_commands_never_load_the_demo_or_the_simulator() -> None:
+    """``lockerd run`` (systemd's command) and ``lockerctl`` import neither the demo
+    nor the simulator: they are loaded only by ``lockerd demo`` or a simulated config."""
+    probe = (
+        "import sys, lockerd.cli.main, lockerd.cli.ctl, lockerd.daemon.serve; "
+        "print([m for m in sys.modules if m.startswith(('lockerd.simulator', 'lockerd.demo'))])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_every_board_kind_a_config_may_name_has_a_simulation() -> None:
+    """A new board kind: its settings (drivers/settings.py), its driver
+    (drivers/boards.py, make_board refuses to type-check without it) and its simulation
+    (simulator/boards.py), or the demo and the tests cannot run it."""
+    from lockerd.drivers.settings import BOARD_KINDS  # noqa: PLC0415
+    from lockerd.simulator.boards import BOARD_TYPES  # noqa: PLC0415
+
+    assert set(BOARD_TYPES) == set(BOARD_KINDS)

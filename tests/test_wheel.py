@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import site
 import subprocess
@@ -28,9 +29,17 @@ VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["versi
 PARCEL = re.compile(r"^parcel (\S+) size (\S+) deposit (\d+) pickup (\d+)$")
 
 
+_NOT_SOURCE = shutil.ignore_patterns(
+    ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis"
+)
+# what the installed commands run with: nothing from this checkout or this test run
+_CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PYTEST"))}
+
+
 def _run(*args: str | Path, cwd: Path, timeout: float = 120) -> str:
     out = subprocess.run(
         [str(a) for a in args],
+        env=_CLEAN_ENV,
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -45,10 +54,14 @@ def _run(*args: str | Path, cwd: Path, timeout: float = 120) -> str:
 def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(the wheel, the bin directory of a fresh venv with it installed)."""
     where = tmp_path_factory.mktemp("wheel")
+    # built from a copy of the tree (its symlinks kept): nothing is written into the
+    # checkout, and no build/ left there by an earlier build can ship a removed module
+    source = where / "source"
+    shutil.copytree(ROOT, source, symlinks=True, ignore=_NOT_SOURCE)
     dist = where / "dist"
     _run(
         sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-        "-w", dist, ROOT, cwd=where,
+        "-w", dist, source, cwd=where,
     )  # fmt: skip
     (wheel,) = dist.glob("lockerd-*.whl")
     venv = where / "venv"
@@ -79,6 +92,7 @@ def test_the_installed_lockerd_reports_its_version(
     _, bin_ = installed
     assert _run(bin_ / "lockerd", "--version", cwd=tmp_path).strip() == f"lockerd {VERSION}"
     assert _run(bin_ / "lockerctl", "--version", cwd=tmp_path).strip() == f"lockerctl {VERSION}"
+    assert "lockerd-sim" in _run(bin_ / "lockerd-sim", "--help", cwd=tmp_path)
     out = _run(bin_ / "python", "-m", "lockerd", "--version", cwd=tmp_path)
     assert out.strip() == f"lockerd {VERSION}"
     where = _run(bin_ / "python", "-c", "import lockerd; print(lockerd.__file__)", cwd=tmp_path)
@@ -87,6 +101,7 @@ def test_the_installed_lockerd_reports_its_version(
         probe = subprocess.run(
             [bin_ / "python", "-c", f"import {name}"],
             cwd=tmp_path,
+            env=_CLEAN_ENV,
             capture_output=True,
             check=False,
         )
@@ -104,7 +119,7 @@ def test_the_installed_demo_runs_and_lockerctl_drives_it(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONPATH": ""},
+        env=_CLEAN_ENV,
     )
     guard = threading.Timer(90, demo.kill)  # a demo that hangs fails the test, not CI
     guard.start()

@@ -908,7 +908,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(shown, file=sys.stderr)
         print(
-            f"{out} differs from lockerd/contract.py: run `python -m tools.asyncapi` "
+            f"{out} differs from lockerd/cloud/contract.py: run `python -m tools.asyncapi` "
             "and commit the result",
             file=sys.stderr,
         )

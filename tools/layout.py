@@ -4,7 +4,7 @@ sentence of its docstring (or README), and the modules in it.
     python -m tools.layout            print the block
     python -m tools.layout --write    put it into README.md between its markers
 
-tests/test_layout.py fails when README's block is not what this prints.
+tests/test_readme_layout.py fails when README's block is not what this prints.
 """
 
 from __future__ import annotations

@@ -26,10 +26,12 @@ from typing import Any
 import aiomqtt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import ValidationError
 
 from lockerd.cloud import contract as c
 from lockerd.config import Cloud
 from lockerd.hub.codes import CodeHasher, load_key, new_code
+from lockerd.hub.domain import Size
 
 
 def build_parser(p: argparse.ArgumentParser) -> None:
@@ -42,7 +44,7 @@ def build_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the reply")
     sub = p.add_subparsers(dest="cloud_command", required=True)
     res = sub.add_parser("reserve", help="reserve a parcel; prints its codes")
-    res.add_argument("size", choices=["S", "M", "L", "XL"])
+    res.add_argument("size", choices=[size.value for size in Size])
     res.add_argument("--parcel", help="parcel id (default: a new one)")
     res.add_argument("--return", dest="is_return", action="store_true", help="a return")
     res.add_argument("--hours", type=int, default=72, help="pickup window")
@@ -79,66 +81,79 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
-def _signed(args: argparse.Namespace, cmd: dict[str, Any], life: int) -> dict[str, Any]:
-    _, sign_key = _keys(args)
-    if sign_key is None:
+def _signing_key(args: argparse.Namespace) -> Ed25519PrivateKey:
+    _, path = _keys(args)
+    if path is None:
         raise SystemExit(
             f"lockerctl cloud {args.cloud_command}: needs --state-dir or --signing-key"
         )
-    body = {**cmd, "expires_at": cmd["issued_at"] + life}
-    return c.sign(body, load_signing_key(sign_key))
+    return load_signing_key(path)
 
 
 def _command(args: argparse.Namespace, now: int) -> tuple[dict[str, Any], list[str]]:
-    """The command to send, and lines to print (the codes of a reservation)."""
-    cmd, say = _unsigned(args, now)
-    if cmd["type"] in c.SIGNED:
-        cmd = _signed(args, cmd, args.life)
-    return cmd, say
+    """The command to send (as JSON: the fields given, none of the defaults; signed if
+    it must be), and lines to print (the codes of a reservation)."""
+    try:
+        cmd, say = _model(args, now)
+    except ValidationError as exc:  # what the hub would refuse as malformed
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise SystemExit(f"lockerctl cloud {args.cloud_command}: {where}: {first['msg']}") from None
+    body = cmd.model_dump(mode="json", exclude_unset=True)
+    if cmd.type in c.SIGNED:
+        body = c.sign(body, _signing_key(args))
+    return body, say
 
 
-def _unsigned(args: argparse.Namespace, now: int) -> tuple[dict[str, Any], list[str]]:
+def _model(args: argparse.Namespace, now: int) -> tuple[c.Command, list[str]]:
+    """The contract's model of the subcommand's command (a signed one with its
+    ``expires_at``, ``--life`` after ``issued_at``)."""
     cid = f"cli-{secrets.token_hex(6)}"
     base: dict[str, Any] = {"id": cid, "hub": args.hub, "issued_at": now}
-    code_key, _ = _keys(args)
-    say: list[str] = []
-    cmd = args.cloud_command
-    if cmd == "reserve":
-        if code_key is None:
-            raise SystemExit("lockerctl cloud reserve: needs --state-dir or --code-key")
-        hasher = CodeHasher(load_key(code_key))
-        pid = args.parcel or f"P-{secrets.token_hex(4)}"
-        deposit, pickup = new_code(8), new_code(8)
-        say.append(f"parcel {pid} size {args.size} deposit {deposit} pickup {pickup}")
-        return {
-            **base,
-            "type": "return.reserve" if args.is_return else "parcel.reserve",
-            "parcel": pid,
-            "size": args.size,
-            "deposit_code_hash": hasher.hash(deposit),
-            "pickup_code_hash": hasher.hash(pickup),
-            "deposit_from": now - 60,
-            "deposit_until": now + 7 * 86_400,
-            "pickup_window_s": args.hours * 3600,
-        }, say
-    if cmd == "cancel":
-        return {**base, "type": "parcel.cancel", "parcel": args.parcel}, say
-    if cmd == "service":
-        return {
-            **base,
-            "type": "compartment.set_service",
-            "compartment": args.label,
-            "in_service": args.state == "in",
-        }, say
-    if cmd == "sync":
-        return {**base, "type": "sync.request"}, say
-    assert cmd == "open"
-    return {
-        **base,
-        "type": "compartment.open",
-        "compartment": args.label,
-        "reason": args.reason,
-    }, say
+    match args.cloud_command:
+        case "reserve":
+            code_key, _ = _keys(args)
+            if code_key is None:
+                raise SystemExit("lockerctl cloud reserve: needs --state-dir or --code-key")
+            hasher = CodeHasher(load_key(code_key))
+            pid = args.parcel or f"P-{secrets.token_hex(4)}"
+            deposit, pickup = new_code(8), new_code(8)
+            say = [f"parcel {pid} size {args.size} deposit {deposit} pickup {pickup}"]
+            reservation: dict[str, Any] = {
+                **base,
+                "expires_at": now + args.life,
+                "parcel": pid,
+                "size": args.size,
+                "deposit_code_hash": hasher.hash(deposit),
+                "pickup_code_hash": hasher.hash(pickup),
+                "deposit_from": now - 60,
+                "deposit_until": now + 7 * 86_400,
+                "pickup_window_s": args.hours * 3600,
+            }
+            if args.is_return:
+                return c.ReturnReserve(type="return.reserve", **reservation), say
+            return c.ParcelReserve(type="parcel.reserve", **reservation), say
+        case "cancel":
+            return c.ParcelCancel(type="parcel.cancel", **base, parcel=args.parcel), []
+        case "service":
+            return c.CompartmentSetService(
+                type="compartment.set_service",
+                **base,
+                compartment=args.label,
+                in_service=args.state == "in",
+            ), []
+        case "sync":
+            return c.SyncRequest(type="sync.request", **base), []
+        case "open":
+            return c.CompartmentOpen(
+                type="compartment.open",
+                **base,
+                expires_at=now + args.life,
+                compartment=args.label,
+                reason=args.reason,
+            ), []
+        case other:
+            raise AssertionError(f"lockerctl cloud {other}: no such command")
 
 
 async def run(args: argparse.Namespace) -> int:

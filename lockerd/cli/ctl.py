@@ -9,6 +9,10 @@ it never opens a serial port.
     lockerctl bus                                   per-board health and counters
     lockerctl alarms | ack ID                       open alarms; acknowledge one
     lockerctl expired | empty-expired               expired parcels; open their doors to empty
+    lockerctl quarantine                            messages the hub set aside
+    lockerctl sim door|bus|stall ...                on a simulated hub: play the person there
+    lockerctl cloud ...                             play the operator's cloud (lockerd.cli.cloudctl)
+    lockerctl --version
 
 Human tables by default, ``--json`` for scripts. ``--socket PATH`` (or LOCKERD_SOCKET) is
 the technician socket; the daemon knows who you are from your login (the audit names
@@ -34,6 +38,8 @@ from typing import Any
 from lockerd import __version__
 from lockerd.api.server import call
 from lockerd.cli import cloudctl
+from lockerd.errors import LockerdError
+from lockerd.hub.vocab import NOT_OK_OUTCOMES
 
 DEFAULT_SOCKET = os.environ.get("LOCKERD_SOCKET", "/run/lockerd/api.sock")
 # error types with their own exit code (any other error: 2, a bad request)
@@ -232,10 +238,14 @@ async def run(args: argparse.Namespace) -> int:
         elif result or args.command != "events":
             print(render(args.command, result))
         if not (args.command == "events" and args.follow):
-            status = result.get("status") if isinstance(result, dict) else None
-            if isinstance(result, list) and result and all(_waits(o) for o in result):
-                status = "wait"  # empty-expired over the technician's rate limit
-            return 1 if status in ("refused", "jammed", "failed", "wait") else 0
+            match result:
+                case {"status": str(status)}:  # an outcome
+                    not_ok = status in NOT_OK_OUTCOMES
+                case [_, *_]:  # empty-expired over the technician's rate limit
+                    not_ok = all(_waits(o) for o in result)
+                case _:
+                    not_ok = False
+            return 1 if not_ok else 0
         if result:
             req["after_seq"] = result[-1]["seq"]
         await asyncio.sleep(0.5)
@@ -243,9 +253,12 @@ async def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "cloud":
-        return cloudctl.main(args)
     try:
+        if args.command == "cloud":
+            return cloudctl.main(args)
         return asyncio.run(run(args))
+    except LockerdError as exc:  # e.g. a key file lockerctl cloud cannot read
+        print(f"lockerctl: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 0

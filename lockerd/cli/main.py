@@ -20,9 +20,6 @@ from pydantic import ValidationError
 from lockerd import __version__
 from lockerd.config import Cloud, ConfigInvalid, load
 from lockerd.daemon.serve import run_hub
-from lockerd.demo.hardware import main as demo_main
-from lockerd.demo.ports import SimulatedPorts
-from lockerd.demo.scene import run_demo
 from lockerd.errors import LockerdError
 from lockerd.hub.codes import KeyFileError, create_key
 from lockerd.logs import configure
@@ -53,8 +50,18 @@ def _keygen(path: str) -> int:
 
 
 def _demo(args: list[str]) -> int:
+    # the demo (and the simulator under it) only when asked for: `lockerd run` never
+    # loads them (tests/test_layout.py)
     if "--hardware" in args:
-        return demo_main([a for a in args if a != "--hardware"])
+        from lockerd.demo.hardware import main as demo_main  # noqa: PLC0415
+
+        try:
+            return demo_main([a for a in args if a != "--hardware"])
+        except LockerdError as exc:
+            print(f"lockerd demo: {exc}", file=sys.stderr)
+            return 1
+    from lockerd.demo.scene import run_demo  # noqa: PLC0415
+
     parser = argparse.ArgumentParser(prog="lockerd demo")
     parser.add_argument("--state-dir", help="keep the hub here (resumed when run again)")
     parser.add_argument(
@@ -115,8 +122,11 @@ def _run(path: str) -> int:
         print(exc.report(), file=sys.stderr)
         return 2
     try:
-        # a config for a hub without hardware (simulated = true) runs on the simulator
-        ports = SimulatedPorts() if cfg.simulated else None
+        ports = None
+        if cfg.simulated:  # a hub without hardware (tests, demos) runs on the simulator
+            from lockerd.demo.ports import SimulatedPorts  # noqa: PLC0415
+
+            ports = SimulatedPorts()
         return asyncio.run(run_hub(cfg, ports))
     except LockerdError as exc:  # said for a technician: no traceback
         print(f"lockerd: {exc}", file=sys.stderr)

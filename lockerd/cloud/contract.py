@@ -77,7 +77,15 @@ HubId = Annotated[str, Field(min_length=3, max_length=63, pattern=r"^[a-z0-9][a-
 # a command's or an event's type: dotted lower-case names (`parcel.reserve`)
 TYPE_PATTERN = r"^[a-z][a-z0-9_]{0,31}(\.[a-z][a-z0-9_]{0,31}){0,3}$"
 TypeName = Annotated[str, Field(max_length=131, pattern=TYPE_PATTERN)]
-SizeClass = Literal["S", "M", "L", "XL"]
+# the hub's own enums' values (lockerd.hub.domain: Size, Purpose, Kind, CompartmentState),
+# spelt out: the schema is inline strings, and mypy takes no Literal built from an enum;
+# a test keeps each equal to its enum (tests/lockerd/test_contract.py)
+SizeClass = Literal["S", "M", "L", "XL"]  # d.Size
+PurposeName = Literal["deposit", "collect", "recall", "service"]  # d.Purpose
+KindName = Literal["delivery", "return"]  # d.Kind
+CompartmentStateName = Literal[  # d.CompartmentState
+    "free", "occupied", "in_use", "attention", "out_of_service"
+]
 # (up to 2100: a larger integer would overflow a float, or mean nothing)
 UnixTime = Annotated[
     int, Field(ge=0, le=4_102_444_800, description="Unix time, whole seconds, before 2100")
@@ -123,7 +131,7 @@ class Reservation(_Msg):
     deposit_until: UnixTime
     pickup_window_s: int = Field(default=72 * 3600, gt=0, le=90 * 86_400)
     accessible: bool = Field(default=False, description="needs a compartment within reach")
-    kind: Literal["delivery", "return"] = "delivery"
+    kind: KindName = "delivery"
 
 
 class ParcelReserve(_Command, Reservation):
@@ -197,7 +205,7 @@ Command = Annotated[
     | CodesBulk,
     Field(discriminator="type"),
 ]
-COMMAND: TypeAdapter[Any] = TypeAdapter(Command)
+COMMAND: TypeAdapter[Command] = TypeAdapter(Command)
 
 # commands that grant or change who can open what: refused unless signed by the cloud
 SIGNED = frozenset(
@@ -266,8 +274,6 @@ def _absent(description: str) -> Any:
 # the hub cuts every string it puts into an event at 256 characters (lockerd.hub.jsonsafe)
 Text = Annotated[str, Field(max_length=256)]
 Seconds = Annotated[float, Field(ge=0)]
-PurposeName = Literal["deposit", "collect", "recall", "service"]
-KindName = Literal["delivery", "return"]
 
 _PARCEL = "the parcel's id (as the cloud reserved it)"
 _COMPARTMENT = "the compartment's label"
@@ -623,7 +629,7 @@ class Status(_Msg):
 class CompartmentState(_Msg):
     label: Label
     size: SizeClass
-    state: Literal["free", "occupied", "in_use", "attention", "out_of_service"]
+    state: CompartmentStateName
     door_open: bool
 
 

@@ -94,7 +94,7 @@ class Verifier:
     grant_max_life_s: float = 7 * 86_400.0
 
     def refusal(  # noqa: PLR0911 - one return per reason
-        self, raw: dict[str, Any] | None, cmd: Any, now: float
+        self, raw: dict[str, Any] | None, cmd: c.Command, now: float
     ) -> RefusalReason | None:
         """Why ``cmd`` is refused, or ``None``. ``raw``: the JSON object it was read
         from; ``None`` for a command validated straight from its bytes (the big
@@ -669,7 +669,7 @@ class CloudLink:
             at=self.clock(),
         ).model_dump(mode="json")
 
-    def _from_outcome(self, cmd: Any, outcome: Outcome, **result: Any) -> dict[str, Any]:
+    def _from_outcome(self, cmd: c.Command, outcome: Outcome, **result: Any) -> dict[str, Any]:
         ok = outcome.status in OK_STATUSES
         if outcome.compartment:
             result.setdefault("compartment", outcome.compartment)
@@ -694,7 +694,7 @@ class CloudLink:
                 self._last_state = None
                 self._state_dirty.set()
                 await self._answer(cmd, snap.model_dump(mode="json"))
-            case c.CodesBulk() if not self.service.disk_low:
+            case c.CodesBulk() if not self.service.store_thread.disk_low:
                 await self._answer(cmd, await self._bulk(cmd, actor))
             case _:
                 ok = self._reply(cmd.id, cmd.type, ok=True, status="ok")
@@ -825,10 +825,12 @@ class CloudLink:
             await self.service.run_db(self.store.answer, Inbox(cid, final), now=self.clock())
 
 
-async def _read(body: bytes | bytearray) -> tuple[Any, Any, str | None, str]:
-    """A command's JSON, its model if it is validated already, and its id and type as far
-    as they can be read (``None``, ``"unknown"``): the id finds a redelivery in the inbox,
-    and both go in a refusal's reply."""
+async def _read(body: bytes | bytearray) -> tuple[Any, c.Command | None, str | None, str]:
+    """A command's JSON (whatever JSON value it is; ``None`` if it is no JSON, or is
+    read straight into its model), its model if it is validated already (a big
+    ``codes.bulk``), and its id and type as far as they can be read (``None``,
+    ``"unknown"``): the id finds a redelivery in the inbox, and both go in a refusal's
+    reply."""
     if len(body) > BIG and b'"codes.bulk"' in body:
         # a big command (codes.bulk: megabytes) is parsed off the event loop; a valid
         # codes.bulk straight into its model. (Only what names the type: pydantic takes

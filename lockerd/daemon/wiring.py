@@ -27,6 +27,7 @@ from lockerd.hub.diskreserve import DiskReserve
 from lockerd.hub.monitor import DoorMonitor
 from lockerd.hub.service import Door, HubService
 from lockerd.hub.store import Store
+from lockerd.hub.storethread import StoreThread
 from lockerd.ops.instance import StateLock, claim_socket
 
 if TYPE_CHECKING:
@@ -179,9 +180,13 @@ def _service(
     boards: dict[tuple[str, int], Board[Any]],
     clock: Callable[[], float] | None,
 ) -> HubService:
-    """The service over the store and the doors, with its disk reserve."""
+    """The service over the store and the doors, its store thread with the disk
+    reserve (no room even for the reserve: no new reservations)."""
     doors = [Door(c.label, boards[(c.bus, c.board)], c.channel) for c in cfg.compartments]
-    service = HubService(
+    reserve = DiskReserve(
+        Path(cfg.paths.state_dir) / "disk-reserve", int(cfg.paths.disk_reserve_mb * 2**20)
+    )
+    return HubService(
         store,
         hasher,
         doors,
@@ -189,14 +194,9 @@ def _service(
         open_confirm_s=cfg.timers.open_confirm_s,
         left_open_alarm_s=cfg.timers.left_open_alarm_s,
         fallback_to_larger=cfg.codes.fallback_to_larger,
+        store_thread=StoreThread(store, disk_reserve=reserve),
         **({"clock": clock} if clock is not None else {}),
     )
-    service.disk_reserve = DiskReserve(
-        Path(cfg.paths.state_dir) / "disk-reserve", int(cfg.paths.disk_reserve_mb * 2**20)
-    )
-    if not service.disk_reserve.ensure():
-        service.disk_low = True  # no room even for the reserve: no new reservations
-    return service
 
 
 def _only_daemon(cfg: HubConfig) -> StateLock:

@@ -195,12 +195,6 @@ def terminal_message(refusal: Refusal) -> str:
 # Codes: which purpose a code may serve in which parcel state
 # ======================================================================================
 
-_PURPOSE_STATES: dict[Purpose, frozenset[ParcelState]] = {
-    Purpose.DEPOSIT: frozenset({ParcelState.RESERVED}),
-    Purpose.COLLECT: frozenset({ParcelState.STORED}),
-    Purpose.RECALL: frozenset({ParcelState.EXPIRED}),
-}
-
 
 def check_code(parcel: Parcel, purpose: Purpose, now: float) -> Refusal | None:  # noqa: PLR0911
     """Whether a code of ``purpose`` for ``parcel`` may open a door now."""

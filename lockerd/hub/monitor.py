@@ -1,4 +1,4 @@
-"""The door monitor's pure core: debouncing readings into door changes.
+"""The door monitor: debouncing readings into door changes, and telling the service.
 
 A reading is every channel's raw door level from one board transaction (the bus
 poller, drivers/poll.py). A door *changes* only after ``debounce_reads`` equal
@@ -7,8 +7,10 @@ read or two). A door that changes too often in a short window is *flapping*: a
 loose sensor cable or a failing switch; it is reported as a sensor fault once,
 and its changes keep being reported (a broken sensor must never block an open).
 
-The asynchronous monitor that maps channels to compartment labels and tells the
-service is built on this (lockerd.hub.service).
+:class:`Debouncer` is the pure core (time is passed in). :class:`DoorMonitor` runs the
+bus pollers, feeds it, and tells the service (:class:`DoorSink`, which
+:class:`lockerd.hub.service.HubService` is) what changed, which boards went offline and
+which sensors flap.
 """
 
 from __future__ import annotations

@@ -27,10 +27,9 @@ from lockerd.drivers.boards import Board
 from lockerd.drivers.errors import BusError, DriverError
 from lockerd.hub import domain as d
 from lockerd.hub.codes import Attempt, CodeHasher, Throttle, normalise
-from lockerd.hub.diskreserve import DiskReserve
 from lockerd.hub.store import CodeSpent, Inbox, Store, StoreConflict, StoreError
 from lockerd.hub.storethread import StoreThread
-from lockerd.hub.vocab import OutcomeStatus
+from lockerd.hub.vocab import IntentOutcome, OutcomeStatus
 from lockerd.logs import bound
 
 log = structlog.get_logger(__name__)
@@ -91,6 +90,7 @@ class HubService:
         left_open_alarm_s: float = 120.0,
         fallback_to_larger: bool = True,
         clock: Callable[[], float] = time.time,
+        store_thread: StoreThread | None = None,
     ) -> None:
         self.store = store
         self.hasher = hasher
@@ -102,11 +102,12 @@ class HubService:
         self.fallback = fallback_to_larger
         self.clock = clock
         self._lock = asyncio.Lock()
-        # the store's calls run there; a full disk frees the reserve, and its alarm
-        # is committed apart from the call that met it
-        self.store_thread = StoreThread(
-            store,
-            on_disk_full=lambda event: self._record_apart((event,), actor="lockerd", target="disk"),
+        # the store's calls run there (the daemon's, with its disk reserve: open_hub);
+        # a full disk frees the reserve, and its alarm is committed apart from the call
+        # that met it
+        self.store_thread = store_thread or StoreThread(store)
+        self.store_thread.on_disk_full = lambda event: self._record_apart(
+            (event,), actor="lockerd", target="disk"
         )
         self._seen_open: dict[str, asyncio.Event] = {}
         self.on_commit: list[Callable[[], None]] = []  # e.g. the cloud link's outbox wake-up
@@ -119,24 +120,6 @@ class HubService:
         self._no_opens = asyncio.Event()
         self._no_opens.set()
 
-    @property
-    def disk_reserve(self) -> DiskReserve | None:
-        """Space kept back for when the disk fills up (:mod:`lockerd.hub.diskreserve`)."""
-        return self.store_thread.disk_reserve
-
-    @disk_reserve.setter
-    def disk_reserve(self, reserve: DiskReserve | None) -> None:
-        self.store_thread.disk_reserve = reserve
-
-    @property
-    def disk_low(self) -> bool:
-        """Low on disk: new reservations are refused until there is room again."""
-        return self.store_thread.disk_low
-
-    @disk_low.setter
-    def disk_low(self, low: bool) -> None:
-        self.store_thread.disk_low = low
-
     def _record_apart(self, events: tuple[d.Event, ...], *, actor: str, target: str) -> None:
         """Alarm events committed in a task of their own, apart from the request or the
         store call that raised them (which is failing, or holds the service lock)."""
@@ -147,7 +130,7 @@ class HubService:
         task.add_done_callback(self._background.discard)
 
     def _refuse_while_low_on_disk(self) -> Outcome | None:
-        if not self.disk_low:
+        if not self.store_thread.disk_low:
             return None
         return Outcome(
             "refused",
@@ -243,7 +226,7 @@ class HubService:
         action: str,
         target: str,
         intent: tuple[str, d.Purpose, str | None] | None = None,
-        resolve: tuple[int, str] | None = None,
+        resolve: tuple[int, IntentOutcome] | None = None,
         command: Inbox | None = None,
     ) -> int | None:
         """A domain change, its events, audit line, intent and the cloud command that
@@ -297,6 +280,7 @@ class HubService:
                     continue
                 now = self.clock()
                 parcel = await self._parcel_of(comp)
+                outcome: IntentOutcome
                 if doors_open.get(intent.label) and comp.operation is not None:
                     change = d.door_opened(comp, now)
                     outcome = "opened"
@@ -752,7 +736,7 @@ class HubService:
         self,
         label: str,
         intent: int,
-        outcome: str,
+        outcome: IntentOutcome,
         rule: Callable[[d.Compartment, d.Parcel | None, float], d.Change],
     ) -> bool:
         """Record that the door did not open; ``False`` if it was seen open meanwhile."""
@@ -772,7 +756,7 @@ class HubService:
             )
             return True
 
-    async def _resolve(self, label: str, intent: int, outcome: str) -> None:
+    async def _resolve(self, label: str, intent: int, outcome: IntentOutcome) -> None:
         await self._commit(
             d.Change(),
             now=self.clock(),
@@ -793,7 +777,7 @@ class HubService:
                 return
             now = self.clock()
             intents = await self.store_thread.run(self.store.open_intents, label)
-            resolve = None
+            resolve: tuple[int, IntentOutcome] | None = None
             if is_open:
                 change = d.door_opened(comp, now)
                 if comp.operation is not None and intents:

@@ -40,13 +40,16 @@ class StoreThread:
     ``on_disk_full``, which records it (through the service, as every change is).
     """
 
-    def __init__(self, store: Store, *, on_disk_full: Callable[[d.Event], None]) -> None:
+    def __init__(self, store: Store, *, disk_reserve: DiskReserve | None = None) -> None:
         self.store = store
-        self.on_disk_full = on_disk_full
+        # who records the disk_full alarm: the service, which sets it (HubService)
+        self.on_disk_full: Callable[[d.Event], None] = lambda event: None
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
-        # space kept back for when the disk fills up (set by the daemon from the config)
-        self.disk_reserve: DiskReserve | None = None
-        self.disk_low = False  # new reservations are refused until there is room
+        # space kept back for when the disk fills up (from the config: open_hub)
+        self.disk_reserve = disk_reserve
+        # new reservations are refused until there is room; from the start when even
+        # the reserve could not be made
+        self.disk_low = disk_reserve is not None and not disk_reserve.ensure()
         self._full_logged = False
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:

@@ -1,5 +1,5 @@
 """The hub's closed vocabularies: the one home of every event type, alarm kind,
-outcome, refusal reason and reply status.
+outcome (of a request, of an open intent), refusal reason and reply status.
 
 Each vocabulary is a ``Literal`` type alias, so that mypy refuses an unknown word
 where one is written (``d.Event("no_such_event", ...)`` does not type-check:
@@ -126,6 +126,17 @@ OutcomeStatus: TypeAlias = Literal[
 ]
 OUTCOME_STATUSES: tuple[OutcomeStatus, ...] = get_args(OutcomeStatus)
 
+# what became of an open intent (the store's ``intents.outcome``, the audit line's
+# action, the ``lockerd_open_outcomes`` metric): the door monitor's verdict on a pulse
+IntentOutcome: TypeAlias = Literal[
+    "opened",  # the door was seen open
+    "already_open",  # the door stood open already: nothing was pulsed
+    "not_sent",  # the unlock never went out (bus, board)
+    "jammed",  # pulsed, never seen open
+    "interrupted",  # the hub stopped during the open; the door was shut at start-up
+]
+INTENT_OUTCOMES: frozenset[IntentOutcome] = frozenset(get_args(IntentOutcome))
+
 # why the cloud link refuses a command before anything is done (the reply's status,
 # and the `command_refused` event's reason); the command's id is not used up
 RefusalReason: TypeAlias = Literal[
@@ -157,10 +168,17 @@ REPLY_STATUSES: tuple[ReplyStatus, ...] = get_args(ReplyStatus)
 UNPUBLISHED_STATUSES: frozenset[ReplyStatus] = frozenset({"opening", "wait"})
 # the statuses of a reply with `ok: true`
 OK_STATUSES: frozenset[ReplyStatus] = frozenset({"ok", "opened", "already_open"})
+# the outcome statuses of something not done (refused, jammed, failed, wait):
+# `lockerctl` exits 1 on them
+NOT_OK_OUTCOMES: frozenset[OutcomeStatus] = frozenset(
+    s for s in OUTCOME_STATUSES if s not in OK_STATUSES
+)
 
 __all__ = [
     "ALARM_KINDS",
     "EVENT_TYPES",
+    "INTENT_OUTCOMES",
+    "NOT_OK_OUTCOMES",
     "OK_STATUSES",
     "OUTCOME_STATUSES",
     "REFUSAL_REASONS",
@@ -172,6 +190,7 @@ __all__ = [
     "EventType",
     "FlowEventType",
     "HubEventType",
+    "IntentOutcome",
     "OutcomeStatus",
     "ParcelEventType",
     "RefusalReason",

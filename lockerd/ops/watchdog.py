@@ -14,7 +14,7 @@ each ping the hub checks itself:
 - the store takes a small committed write (its write lock is free, the disk takes
   a flush) within the check's own time. A *full* disk does not hold the ping back:
   the service has alarmed it and keeps serving from its reserve
-  (lockerd/diskreserve.py), and a restart would free nothing.
+  (lockerd/hub/diskreserve.py), and a restart would free nothing.
 
 When a check fails, the ping is held back and the reason logged (once per change)
 and shown in systemd's STATUS; systemd restarts the service once ``WatchdogSec``

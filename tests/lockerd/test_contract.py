@@ -1,4 +1,4 @@
-"""The published contract against the code: docs/asyncapi.json is what lockerd/contract.py
+"""The published contract against the code: docs/asyncapi.json is what lockerd/cloud/contract.py
 generates, its schemas accept what the hub accepts and refuse what it refuses, and the
 worked examples of docs/cloud-guide.md are real (computed here, verified by the hub's
 own Verifier)."""
@@ -85,7 +85,7 @@ def test_the_committed_document_is_what_the_code_generates() -> None:
             committed.splitlines(), generated.splitlines(), "committed", "generated", n=1
         )
         pytest.fail(
-            "docs/asyncapi.json differs from lockerd/contract.py: run "
+            "docs/asyncapi.json differs from lockerd/cloud/contract.py: run "
             "`python -m tools.asyncapi` and commit docs/asyncapi.json\n"
             + "\n".join(list(diff)[:40]),
             pytrace=False,
@@ -662,6 +662,7 @@ ENUM_VOCABULARIES: list[tuple[Any, type[enum.Enum]]] = [
     (c.SizeClass, d.Size),
     (c.PurposeName, d.Purpose),
     (c.KindName, d.Kind),
+    (c.CompartmentStateName, d.CompartmentState),
 ]
 
 

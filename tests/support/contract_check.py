@@ -5,7 +5,7 @@
     validate_message(topic.rsplit("/", 1)[1], json.loads(raw))
 
 The schemas are read from the committed document (which a test keeps equal to what
-lockerd/contract.py generates), so a message that passes here is one the cloud team's
+lockerd/cloud/contract.py generates), so a message that passes here is one the cloud team's
 own validators accept. Raises AssertionError saying what is wrong and where.
 """
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from lockerd.hub.store.errors import translate
 from lockerd.hub.store.schema import connect, migrate
+from lockerd.hub.vocab import IntentOutcome
 
 
 class StoreBase:
@@ -30,9 +31,9 @@ class StoreBase:
         # what committed transactions recorded, by kind (metrics read them): outbox
         # event types, and open intents' outcomes; counted only once committed
         self.committed_events: Counter[str] = Counter()
-        self.open_outcomes: Counter[str] = Counter()
+        self.open_outcomes: Counter[IntentOutcome] = Counter()
         self._tx_events: list[str] = []
-        self._tx_outcomes: list[str] = []
+        self._tx_outcomes: list[IntentOutcome] = []
         try:
             self._db = connect(self.path)
             migrate(self._db, self.path, schema, self.transaction)

@@ -10,6 +10,7 @@ from lockerd.hub.store.compartments import CompartmentsMixin
 from lockerd.hub.store.inbox import Inbox
 from lockerd.hub.store.parcels import ParcelsMixin
 from lockerd.hub.store.rows import Intent, to_intent
+from lockerd.hub.vocab import IntentOutcome
 
 
 class ChangesMixin(ParcelsMixin, CompartmentsMixin):
@@ -25,7 +26,7 @@ class ChangesMixin(ParcelsMixin, CompartmentsMixin):
         action: str,
         target: str,
         intent: tuple[str, d.Purpose, str | None] | None = None,
-        resolve: tuple[int, str] | None = None,
+        resolve: tuple[int, IntentOutcome] | None = None,
         command: Inbox | None = None,
     ) -> int | None:
         """Commit a domain change with its events (outbox), an audit line, and the
