@@ -832,23 +832,50 @@ async def _connect(path: str, within: float) -> socket.socket:
 async def call(
     path: str | Path, request: dict[str, Any], *, within: float = 10.0
 ) -> dict[str, Any]:
-    """One request to the daemon's socket (what lockerctl does)."""
+    """One request to the daemon's socket (what lockerctl does).
+
+    A connection the daemon closed before it read the request (it makes room that way
+    under a flood of connections, ADR 0016) is tried again on a new one, within the
+    same deadline: the request was never read, so it cannot be done twice. A
+    connection closed after the daemon took the request is not retried."""
+    payload = json.dumps(request).encode() + b"\n"
     async with asyncio.timeout(within):
-        sock = await _connect(str(path), within)
-        # replies can be long (status of a 1,000-door hub is ~80 kB): the request limit
-        # protects the daemon, not the client
-        reader, writer = await asyncio.open_unix_connection(sock=sock, limit=MAX_REPLY)
-        try:
-            writer.write(json.dumps(request).encode() + b"\n")
-            # answered and closed at once (busy): the reply may still be there to read
-            with contextlib.suppress(ConnectionError):
-                await writer.drain()
-            line = await reader.readline()
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+        line = await _exchange(str(path), payload, within)
+        while line is None:  # a retry on a new connection
+            await asyncio.sleep(0.01)  # the daemon is making room: a moment, not a spin
+            line = await _exchange(str(path), payload, within)
     if not line:
         raise ConnectionError("lockerd closed the connection without a reply (did it stop?)")
     reply: dict[str, Any] = json.loads(line)
     return reply
+
+
+async def _exchange(path: str, payload: bytes, within: float) -> bytes | None:
+    """Send one request and read its reply line: b"" if the daemon closed the
+    connection after taking the request without a reply, None if it closed it before
+    reading the request (a broken pipe on the send, or a reset with the request still
+    unread). A reply already written (``busy``) is read even then."""
+    loop = asyncio.get_running_loop()
+    with await _connect(path, within) as sock:
+        taken = True
+        try:
+            await loop.sock_sendall(sock, payload)
+        except (BrokenPipeError, ConnectionResetError):
+            taken = False
+        reply = bytearray()
+        # replies can be long (status of a 1,000-door hub is ~80 kB): the request
+        # limit protects the daemon, not the client
+        while len(reply) <= MAX_REPLY:
+            try:
+                chunk = await loop.sock_recv(sock, 65536)
+            except ConnectionResetError:  # closed with our request unread
+                taken = False
+                chunk = b""
+            reply += chunk
+            if not chunk or b"\n" in chunk:
+                break
+        if b"\n" in reply:
+            return bytes(reply[: reply.index(b"\n") + 1])
+        if len(reply) > MAX_REPLY:
+            raise ConnectionError(f"a reply longer than {MAX_REPLY} bytes")
+        return b"" if taken else None

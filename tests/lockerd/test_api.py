@@ -660,3 +660,34 @@ async def test_many_clients_at_once_each_get_their_own_replies() -> None:
         )
         stats = (await hub.api("status"))["api"]
         assert all(s["evicted"] == 0 and s["refused_busy"] == 0 for s in stats["sockets"])
+
+
+async def test_a_request_the_daemon_closed_unread_is_sent_again_and_a_taken_one_is_not(
+    tmp_path: Path,
+) -> None:
+    """Under a flood of connections the daemon closes connections to make room, a new
+    one among them: the client sends its request again on a new connection (it was
+    never read). One the daemon read and then dropped is not sent again."""
+    path = tmp_path / "s.sock"
+    seen: list[bytes] = []
+    mode = {"drop_first_unread": 1, "read_then_drop": False}
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if mode["drop_first_unread"]:
+            mode["drop_first_unread"] -= 1
+            writer.transport.abort()  # made room: closed before reading anything
+            return
+        seen.append(await reader.readline())
+        if not mode["read_then_drop"]:
+            writer.write(b'{"ok": true, "result": "done"}\n')
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_unix_server(serve, path=str(path))
+    async with server:
+        assert await call(path, {"op": "status"}) == {"ok": True, "result": "done"}
+        assert seen == [b'{"op": "status"}\n']  # once, on the second connection
+        mode["read_then_drop"] = True
+        with pytest.raises(ConnectionError, match="without a reply"):
+            await call(path, {"op": "status"})
+        assert len(seen) == 2  # taken once, not sent again
