@@ -27,7 +27,10 @@ the reply. The bus guarantees (ADR 0002):
   its reads fail at once (:class:`BoardOffline`) without using the wire, and it is
   probed once every ``offline_probe_s``; its error is logged once, then at debug
   level until it recovers. When every board of the bus falls silent, the bus
-  says so once (adapter, wiring or baud rate, not one board);
+  says so once (adapter, wiring or baud rate, not one board). While the port is not
+  open (it never opened, or it was lost) no board on it is online, and each says
+  why (the port's error); once the port is back each gets its full tries again. A
+  board that answers again has no error left over;
 - after an I/O error, an unplugged adapter or a dropped gateway the port is
   reopened with jittered exponential backoff (also when a port opens and drops at
   once), logged once per outage; meanwhile requests fail at once with
@@ -126,8 +129,11 @@ class BoardHealth:
     last_latency_s: float = 0.0
     max_latency_s: float = 0.0
     last_ok_at: float | None = None
-    last_error: str = ""
+    last_error: str = ""  # why the last request failed; cleared by the next answer
     next_probe_at: float = 0.0
+    # not online only because the port is not open: once it is, the board gets its
+    # full tries (and offline_after failures), not a probe
+    port_held: bool = False
     # answered transactions' latency (request written -> reply matched), counted per
     # bucket of LATENCY_BUCKETS_S (cumulative counts are made when exported)
     latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1))
@@ -281,6 +287,7 @@ class Bus:
         self._proven = False  # the open link has answered a request
         self._outage = False  # logged once per outage; ends when the port answers again
         self._port_error = ""
+        self._port_reason = ""  # the OS's words for why the port is not open
         self._port_down = True
         self._last_unanswered = False  # the last request on the wire got no valid reply
         self._silent_boards: set[str] = set()
@@ -403,7 +410,7 @@ class Bus:
         """How many tries ``ex`` gets; raises :class:`BoardOffline` for a refused read."""
         if ex.priority is Priority.UNLOCK:
             return 1  # never retried; and an authorised open goes even to an offline board
-        if health.online:
+        if health.online or health.port_held:
             return self.settings.read_attempts if ex.priority is Priority.READ else 1
         now = asyncio.get_running_loop().time()
         if now < health.next_probe_at:
@@ -436,12 +443,22 @@ class Bus:
         if self._closed or (self._closing and exchange.priority is Priority.READ):
             raise BusClosed(f"bus {self.name} closed", bus=self.name, board=exchange.board)
         if self._port_down:
+            self._hold_for_port(self.health_of(exchange.board))
             raise PortUnavailable(
                 f"bus {self.name}: port {self.settings.port} is not open "
                 f"({self._port_error or 'not opened yet'}); reopening in the background",
                 bus=self.name,
                 board=exchange.board,
             )
+
+    def _hold_for_port(self, health: BoardHealth) -> None:
+        """The port is not open, so the board cannot be reached: not online, and the
+        port's error is why (the bus logged it once, with its hint)."""
+        reason = self._port_reason or "not opened yet"
+        health.last_error = f"port {self.settings.port} not open: {reason}"
+        if health.online:
+            health.online = False
+            health.port_held = True
 
     def health_of(self, board: str) -> BoardHealth:
         health = self.health.get(board)
@@ -562,15 +579,20 @@ class Bus:
         health.latency_counts[bisect.bisect_left(LATENCY_BUCKETS_S, latency)] += 1
         health.latency_sum_s += latency
         health.last_ok_at = now
+        health.last_error = ""
         if not health.online:
             health.online = True
-            self._log.info("board_online", board=health.board)
+            if not health.port_held:
+                self._log.info("board_online", board=health.board)
+        health.port_held = False
 
     def _record_failure(self, health: BoardHealth, error: str) -> None:
         health.consecutive_failures += 1
         health.last_error = error
-        if health.online and health.consecutive_failures >= self.settings.offline_after:
-            health.online = False
+        if (health.online or health.port_held) and (
+            health.consecutive_failures >= self.settings.offline_after
+        ):
+            health.online = health.port_held = False
             health.next_probe_at = asyncio.get_running_loop().time() + self.settings.offline_probe_s
             quiet = self._bus_silent  # the bus already said it; don't blame each board
             (self._log.debug if quiet else self._log.error)(
@@ -689,7 +711,15 @@ class Bus:
     def _port_failed(self, exc: PortUnavailable) -> None:
         self._port_down = True
         self._port_error = str(exc)
+        # the OS's words without the bus and port the board's error names anyway
+        self._port_reason = (
+            str(exc)
+            .removeprefix(f"bus {self.name}: cannot open {self.settings.port}: ")
+            .removeprefix(f"bus {self.name}: ")
+        )
         self._opened.clear()
+        for health in self.health.values():
+            self._hold_for_port(health)
         if self._outage:
             self._log.debug("bus_port_still_unavailable", error=str(exc))
             return
@@ -737,8 +767,11 @@ class Bus:
         self._drop_link(PortUnavailable(f"bus {self.name}: port lost: {reason}", bus=self.name))
         self._port_down = True
         self._port_error = reason
+        self._port_reason = f"lost: {reason}"
         self._opened.clear()
         self._lost.set()
+        for health in self.health.values():
+            self._hold_for_port(health)
         if self._outage:
             self._log.debug("bus_port_lost_again", error=reason)
             return

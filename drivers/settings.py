@@ -140,3 +140,13 @@ BoardSettings = Annotated[
 BOARD_KINDS: tuple[str, ...] = tuple(
     get_args(m.model_fields["kind"].annotation)[0] for m in get_args(get_args(BoardSettings)[0])
 )
+
+
+def address_range(kind: str) -> range:
+    """The addresses a board of ``kind`` can have: the bounds of its settings' ``address``
+    (a CU48 0..9, a CU16 0..15, a Modbus device 1..247; docs: HARDWARE facts)."""
+    for model in get_args(get_args(BoardSettings)[0]):
+        if get_args(model.model_fields["kind"].annotation)[0] == kind:
+            bounds = model.model_json_schema()["properties"]["address"]
+            return range(int(bounds["minimum"]), int(bounds["maximum"]) + 1)
+    raise KeyError(f"no board kind {kind!r}; one of {', '.join(BOARD_KINDS)}")

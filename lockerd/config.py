@@ -11,15 +11,19 @@ they are: one definition, one default, one error message per setting.
 
 from __future__ import annotations
 
+import grp
+import os
+import pwd
 import re
 import tomllib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
+from lockerd.drivers.framing import frame_silence
 from lockerd.drivers.settings import BOARD_KINDS, BoardSettings, BusSettings
 from lockerd.errors import LockerdError
 
@@ -59,10 +63,15 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class BusConfig(BusSettings):
-    """A bus: its port settings (lockerd.drivers.settings.BusSettings), a name and its boards."""
+class _BusHead(BusSettings):
+    """A bus without its boards (check-config validates the boards one by one)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$", description="short name, e.g. A")
+
+
+class BusConfig(_BusHead):
+    """A bus: its port settings (lockerd.drivers.settings.BusSettings), a name and its boards."""
+
     boards: list[BoardSettings] = Field(min_length=1)
 
 
@@ -230,7 +239,10 @@ class Retention(_Model):
     in small batches between door events)."""
 
     audit_days: float = Field(
-        default=365, gt=0, description="audit lines, acknowledged alarms, quarantined messages"
+        default=365,
+        gt=0,
+        description="audit lines, the local event history (lockerctl events), acknowledged "
+        "alarms, quarantined messages",
     )
     inbox_days: float = Field(
         default=30,
@@ -364,14 +376,18 @@ class HubConfig(_Model):
 
 @dataclass(frozen=True)
 class Problem:
+    """Something wrong (the hub will not start) or, with ``warning``, risky (it starts,
+    but a technician should look), at its place in the file, with a fix."""
+
     where: str  # a path such as compartments[12].channel
     line: int | None
     message: str
     fix: str = ""
+    warning: bool = False
 
     def render(self, file: str) -> str:
         place = f"{file}:{self.line}" if self.line else file
-        text = f"{place}: {self.where}: {self.message}"
+        text = f"{place}: {self.where}: {'warning: ' if self.warning else ''}{self.message}"
         return f"{text}\n    fix: {self.fix}" if self.fix else text
 
 
@@ -486,7 +502,7 @@ class _Lines:
         return None
 
 
-def _structural(file: str, text: str, exc: ValidationError) -> list[Problem]:
+def _structural(text: str, exc: ValidationError) -> list[Problem]:
     lines = _Lines(text)
     problems = []
     for err in exc.errors(include_url=False):
@@ -501,20 +517,231 @@ def _structural(file: str, text: str, exc: ValidationError) -> list[Problem]:
     return problems
 
 
-class _Checker:
-    """What each part can't see alone: the parts against each other and the machine."""
+# ======================================================================================
+# The parts that could be read, for the checks across them
+# ======================================================================================
 
-    def __init__(self, cfg: HubConfig, text: str) -> None:
-        self.cfg = cfg
+M = TypeVar("M", bound=BaseModel)
+_BOARD: TypeAdapter[BoardSettings] = TypeAdapter(BoardSettings)
+_BOOL = TypeAdapter(bool)
+# load_key's rule (lockerd/hub/codes.py KEY_BYTES; the config sits below the hub and
+# cannot import it: tests/lockerd/test_config.py keeps the two equal)
+CODE_KEY_BYTES = 32
+# a Unix socket's path, in bytes, without its terminating NUL (sun_path is 108 bytes)
+MAX_SOCKET_PATH = 107
+# adapters named by the order the kernel found them in: the number changes on a re-plug
+_ENUMERATED_TTY = re.compile(r"^/dev/tty(USB|ACM)[0-9]+$")
+
+
+def _part(model: type[M], raw: Any) -> M | None:
+    try:
+        return model.model_validate(raw)
+    except ValidationError:
+        return None
+
+
+def _board(raw: Any) -> BoardSettings | None:
+    try:
+        return _BOARD.validate_python(raw)
+    except ValidationError:
+        return None
+
+
+@dataclass
+class _Bus:
+    """A bus as far as it could be read: its own settings (None when one of them is
+    wrong), its name (also when another setting is wrong) and each board (None where
+    the board is wrong)."""
+
+    raw: dict[str, Any]
+    head: _BusHead | None
+    name: str | None
+    boards: list[BoardSettings | None]
+
+    @property
+    def complete(self) -> bool:
+        """Every board of the bus was read: an address missing from it is really missing."""
+        return isinstance(self.raw.get("boards"), list) and None not in self.boards
+
+
+@dataclass
+class _Draft:
+    """What could be read of a config, part by part. The checks across parts run on
+    every part that is valid, also when another part has a type error: check-config
+    reports both at once."""
+
+    raw: dict[str, Any]
+    hub_id: str | None
+    simulated: bool | None
+    buses: list[_Bus]
+    compartments: list[Compartment | None]
+    terminals: list[Terminal | None]
+    sections: dict[str, BaseModel | None]  # timers, codes, paths, ... (None: wrong)
+
+    @classmethod
+    def of(cls, raw: dict[str, Any]) -> _Draft:
+        buses = []
+        for item in _list(raw.get("buses")):
+            if not isinstance(item, dict):
+                buses.append(_Bus({}, None, None, []))
+                continue
+            head = _part(_BusHead, {k: v for k, v in item.items() if k != "boards"})
+            name = head.name if head else item.get("name")
+            buses.append(
+                _Bus(
+                    item,
+                    head,
+                    name if isinstance(name, str) else None,
+                    [_board(b) for b in _list(item.get("boards"))],
+                )
+            )
+        sections: dict[str, BaseModel | None] = {}
+        for key, model in _SECTIONS.items():
+            if key in raw or key not in _OPTIONAL:
+                sections[key] = _part(model, raw.get(key, {}))
+        simulated: bool | None
+        try:
+            simulated = _BOOL.validate_python(raw.get("simulated", False))
+        except ValidationError:
+            simulated = None
+        hub_id = raw.get("hub_id")
+        return cls(
+            raw,
+            hub_id if isinstance(hub_id, str) else None,
+            simulated,
+            buses,
+            [_part(Compartment, c) for c in _list(raw.get("compartments"))],
+            [_part(Terminal, t) for t in _list(raw.get("terminals"))],
+            sections,
+        )
+
+    @property
+    def buses_known(self) -> bool:
+        """Every bus's name was read: a name missing from them is really missing."""
+        return isinstance(self.raw.get("buses"), list) and all(b.name for b in self.buses)
+
+    def section(self, key: str, model: type[M]) -> M | None:
+        value = self.sections.get(key)
+        return value if isinstance(value, model) else None
+
+    @property
+    def paths(self) -> Paths | None:
+        return self.section("paths", Paths)
+
+    @property
+    def codes(self) -> Codes | None:
+        return self.section("codes", Codes)
+
+    @property
+    def cloud(self) -> Cloud | None:
+        return self.section("cloud", Cloud)
+
+    def state_path(self, name: str) -> Path | None:
+        """As :meth:`HubConfig.state_path`; None when [paths] could not be read."""
+        paths = self.paths
+        if paths is None:
+            return None
+        path = Path(name)
+        return path if path.is_absolute() else Path(paths.state_dir) / path
+
+
+_SECTIONS: dict[str, type[BaseModel]] = {
+    "timers": Timers,
+    "codes": Codes,
+    "paths": Paths,
+    "cloud": Cloud,
+    "metrics": MetricsEndpoint,
+    "retention": Retention,
+    "api": Api,
+}
+_OPTIONAL = {"cloud", "metrics"}  # absent: none, not the defaults
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _user() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return f"uid {os.geteuid()}"
+
+
+def _unusable_dir(path: Path) -> str | None:
+    """Why this user cannot keep files in ``path`` or create it (None: it can)."""
+    probe = path
+    while not os.path.lexists(probe) and probe.parent != probe:
+        probe = probe.parent
+    if probe == path:
+        if not path.is_dir():
+            return f"{path} is not a directory"
+        if not os.access(path, os.W_OK | os.X_OK):
+            return f"{path} is not writable by this user ({_user()})"
+        return None
+    if not probe.is_dir():
+        return f"{path} cannot be created: {probe} is not a directory"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{path} does not exist, and this user ({_user()}) cannot create it in {probe}"
+    return None
+
+
+def _by_id(port: str) -> list[str]:
+    """The stable names (/dev/serial/by-id) of the adapter ``port`` is now."""
+    links = Path("/dev/serial/by-id")
+    try:
+        target = Path(port).resolve()
+        return sorted(str(link) for link in links.iterdir() if link.resolve() == target)
+    except OSError:
+        return []
+
+
+def _quoted(model: BaseModel, raw: Any, where: str) -> list[tuple[str, str, Any]]:
+    """Settings given as TOML strings where a boolean or a number belongs, which pydantic
+    reads anyway ("true", "off", "5"): (place, the string, what it was read as)."""
+    if not isinstance(raw, dict):
+        return []
+    found: list[tuple[str, str, Any]] = []
+    for name in type(model).model_fields:
+        if name not in raw:
+            continue
+        value, given = getattr(model, name), raw[name]
+        place = f"{where}.{name}" if where else name
+        if isinstance(given, str) and isinstance(value, bool | int | float):
+            found.append((place, given, value))
+        elif isinstance(value, BaseModel):
+            found.extend(_quoted(value, given, place))
+        elif isinstance(value, list) and isinstance(given, list):
+            for i, (item, item_raw) in enumerate(zip(value, given, strict=False)):
+                if isinstance(item, BaseModel):
+                    found.extend(_quoted(item, item_raw, f"{place}[{i}]"))
+    return found
+
+
+# ======================================================================================
+# The checks
+# ======================================================================================
+
+
+class _Checker:
+    """What each part can't see alone: the parts against each other, the files they
+    name and (for check-config) the machine; and the settings that are risky."""
+
+    def __init__(self, draft: _Draft, text: str) -> None:
+        self.draft = draft
         self.lines = _Lines(text)
         self.problems: list[Problem] = []
+        self.warnings: list[Problem] = []
         self.boards: dict[tuple[str, int], int] = {}  # (bus, address) -> channels
 
     def add(self, where: str, message: str, fix: str) -> None:
         self.problems.append(Problem(where, self.lines.find(where), message, fix))
 
-    def run(self) -> list[Problem]:
-        if self.cfg.hub_id == "cloud":
+    def warn(self, where: str, message: str, fix: str) -> None:
+        self.warnings.append(Problem(where, self.lines.find(where), message, fix, warning=True))
+
+    def run(self) -> None:
+        if self.draft.hub_id == "cloud":
             self.add(
                 "hub_id",
                 "`cloud` is the cloud's own account on the broker (config/mosquitto-acl.conf): "
@@ -523,18 +750,24 @@ class _Checker:
             )
         self.buses()
         self.compartments()
-        if not self.cfg.simulated:
+        if self.draft.simulated is False:
             self.key_file()
         self.cloud()
         self.terminals()
-        return self.problems
+        self.socket_paths()
+        self.risky()
 
+    # ------------------------------------------------------------------ across parts
     def terminals(self) -> None:
         """One socket per terminal, none shared with another terminal or the technician
         socket: a terminal is known by its socket (ADR 0015)."""
         names: set[str] = set()
-        sockets = {self.cfg.paths.socket: "the technician socket (paths.socket)"}
-        for i, term in enumerate(self.cfg.terminals):
+        sockets: dict[str, str] = {}
+        if self.draft.paths is not None:
+            sockets[self.draft.paths.socket] = "the technician socket (paths.socket)"
+        for i, term in enumerate(self.draft.terminals):
+            if term is None:
+                continue
             if term.name in names:
                 self.add(
                     f"terminals[{i}].name",
@@ -551,8 +784,29 @@ class _Checker:
                 )
             sockets[term.socket] = f"the socket of terminal {term.name}"
 
+    def socket_paths(self) -> None:
+        """A socket's path fits in a Unix socket address, or the API cannot bind it."""
+        for where, path in self.sockets():
+            size = len(os.fsencode(path))
+            if size > MAX_SOCKET_PATH:
+                self.add(
+                    where,
+                    f"the socket path {path} is {size} bytes; a Unix socket's path has at "
+                    f"most {MAX_SOCKET_PATH}",
+                    "choose a shorter path, e.g. /run/lockerd/api.sock",
+                )
+
+    def sockets(self) -> list[tuple[str, str]]:
+        found = []
+        if self.draft.paths is not None:
+            found.append(("paths.socket", self.draft.paths.socket))
+        for i, term in enumerate(self.draft.terminals):
+            if term is not None:
+                found.append((f"terminals[{i}].socket", term.socket))
+        return found
+
     def cloud(self) -> None:
-        cloud = self.cfg.cloud
+        cloud = self.draft.cloud
         if cloud is None:
             return
         if cloud.reconnect_min_s > cloud.reconnect_max_s:
@@ -575,26 +829,28 @@ class _Checker:
             )
         if cloud.password_file is not None and cloud.username is None:
             self.add("cloud.password_file", "a password without a username", "set username")
-        self.retention(cloud)
-        if self.cfg.simulated:
-            return  # the demo makes its own keys
+        retention = self.draft.section("retention", Retention)
+        if retention is not None:
+            self.retention(cloud, retention)
+        if self.draft.simulated is not False:
+            return  # the demo makes its own keys (and unknown: said above)
         for name in ("ca_file", "cert_file", "key_file", "password_file", "command_key_file"):
             value = getattr(cloud, name)
-            if value is not None and not self.cfg.state_path(value).exists():
+            path = None if value is None else self.draft.state_path(value)
+            if path is not None and not path.exists():
                 self.add(
                     f"cloud.{name}",
-                    f"{name} {self.cfg.state_path(value)} does not exist",
+                    f"{name} {path} does not exist",
                     "install the file from the operator's provisioning bundle, "
                     "or correct the path (relative paths start at the state directory)",
                 )
 
-    def retention(self, cloud: Cloud) -> None:
+    def retention(self, cloud: Cloud, kept: Retention) -> None:
         """A signed grant is refused as a replay by its id in the inbox, and its codes
         by their tombstones, only while those are kept: both must outlive the longest
         lifetime a command may have."""
         # (a command is taken up to skew before its issued_at and after its expires_at)
         life_days = (cloud.grant_max_life_s + 2 * cloud.command_skew_s) / 86_400
-        kept = self.cfg.retention
         for name in ("inbox_days", "tombstone_days", "parcels_days"):
             days = getattr(kept, name)
             if days < life_days:
@@ -607,20 +863,24 @@ class _Checker:
                 )
 
     def buses(self) -> None:
-        names = Counter(b.name for b in self.cfg.buses)
-        ports = Counter(b.port for b in self.cfg.buses)
-        for i, bus in enumerate(self.cfg.buses):
-            if names[bus.name] > 1:
+        names = Counter(b.name for b in self.draft.buses if b.name)
+        ports = Counter(b.head.port for b in self.draft.buses if b.head)
+        for i, bus in enumerate(self.draft.buses):
+            if bus.name and names[bus.name] > 1:
                 self.add(
                     f"buses[{i}].name", f"bus name {bus.name!r} is used twice", "name each bus once"
                 )
-            if ports[bus.port] > 1:
+            if bus.head and ports[bus.head.port] > 1:
                 self.add(
                     f"buses[{i}].port",
-                    f"port {bus.port} is used by two buses",
+                    f"port {bus.head.port} is used by two buses",
                     "one bus per serial port; put every board of that line under one bus",
                 )
+            if bus.name is None:
+                continue
             for j, board in enumerate(bus.boards):
+                if board is None:
+                    continue
                 if (bus.name, board.address) in self.boards:
                     self.add(
                         f"buses[{i}].boards[{j}].address",
@@ -630,10 +890,14 @@ class _Checker:
                 self.boards[(bus.name, board.address)] = board.channels
 
     def compartments(self) -> None:
-        bus_names = sorted({b.name for b in self.cfg.buses})
-        labels = Counter(c.label for c in self.cfg.compartments)
+        bus_names = sorted({b.name for b in self.draft.buses if b.name})
+        complete = {b.name for b in self.draft.buses if b.name and b.complete}
+        comps = self.draft.compartments
+        labels = Counter(c.label for c in comps if c is not None)
         taken: dict[tuple[str, int, int], str] = {}
-        for k, comp in enumerate(self.cfg.compartments):
+        for k, comp in enumerate(comps):
+            if comp is None:
+                continue
             here = f"compartments[{k}]"
             if labels[comp.label] > 1:
                 self.add(
@@ -642,19 +906,21 @@ class _Checker:
                     "give each door its own label",
                 )
             if comp.bus not in bus_names:
-                self.add(
-                    f"{here}.bus",
-                    f"no bus named {comp.bus!r}",
-                    f"use one of: {', '.join(bus_names)}",
-                )
+                if self.draft.buses_known:
+                    self.add(
+                        f"{here}.bus",
+                        f"no bus named {comp.bus!r}",
+                        f"use one of: {', '.join(bus_names)}",
+                    )
                 continue
             count = self.boards.get((comp.bus, comp.board))
             if count is None:
-                self.add(
-                    f"{here}.board",
-                    f"no board at address {comp.board} on bus {comp.bus}",
-                    "add the board under its bus, or correct the address",
-                )
+                if comp.bus in complete:
+                    self.add(
+                        f"{here}.board",
+                        f"no board at address {comp.board} on bus {comp.bus}",
+                        "add the board under its bus, or correct the address",
+                    )
                 continue
             if comp.channel > count:
                 self.add(
@@ -675,54 +941,265 @@ class _Checker:
                 taken[spot] = comp.label
 
     def key_file(self) -> None:
-        key_file = self.cfg.key_path()
-        if not key_file.exists():
+        """What ``lockerd run`` asks of the code key (lockerd/hub/codes.py load_key)."""
+        codes = self.draft.codes
+        key_file = None if codes is None else self.draft.state_path(codes.key_file)
+        if key_file is None:
+            return
+        fix_owner = f"chown the file to the daemon's user and chmod 600 {key_file}"
+        try:
+            st = key_file.stat()
+            if st.st_mode & 0o077:
+                self.add(
+                    "codes.key_file",
+                    f"key file {key_file} is readable by others (mode {st.st_mode & 0o777:o})",
+                    f"chmod 600 {key_file}",
+                )
+                return
+            key = key_file.read_bytes()
+        except FileNotFoundError:
             self.add(
                 "codes.key_file",
                 f"key file {key_file} does not exist",
                 f"create it with `lockerd keygen {key_file}` "
                 "(mode 0600, owned by the daemon's user)",
             )
-        elif key_file.stat().st_mode & 0o077:
+            return
+        except PermissionError:
             self.add(
                 "codes.key_file",
-                f"key file {key_file} is readable by others "
-                f"(mode {key_file.stat().st_mode & 0o777:o})",
-                f"chmod 600 {key_file}",
+                f"key file {key_file} is not readable by this user ({_user()})",
+                fix_owner,
+            )
+            return
+        except OSError as exc:
+            self.add(
+                "codes.key_file",
+                f"key file {key_file} cannot be read: {exc.strerror or exc}",
+                "codes.key_file names the key file itself, made by `lockerd keygen`",
+            )
+            return
+        if len(key) < CODE_KEY_BYTES:
+            self.add(
+                "codes.key_file",
+                f"key file {key_file} holds {len(key)} bytes; a code key has at least "
+                f"{CODE_KEY_BYTES}",
+                "restore the hub's key (the cloud holds the same one); a new key "
+                "(`lockerd keygen`) makes every code given out so far useless",
+            )
+
+    # ------------------------------------------------------------------ risky settings
+    def risky(self) -> None:
+        """Settings the hub runs with, but a technician should look at."""
+        for i, bus in enumerate(self.draft.buses):
+            head = bus.head
+            if head is None:
+                continue
+            silence_ms = frame_silence(head.baudrate) * 1000
+            if head.gap_ms < silence_ms:
+                self.warn(
+                    f"buses[{i}].gap_ms",
+                    f"gap_ms = {head.gap_ms:g} is below 3.5 characters at {head.baudrate} "
+                    f"baud ({silence_ms:.2f} ms): the bus keeps {silence_ms:.2f} ms anyway",
+                    f"set gap_ms to at least {silence_ms:.2f} (5 ms suits most boards)",
+                )
+            if _ENUMERATED_TTY.match(head.port):
+                stable = _by_id(head.port)
+                self.warn(
+                    f"buses[{i}].port",
+                    f"{head.port} is numbered in the order the adapters were found: it "
+                    "can name another adapter after a re-plug or a reboot",
+                    f"use port = {stable[0]!r}"
+                    if stable
+                    else "use the adapter's /dev/serial/by-id/... name (ls -l /dev/serial/by-id)",
+                )
+        for where, given, value in self.quoted():
+            name = where.rsplit(".", 1)[-1]
+            if isinstance(value, bool):
+                word = "true" if value else "false"
+                self.warn(
+                    where,
+                    f'"{given}" is a string where a boolean belongs; it is read as {word}',
+                    f"write {name} = {word}, without quotes",
+                )
+            else:
+                self.warn(
+                    where,
+                    f'"{given}" is a string where a number belongs; it is read as {value}',
+                    f"write {name} = {value}, without quotes",
+                )
+
+    def quoted(self) -> list[tuple[str, str, Any]]:
+        draft, found = self.draft, []
+        if isinstance(draft.raw.get("simulated"), str) and draft.simulated is not None:
+            found.append(("simulated", draft.raw["simulated"], draft.simulated))
+        for key, part in draft.sections.items():
+            if part is not None:
+                found.extend(_quoted(part, draft.raw.get(key), key))
+        for i, bus in enumerate(draft.buses):
+            if bus.head is not None:
+                found.extend(_quoted(bus.head, bus.raw, f"buses[{i}]"))
+            raw_boards = _list(bus.raw.get("boards"))
+            for j, (board, raw) in enumerate(zip(bus.boards, raw_boards, strict=True)):
+                if board is not None:
+                    found.extend(_quoted(board, raw, f"buses[{i}].boards[{j}]"))
+        items: list[tuple[str, BaseModel | None, Any]] = [
+            *(
+                (f"compartments[{k}]", c, raw)
+                for k, (c, raw) in enumerate(
+                    zip(draft.compartments, _list(draft.raw.get("compartments")), strict=True)
+                )
+            ),
+            *(
+                (f"terminals[{k}]", t, raw)
+                for k, (t, raw) in enumerate(
+                    zip(draft.terminals, _list(draft.raw.get("terminals")), strict=True)
+                )
+            ),
+        ]
+        for where, item, raw in items:
+            if item is not None:
+                found.extend(_quoted(item, raw, where))
+        return found
+
+    # ------------------------------------------------------------------ the machine
+    def machine(self) -> None:
+        """What ``lockerd run`` would meet on this machine, as this user: the state
+        directory, the sockets' directories, the groups, the ports."""
+        paths = self.draft.paths
+        if paths is not None:
+            why = _unusable_dir(Path(paths.state_dir))
+            if why is not None:
+                self.add(
+                    "paths.state_dir",
+                    f"the state directory: {why}",
+                    "create it, owned by the daemon's user (under systemd, "
+                    "StateDirectory=lockerd makes /var/lib/lockerd: docs/install.md)",
+                )
+        for where, path in self.sockets():
+            why = _unusable_dir(Path(path).parent)
+            if why is not None:
+                self.add(
+                    where,
+                    f"the socket's directory: {why}",
+                    "create it (under systemd, RuntimeDirectory=lockerd makes /run/lockerd: "
+                    "docs/install.md), or put the socket in a directory that exists",
+                )
+        groups = []
+        if paths is not None and paths.technician_group:
+            groups.append(("paths.technician_group", paths.technician_group))
+        for i, term in enumerate(self.draft.terminals):
+            if term is not None and term.group:
+                groups.append((f"terminals[{i}].group", term.group))
+        for where, name in groups:
+            self.group(where, name)
+        if self.draft.simulated is not False:
+            return  # the simulator stands in for the ports
+        for i, bus in enumerate(self.draft.buses):
+            port = bus.head.port if bus.head else ""
+            if port.startswith("/") and not os.path.exists(port):
+                self.warn(
+                    f"buses[{i}].port",
+                    f"{port} does not exist now",
+                    "plug the adapter in, or correct the path (ls -l /dev/serial/by-id); "
+                    "lockerd starts anyway and opens the port when it appears",
+                )
+
+    def group(self, where: str, name: str) -> None:
+        try:
+            gid = grp.getgrnam(name).gr_gid
+        except KeyError:
+            self.add(
+                where,
+                f"the group {name} does not exist: lockerd cannot give a socket to it",
+                f"create it (groupadd --system {name}, docs/install.md), or correct the name",
+            )
+            return
+        if os.geteuid() != 0 and gid != os.getegid() and gid not in os.getgroups():
+            self.warn(
+                where,
+                f"this user ({_user()}) is not in the group {name}: lockerd run as this "
+                "user could not give its socket that group",
+                f"run lockerd as a member (the unit's SupplementaryGroups=, or "
+                f"usermod -aG {name} USER)",
             )
 
 
-def parse(text: str, file: str = "<config>") -> HubConfig:
-    """Validate TOML text; every problem at once in :class:`ConfigInvalid`."""
+# ======================================================================================
+# Checking, parsing, loading
+# ======================================================================================
+
+
+@dataclass(frozen=True)
+class Checked:
+    """Everything found in a config: the problems (the hub will not start), the
+    warnings (it starts), and the config when there is no problem."""
+
+    file: str
+    cfg: HubConfig | None
+    problems: list[Problem]
+    warnings: list[Problem]
+
+    def report(self) -> str:
+        """The problems, then the warnings, each with its place and its fix."""
+        out = []
+        if self.problems:
+            out.append(ConfigInvalid(self.file, self.problems).report())
+        if self.warnings:
+            out.append(f"{self.file}: {len(self.warnings)} warning(s); the hub starts anyway")
+            out.extend(w.render(self.file) for w in self.warnings)
+        return "\n".join(out)
+
+
+def check(text: str, file: str = "<config>", *, machine: bool = False) -> Checked:
+    """Every problem and warning of TOML text at once: a type error does not hide the
+    checks across parts. ``machine``: also what this machine would refuse (the state
+    and socket directories, the groups), as ``lockerd check-config`` does."""
     try:
         raw: dict[str, Any] = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         m = re.search(r"line (\d+)", str(exc))
-        raise ConfigInvalid(
-            file,
-            [
-                Problem(
-                    "(syntax)",
-                    int(m.group(1)) if m else None,
-                    f"not valid TOML: {exc}",
-                    "fix the syntax at that line (quotes, brackets, = between key and value)",
-                )
-            ],
-        ) from None
+        syntax = Problem(
+            "(syntax)",
+            int(m.group(1)) if m else None,
+            f"not valid TOML: {exc}",
+            "fix the syntax at that line (quotes, brackets, = between key and value)",
+        )
+        return Checked(file, None, [syntax], [])
+    cfg: HubConfig | None = None
+    problems: list[Problem] = []
     try:
         cfg = HubConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigInvalid(file, _structural(file, text, exc)) from None
-    problems = _Checker(cfg, text).run()
-    if problems:
-        raise ConfigInvalid(file, problems)
-    return cfg
+        problems = _structural(text, exc)
+    checker = _Checker(_Draft.of(raw), text)
+    checker.run()
+    if machine:
+        checker.machine()
+    problems += checker.problems
+    return Checked(file, None if problems else cfg, problems, checker.warnings)
 
 
-def load(path: str | Path) -> HubConfig:
-    p = Path(path)
+def check_file(path: str | Path, *, machine: bool = True) -> Checked:
+    """:func:`check` on a file (an unreadable file is a problem too)."""
     try:
-        text = p.read_text(encoding="utf-8")
+        text = _read(Path(path))
+    except ConfigInvalid as exc:
+        return Checked(exc.file, None, exc.problems, [])
+    return check(text, str(path), machine=machine)
+
+
+def parse(text: str, file: str = "<config>") -> HubConfig:
+    """Validate TOML text; every problem at once in :class:`ConfigInvalid`."""
+    checked = check(text, file)
+    if checked.cfg is None:
+        raise ConfigInvalid(file, checked.problems)
+    return checked.cfg
+
+
+def _read(p: Path) -> str:
+    try:
+        return p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigInvalid(
             str(p),
@@ -736,4 +1213,8 @@ def load(path: str | Path) -> HubConfig:
         raise ConfigInvalid(
             str(p), [Problem("(file)", None, "not UTF-8 text", "save the file as UTF-8")]
         ) from None
-    return parse(text, str(p))
+
+
+def load(path: str | Path) -> HubConfig:
+    p = Path(path)
+    return parse(_read(p), str(p))

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from lockerd.drivers import kerong, modbus
 from lockerd.drivers.framing import pack_bits
-from lockerd.drivers.settings import BoardSettings, ModbusRelaySettings
+from lockerd.drivers.settings import BoardSettings, ModbusRelaySettings, address_range
 
 
 @dataclass(slots=True)
@@ -63,6 +63,12 @@ class SimBoard(ABC):
         spring_delay_s: float = 0.05,
         pulse_s: float = 0.5,
     ) -> None:
+        addresses = address_range(self.kind)
+        if address not in addresses:
+            raise ValueError(
+                f"{self.kind}: no board can have address {address} "
+                f"(its addresses are {addresses.start}..{addresses.stop - 1})"
+            )
         self.address = address
         self.channels = channels or self.max_channels
         if not 1 <= self.channels <= self.max_channels:

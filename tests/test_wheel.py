@@ -132,7 +132,10 @@ def test_the_installed_demo_runs_and_lockerctl_drives_it(
                 break
         else:
             raise AssertionError("the demo ended early:\n" + "\n".join(lines))
-        keypad = Path(next(x.split(" ", 1)[1] for x in lines if x.startswith("terminal-socket ")))
+        keypad = Path(next(x.split()[2] for x in lines if x.startswith("keypad socket ")))
+        assert f"{bin_ / 'lockerctl'} --socket {keypad} enter-code DEPOSIT-CODE" in "\n".join(
+            lines
+        )  # the commands it prints run the installed lockerctl
         status = json.loads(
             _run(bin_ / "lockerctl", "--socket", api, "--json", "status", cwd=tmp_path)
         )

@@ -40,7 +40,7 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import JsonSchemaMode
 
 from lockerd.cloud import contract as c
-from lockerd.cloud.link import VERSION
+from lockerd.cloud.link import VERSION, Verifier
 from lockerd.config import Cloud, HubConfig
 from lockerd.hub.codes import CodeHasher
 from lockerd.hub.vocab import ALARM_KINDS, EVENT_TYPES, TELEMETRY_KINDS, EventType
@@ -61,17 +61,28 @@ RETAINED = frozenset({"status", "state"})
 
 COMMAND_SUMMARY: dict[str, str] = {
     "parcel.reserve": "Reserve a compartment for a delivery: the carrier's deposit code "
-    "and the resident's pickup code.",
+    "and the resident's pickup code. A `parcel_reserved` event follows.",
     "return.reserve": "Reserve a compartment for a return: the resident deposits, the "
-    "carrier picks up.",
-    "parcel.cancel": "Cancel a reservation that has not been deposited yet.",
-    "parcel.update_codes": "Replace the deposit and/or pickup code of a parcel.",
-    "parcel.recall": "Let the carrier take an expired parcel back with a recall code.",
-    "compartment.open": "Open one compartment now, remotely.",
-    "compartment.set_service": "Take a compartment out of service, or put it back.",
+    "carrier picks up. A `parcel_reserved` event follows.",
+    "parcel.cancel": "Cancel a reservation that has not been deposited yet. A "
+    "`parcel_cancelled` event follows (none for a parcel cancelled already).",
+    "parcel.update_codes": "Replace the deposit and/or pickup code of a parcel. A "
+    "`parcel_codes_changed` event follows.",
+    "parcel.recall": "Give the carrier a recall code for a delivery: it opens the "
+    "compartment only once the parcel has expired (stored past its pickup window). On a "
+    "parcel not deposited yet it is accepted and kept for later (the deposit code still "
+    "works; to take such a parcel back, cancel it). A `parcel_codes_changed` event "
+    '(`purposes` `["recall"]`) follows.',
+    "compartment.open": "Open one compartment now, remotely. `already_open` when its door "
+    "stood open with nothing under way (nothing is pulsed); `refused` when the compartment "
+    "is busy, an earlier open whose door is not shut yet included. Door events follow "
+    "(`door_open_requested`, `door_opened`, `service_door_shut`, ...).",
+    "compartment.set_service": "Take a compartment out of service, or put it back. A "
+    "`compartment_service` event follows when the state changed.",
     "sync.request": "Ask for a full state report: the reply's `result` is a state "
-    "snapshot, and a fresh snapshot is published on `state`.",
-    "codes.bulk": "Reserve many parcels with one command.",
+    "snapshot, and a fresh snapshot is published on `state`. No event.",
+    "codes.bulk": "Reserve many parcels with one command: one `parcel_reserved` event "
+    "for each parcel stored, as `parcel.reserve` sends.",
 }
 
 
@@ -151,6 +162,19 @@ def worked_example() -> WorkedExample:
         signed={**command, "sig": sig},
         now=EXAMPLE_TIME + 10,
     )
+
+
+def expired_message() -> str:
+    """What the hub says of the worked example's open arriving 10 minutes late."""
+    w = worked_example()
+    cloud = Cloud(url="mqtt://broker")
+    verifier = Verifier(
+        EXAMPLE_HUB, None, cloud.command_skew_s, cloud.command_max_life_s, cloud.grant_max_life_s
+    )
+    found = verifier.times(c.COMMAND.validate_python(w.signed), EXAMPLE_TIME + 600, signed=True)
+    assert found is not None
+    assert found[0] == "expired"
+    return found[1]
 
 
 def _h(code: str) -> str:
@@ -339,10 +363,25 @@ def examples() -> dict[str, list[tuple[str, dict[str, Any]]]]:
                     "type": "compartment.open",
                     "ok": False,
                     "status": "bad_signature",
-                    "message": "signature check failed",
+                    "message": "the signature does not verify (another key, a changed "
+                    "field, or other canonical bytes)",
                     "result": {},
                     "duplicate": False,
                     "at": t + 12.0,
+                },
+            ),
+            (
+                "expired",
+                {
+                    "id": "open-20260101-0003",
+                    "hub": EXAMPLE_HUB,
+                    "type": "compartment.open",
+                    "ok": False,
+                    "status": "expired",
+                    "message": expired_message(),
+                    "result": {},
+                    "duplicate": False,
+                    "at": t + 600.0,
                 },
             ),
             (
@@ -603,6 +642,12 @@ def _command_description(name: str, model: type[BaseModel]) -> str:
                 " A code hash spent or replaced at the hub before is refused (`refused`, "
                 "the message says it was used before; in codes.bulk, `code_used`)."
             )
+    else:
+        text += (
+            "\n\nNeeds no signature. `expires_at` is optional: if given, the command is "
+            "refused (`expired`, nothing done) when it arrives more than `command_skew_s` "
+            "after that time."
+        )
     return text
 
 
@@ -845,9 +890,11 @@ def document() -> dict[str, Any]:
             "correlationIds": {
                 "commandId": {
                     "description": "A reply names the command it answers by `id`: the "
-                    "command's `id`, or `unknown` when it could not be read. A command can "
-                    "get more than one reply (one per delivery; `duplicate: true` on the "
-                    "stored one).",
+                    "command's `id`, or `unknown` when it could not be read. Replies come at "
+                    "least once: a command gets one per delivery (`duplicate: true` on the "
+                    "stored one, which can arrive before the original), and a reply the hub "
+                    "published just before a crash is published again when it starts "
+                    "(`duplicate: false`). Deduplicate replies by `id`.",
                     "location": "$message.payload#/id",
                 }
             },
@@ -934,6 +981,7 @@ __all__ = [
     "event_examples",
     "event_table",
     "examples",
+    "expired_message",
     "main",
     "render",
     "schemas",

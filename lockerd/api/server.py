@@ -17,7 +17,11 @@ Two kinds of socket, two roles (ADR 0015):
   rate-limited per technician (a reply with status ``wait``).
 
 A request naming ``actor`` or ``terminal`` is refused (``bad_request``): identity comes
-from the socket or the login. Every socket is bounded (``[api]``): a connection cap (at
+from the socket or the login. A technician's reply carries the outcome's ``detail``
+(the real reason: the door stood open already, the board is offline); a terminal's
+never does, only the message for the person at the keypad. ``reserve`` returns the
+new parcel's two codes once, in its reply: they are stored as hashes only and never
+logged. Every socket is bounded (``[api]``): a connection cap (at
 the cap the longest-idle connection makes room, so idle connections never lock a
 keypad out; ``busy`` when every one is mid-request), an idle timeout, a read timeout,
 the request line limit; failed accepts (out of file handles) are logged once a minute,
@@ -37,6 +41,7 @@ import math
 import os
 import pwd
 import resource
+import secrets
 import socket
 import struct
 import termios
@@ -53,7 +58,9 @@ from lockerd import __version__
 from lockerd.config import Api, Terminal
 from lockerd.errors import LockerdError
 from lockerd.hub import domain as d
+from lockerd.hub.codes import new_code
 from lockerd.hub.service import HubService, Outcome
+from lockerd.hub.vocab import EventType
 from lockerd.logs import bound
 
 log = structlog.get_logger(__name__)
@@ -78,7 +85,9 @@ OPS: dict[str, Access] = {
     "enter_code": Access(True, True, False),  # throttled as codes are, per terminal/technician
     "status": Access(False, True, False),
     "parcels": Access(False, True, False),
-    "events": Access(False, True, False),
+    "events": Access(False, True, False),  # the local history of every event
+    "outbox": Access(False, True, False),  # the events still waiting for the cloud
+    "audit": Access(False, True, False),
     "alarms": Access(False, True, False),
     "quarantine": Access(False, True, False),
     "bus": Access(False, True, False),
@@ -88,6 +97,9 @@ OPS: dict[str, Access] = {
     "service": Access(False, True, True),
     "inspect": Access(False, True, True),
     "ack": Access(False, True, True),
+    "ack_all": Access(False, True, True),
+    "reserve": Access(False, True, True),  # its reply holds the new codes, once
+    "cancel": Access(False, True, True),
     "empty_expired": Access(False, True, True),
     "sim_door": Access(False, True, False),
     "sim_bus": Access(False, True, False),
@@ -95,6 +107,11 @@ OPS: dict[str, Access] = {
 }
 TERMINAL_OPS = tuple(op for op, access in OPS.items() if access.terminal)
 IDENTITY_FIELDS = ("actor", "terminal")
+ID_PATTERN = r"^[A-Za-z0-9._:-]+$"  # a parcel id, as the cloud contract has it
+MAX_HOURS = 90 * 24  # the longest pickup window, as the cloud contract has it
+DEPOSIT_WINDOW_S = 7 * 86_400  # a local reservation's deposit code lasts a week
+MAX_LIST = 10_000  # the longest list one request returns
+HISTORY_PAGE = 1000  # events read at a time when paging forward (after_seq)
 
 
 class _Req(BaseModel):
@@ -102,7 +119,11 @@ class _Req(BaseModel):
 
 
 class Status(_Req):
+    """The whole hub; with ``label`` one compartment in detail (its parcel, its alarms,
+    its board and channel)."""
+
     op: Literal["status"]
+    label: str | None = Field(default=None, max_length=16)
 
 
 class EnterCode(_Req):
@@ -131,12 +152,36 @@ class Inspect(_Req):
 class Parcels(_Req):
     op: Literal["parcels"]
     states: list[d.ParcelState] | None = Field(default=None, max_length=32)
+    sizes: list[d.Size] | None = Field(default=None, max_length=32)
 
 
 class Events(_Req):
+    """The local history (every event, kept after the cloud had it), in the order they
+    happened: the newest ``limit``; with ``after_seq`` the first ``limit`` after it
+    (paging forward: ``lockerctl events --follow``)."""
+
     op: Literal["events"]
+    after_seq: int | None = Field(default=None, ge=0)
+    limit: int = Field(default=100, ge=1, le=MAX_LIST)
+    since: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    types: list[EventType] | None = Field(default=None, max_length=64)
+
+
+class Outbox(_Req):
+    """The events waiting for the cloud, oldest first (the order it gets them)."""
+
+    op: Literal["outbox"]
     after_seq: int = Field(default=0, ge=0)
-    limit: int = Field(default=100, ge=1, le=10_000)
+    limit: int = Field(default=100, ge=1, le=MAX_LIST)
+
+
+class Audit(_Req):
+    """The audit trail (who did what, when, through which socket), the newest
+    ``limit`` in the order they happened."""
+
+    op: Literal["audit"]
+    limit: int = Field(default=100, ge=1, le=MAX_LIST)
+    since: float | None = Field(default=None, ge=0, allow_inf_nan=False)
 
 
 class Alarms(_Req):
@@ -155,8 +200,28 @@ class Ack(_Req):
     id: int = Field(ge=1)
 
 
+class AckAll(_Req):
+    op: Literal["ack_all"]
+
+
 class EmptyExpired(_Req):
     op: Literal["empty_expired"]
+
+
+class Reserve(_Req):
+    """A reservation made at the hub (a standalone or offline hub): two new codes, stored
+    as hashes, returned once in the reply."""
+
+    op: Literal["reserve"]
+    size: d.Size
+    parcel: str | None = Field(default=None, min_length=1, max_length=64, pattern=ID_PATTERN)
+    accessible: bool = False
+    hours: float | None = Field(default=None, gt=0, le=MAX_HOURS, allow_inf_nan=False)
+
+
+class Cancel(_Req):
+    op: Literal["cancel"]
+    parcel: str = Field(min_length=1, max_length=64, pattern=ID_PATTERN)
 
 
 class SimDoor(_Req):
@@ -184,10 +249,15 @@ Request = Annotated[
     | Inspect
     | Parcels
     | Events
+    | Outbox
+    | Audit
     | Alarms
     | Quarantine
     | Ack
+    | AckAll
     | EmptyExpired
+    | Reserve
+    | Cancel
     | SimDoor
     | SimBus
     | SimStall,
@@ -196,13 +266,28 @@ Request = Annotated[
 _REQUEST: TypeAdapter[Request] = TypeAdapter(Request)
 
 
-def _outcome(o: Outcome) -> dict[str, Any]:
-    return {
+def _outcome(o: Outcome, peer: Peer) -> dict[str, Any]:
+    """An outcome as the reply has it: with the technician's ``detail`` (the real reason)
+    on the technician socket, never on a terminal's."""
+    out: dict[str, Any] = {
         "status": o.status,
         "message": o.message,
         "compartment": o.compartment,
         "wait_s": round(o.wait_s, 1),
     }
+    if peer.role == "technician":
+        out["detail"] = o.detail
+    return out
+
+
+class ApiError(Exception):
+    """A request the service cannot take: an error reply (``bad_request``, ...), not a
+    result."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
 
 
 # ======================================================================================
@@ -461,8 +546,14 @@ class ApiServer:
         terminals: Iterable[Terminal] = (),
         limits: Api | None = None,
         extra: dict[str, Callable[[], Awaitable[Any]]] | None = None,
+        code_length: int = 8,
+        pickup_window_h: float = 72.0,
     ) -> None:
         self.service = service
+        # a reservation made here (lockerctl reserve): its codes' digits, its default
+        # pickup window ([codes] length, [timers] pickup_window_h)
+        self.code_length = code_length
+        self.pickup_window_h = pickup_window_h
         self.path = Path(path)
         self.limits = limits or Api()
         self.sockets = [_Socket(self.path, "technician", group)] + [
@@ -665,6 +756,8 @@ class ApiServer:
         try:
             with bound(request=req.op):
                 return {"ok": True, "result": await self._dispatch(req, peer)}
+        except ApiError as exc:
+            return _error(exc.kind, exc.message)
         except Exception as exc:
             log.exception("api_request_failed", op=req.op)
             return _error("internal", f"{type(exc).__name__}: the request failed; see the log")
@@ -685,7 +778,8 @@ class ApiServer:
                 "wait",
                 f"Too many technician actions: please wait {wait_s:g} s before the next one.",
                 wait_s=wait_s,
-            )
+            ),
+            peer,
         )
         return [out] if isinstance(req, EmptyExpired) else out
 
@@ -709,7 +803,7 @@ class ApiServer:
     def _sim(self, req: SimDoor | SimBus | SimStall) -> Any:
         """A simulated hub's stage: the person at a door, a bus losing power, a stall."""
         if self.sim_door is None or self.sim_bus is None:
-            return _error("bad_request", "this hub is not simulated: nothing to play with")
+            raise ApiError("bad_request", "this hub is not simulated: nothing to play with")
         try:
             match req:
                 case SimStall(seconds=seconds):
@@ -721,41 +815,160 @@ class ApiServer:
                 case SimDoor(label=label, action=action):
                     return {"message": self.sim_door(label, action)}
         except KeyError as exc:
-            return _error("bad_request", str(exc.args[0]))
+            raise ApiError("bad_request", str(exc.args[0])) from None
 
-    async def _dispatch(self, req: Request, peer: Peer) -> Any:  # noqa: PLR0911 - one per op
-        """The service's answer to a valid request, by its type (``OPS`` says who may)."""
+    async def _dispatch(self, req: Request, peer: Peer) -> Any:  # noqa: PLR0911, PLR0912
+        """The service's answer to a valid request, by its type (``OPS`` says who may):
+        one case per op."""
         s = self.service
         actor = peer.name
         match req:
-            case Status():
+            case Status(label=None):
                 return await self._status()
+            case Status(label=str(label)):
+                return await self._compartment(label)
             case EnterCode(code=code):
-                return _outcome(await s.enter_code(code, actor))
+                return _outcome(await s.enter_code(code, actor), peer)
             case Open(label=label, reason=reason):
-                return _outcome(await s.open_compartment(label, actor=actor, reason=reason))
+                return _outcome(await s.open_compartment(label, actor=actor, reason=reason), peer)
             case SetService(label=label, in_service=in_service):
-                return _outcome(await s.set_service(label, in_service, actor=actor))
+                return _outcome(await s.set_service(label, in_service, actor=actor), peer)
             case Inspect(label=label, holds_parcel=holds_parcel):
-                return _outcome(await s.inspect(label, holds_parcel, actor=actor))
+                return _outcome(await s.inspect(label, holds_parcel, actor=actor), peer)
             case Alarms():
                 return await s.alarms()
             case Quarantine(limit=limit):
                 return await s.run_db(s.store.quarantined, limit)
             case Ack(id=alarm_id):
-                return _outcome(await s.ack(alarm_id, actor=actor))
+                return _outcome(await s.ack(alarm_id, actor=actor), peer)
+            case AckAll():
+                return _outcome(await s.ack_all(actor=actor), peer)
             case EmptyExpired():
-                return [_outcome(o) for o in await s.empty_expired(actor=actor)]
+                return [_outcome(o, peer) for o in await s.empty_expired(actor=actor)]
+            case Reserve():
+                return await self._reserve(req, peer)
+            case Cancel(parcel=parcel_id):
+                return _outcome(await s.cancel(parcel_id, actor=actor), peer)
             case SimDoor() | SimBus() | SimStall():
                 return self._sim(req)
-            case Parcels(states=states):
-                return [_parcel(p) for p in await s.parcels(states)]
-            case Events(after_seq=after_seq, limit=limit):
-                rows = await s.events(after_seq, limit)
+            case Parcels(states=states, sizes=sizes):
+                return [
+                    _parcel(p) for p in await s.parcels(states) if sizes is None or p.size in sizes
+                ]
+            case Events():
+                return await self._history(req)
+            case Outbox(after_seq=after_seq, limit=limit):
                 return [
                     {"seq": r.seq, "id": r.id, "type": r.type, "at": r.at, "data": r.data}
-                    for r in rows
+                    for r in await s.events(after_seq, limit)
                 ]
+            case Audit(limit=limit, since=since):
+                rows = await s.run_db(s.store.audit_log, limit=limit, since=since)
+                return [
+                    {
+                        "id": r.id,
+                        "at": r.at,
+                        "actor": r.actor,
+                        "action": r.action,
+                        "target": r.target,
+                        "detail": r.detail,
+                    }
+                    for r in reversed(rows)
+                ]
+
+    async def _compartment(self, label: str) -> dict[str, Any]:
+        """``status LABEL``: one compartment, its parcel, its open alarms, where it is."""
+        s = self.service
+        comp = await s.run_db(s.store.compartment, label)
+        if comp is None:
+            raise ApiError("bad_request", f"no compartment {label}")
+        parcel = await s.run_db(s.store.parcel, comp.parcel_id) if comp.parcel_id else None
+        door = s.doors.get(label)
+        return {
+            "compartment": {
+                "label": comp.label,
+                "size": comp.size.value,
+                "state": comp.state.value,
+                "door_open": comp.door_open,
+                "parcel": comp.parcel_id,
+                "bus": door.board.bus.name if door else None,
+                "board": door.board.key if door else None,
+                "channel": door.channel if door else None,
+            },
+            "parcel": None if parcel is None else _parcel(parcel),
+            "alarms": [a for a in await s.alarms() if a["target"] == label],
+            "version": __version__,
+        }
+
+    async def _history(self, req: Events) -> list[dict[str, Any]]:
+        """The local history, in the order it happened: the newest ``limit`` events, or
+        the first ``limit`` after ``after_seq`` (read backwards from the newest, a page
+        at a time, down to ``after_seq``: a follower is near the newest)."""
+        s = self.service
+        read = s.store.history
+        types = None if req.types is None else [str(t) for t in req.types]
+        if req.after_seq is None:
+            rows = await s.run_db(read, limit=req.limit, since=req.since, types=types)
+        else:
+            rows, before = [], None
+            while True:
+                page = await s.run_db(
+                    read, limit=HISTORY_PAGE, since=req.since, before_seq=before, types=types
+                )
+                newer = [r for r in page if r.seq > req.after_seq]
+                rows = (rows + newer)[-req.limit :]  # newest first: keep the oldest ones
+                if len(newer) < HISTORY_PAGE:
+                    break
+                before = page[-1].seq
+        return [
+            {
+                "seq": r.seq,
+                "type": r.type,
+                "at": r.at,
+                "data": r.data,
+                "actor": r.actor,
+                "target": r.target,
+            }
+            for r in reversed(rows)
+        ]
+
+    async def _reserve(self, req: Reserve, peer: Peer) -> dict[str, Any]:
+        """A parcel reserved at the hub: two new codes, given to the service as hashes;
+        the reply holds the codes themselves, once (nothing else keeps or logs them)."""
+        s = self.service
+        now = s.clock()
+        parcel_id = req.parcel or f"L-{secrets.token_hex(4).upper()}"
+        hours = req.hours if req.hours is not None else self.pickup_window_h
+        parcel = d.Parcel(
+            parcel_id,
+            d.Kind.DELIVERY,
+            req.size,
+            deposit_from=now,
+            deposit_until=now + DEPOSIT_WINDOW_S,
+            collect_window_s=hours * 3600,
+            accessible=req.accessible,
+        )
+        deposit = new_code(self.code_length)
+        pickup = new_code(self.code_length)
+        while pickup == deposit:
+            pickup = new_code(self.code_length)
+        hashes = {
+            d.Purpose.DEPOSIT: s.hasher.hash(deposit),
+            d.Purpose.COLLECT: s.hasher.hash(pickup),
+        }
+        outcome = await s.reserve(parcel, hashes, actor=peer.name)
+        out = _outcome(outcome, peer)
+        out["parcel"] = parcel_id
+        if outcome.status == "ok":
+            out |= {
+                "size": req.size.value,
+                "accessible": req.accessible,
+                "deposit_code": deposit,
+                "pickup_code": pickup,
+                "deposit_until": parcel.deposit_until,
+                "pickup_window_h": hours,
+            }
+        return out
 
 
 def _parcel(p: d.Parcel) -> dict[str, Any]:

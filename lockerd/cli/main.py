@@ -3,7 +3,9 @@
 lockerd run --config FILE        run a hub (systemd starts this)
 lockerd demo                     the demo hub on the built-in simulator, with its keypad
 lockerd demo --hardware [--once] the hardware layer alone on the built-in simulator
-lockerd check-config FILE        every problem of a hub config, with places and fixes
+lockerd check-config FILE        every problem of a hub config (and of this machine for it),
+                                 with places and fixes; warnings for risky settings
+                                 (exit 0 ok, 1 warnings with --strict, 2 problems)
 lockerd keygen PATH              a new code key (0600), never overwriting one
 lockerd --version                the installed version
 """
@@ -14,29 +16,50 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from pydantic import ValidationError
 
 from lockerd import __version__
-from lockerd.config import Cloud, ConfigInvalid, load
+from lockerd.config import Cloud, ConfigInvalid, check_file, load
 from lockerd.daemon.serve import run_hub
 from lockerd.errors import LockerdError
 from lockerd.hub.codes import KeyFileError, create_key
 from lockerd.logs import configure
 
 
-def _check_config(path: str) -> int:
-    try:
-        cfg = load(path)
-    except ConfigInvalid as exc:
-        print(exc.report(), file=sys.stderr)
+class _Parser(argparse.ArgumentParser):
+    """A usage error in one line, without the usage block (``--help`` has it)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _check_config(path: str, *, strict: bool) -> int:
+    """Everything ``lockerd run`` would refuse or crash on, at once (2), and the risky
+    settings it would run with (warnings: 0, or 1 with ``strict``)."""
+    checked = check_file(path)
+    if checked.problems or checked.warnings:
+        print(checked.report(), file=sys.stderr)
+    cfg = checked.cfg
+    if cfg is None:
         return 2
     boards = sum(len(b.boards) for b in cfg.buses)
+    warned = len(checked.warnings)
     print(
         f"{path}: ok: hub {cfg.hub_id}, {len(cfg.buses)} bus(es), {boards} board(s), "
-        f"{len(cfg.compartments)} compartments"
+        f"{len(cfg.compartments)} compartments" + (f"; {warned} warning(s) above" if warned else "")
     )
-    return 0
+    return 1 if strict and warned else 0
+
+
+def _os_reason(exc: OSError, path: str) -> str:
+    """An OS error in a few words: what, and where when that is not ``path`` itself."""
+    where = str(exc.filename) if exc.filename is not None else path
+    if isinstance(exc, FileExistsError | NotADirectoryError) and where != path:
+        return f"{where} is not a directory"
+    reason = exc.strerror or str(exc)
+    return reason if where == path else f"{reason}: {where}"
 
 
 def _keygen(path: str) -> int:
@@ -44,6 +67,9 @@ def _keygen(path: str) -> int:
         create_key(Path(path))
     except KeyFileError as exc:
         print(f"lockerd keygen: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # no such directory and none can be made, no permission, ...
+        print(f"lockerd keygen: cannot write {path}: {_os_reason(exc, path)}", file=sys.stderr)
         return 1
     print(f"{path}: new code key written (mode 0600); the cloud needs the same key")
     return 0
@@ -62,8 +88,13 @@ def _demo(args: list[str]) -> int:
             return 1
     from lockerd.demo.scene import run_demo  # noqa: PLC0415
 
-    parser = argparse.ArgumentParser(prog="lockerd demo")
-    parser.add_argument("--state-dir", help="keep the hub here (resumed when run again)")
+    parser = _Parser(prog="lockerd demo")
+    parser.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="keep the hub here (resumed when run again); default: a throw-away hub in "
+        "$XDG_RUNTIME_DIR/lockerd-demo (or /tmp/lockerd-demo), removed at Ctrl-C",
+    )
     parser.add_argument(
         "--socket", help="the technician's API socket (default: api.sock in the state directory)"
     )
@@ -112,6 +143,8 @@ def _demo(args: list[str]) -> int:
     except LockerdError as exc:
         print(f"lockerd demo: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C before the demo served (it cleaned up)
+        return 130
 
 
 def _run(path: str) -> int:
@@ -137,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["demo"]:
         return _demo(args[1:])
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lockerd", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"lockerd {__version__}")
@@ -145,13 +178,21 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("demo", help="the demo hub on the built-in simulator")
     run = sub.add_parser("run", help="run a hub")
     run.add_argument("--config", required=True)
-    check = sub.add_parser("check-config", help="check a hub config file")
+    check = sub.add_parser(
+        "check-config",
+        help="check a hub config file, and this machine for it",
+        description="Every problem that would stop `lockerd run` (the config's settings, "
+        "its parts against each other, the key file, the state and socket directories, "
+        "the groups) and warnings for risky settings, each with its place and a fix. "
+        "Exit status: 0 ok, 1 warnings with --strict, 2 problems.",
+    )
     check.add_argument("file")
+    check.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
     keygen = sub.add_parser("keygen", help="write a new code key file")
     keygen.add_argument("path")
     ns = parser.parse_args(args)
     if ns.command == "check-config":
-        return _check_config(ns.file)
+        return _check_config(ns.file, strict=ns.strict)
     if ns.command == "run":
         return _run(ns.config)
     return _keygen(ns.path)

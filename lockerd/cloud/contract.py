@@ -36,7 +36,7 @@ import operator
 import re
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
+from pydantic import BaseModel, ConfigDict, Field, Strict, TypeAdapter, create_model
 
 from lockerd.hub.vocab import (
     ALARM_KINDS,
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 # the contract's own version (docs/asyncapi.json's info.version); see the docstring
-CONTRACT_VERSION = "1.1.0"
+CONTRACT_VERSION = "1.2.0"
 
 CodeHash = Annotated[
     str,
@@ -86,9 +86,13 @@ KindName = Literal["delivery", "return"]  # d.Kind
 CompartmentStateName = Literal[  # d.CompartmentState
     "free", "occupied", "in_use", "attention", "out_of_service"
 ]
-# (up to 2100: a larger integer would overflow a float, or mean nothing)
+# (up to 2100: a larger integer would overflow a float, or mean nothing). Strict: a
+# JSON integer and nothing else (never "1767225600", never 1767225600.0); a command
+# carrying another type is refused as malformed (the schema says the same)
 UnixTime = Annotated[
-    int, Field(ge=0, le=4_102_444_800, description="Unix time, whole seconds, before 2100")
+    int,
+    Strict(),
+    Field(ge=0, le=4_102_444_800, description="Unix time, whole seconds, before 2100"),
 ]
 
 
@@ -108,7 +112,10 @@ class _Command(_Msg):
     hub: HubId = Field(description="the hub the command is for; any other hub refuses it")
     issued_at: UnixTime
     expires_at: UnixTime | None = Field(
-        default=None, description="required on signed commands; refused after this time"
+        default=None,
+        description="required on signed commands, optional on the others; any command "
+        "that arrives more than `command_skew_s` after this time is refused (`expired`) "
+        "and nothing is done",
     )
     sig: str | None = Field(
         default=None,
@@ -129,7 +136,14 @@ class Reservation(_Msg):
     )
     deposit_from: UnixTime
     deposit_until: UnixTime
-    pickup_window_s: int = Field(default=72 * 3600, gt=0, le=90 * 86_400)
+    pickup_window_s: int | None = Field(
+        default=None,
+        gt=0,
+        le=90 * 86_400,
+        description="how long the parcel waits for its collector once deposited, seconds; "
+        "absent (or `null`): the hub's own default, `[timers] pickup_window_h` in its config "
+        "(72 h unless set)",
+    )
     accessible: bool = Field(default=False, description="needs a compartment within reach")
     kind: KindName = "delivery"
 
@@ -310,9 +324,9 @@ class _Operation(_CompartmentData):
 
 
 class ParcelReservedData(_ParcelData):
-    """A reservation was stored (`parcel.reserve`, `return.reserve`; not the
-    reservations of a `codes.bulk`, whose reply lists them). Its codes work from
-    `deposit_from`."""
+    """A reservation was stored: one per parcel, whether it came in a `parcel.reserve`,
+    a `return.reserve` or a `codes.bulk` (whose reply also counts them). Its codes work
+    from `deposit_from`."""
 
     kind: KindName
     size: SizeClass
@@ -475,7 +489,8 @@ class BoardOfflineData(_Data):
 
 
 class BoardOnlineData(_Data):
-    """A board answers again: its doors are watched again."""
+    """A board answers again: its doors are watched again, and the hub closes the
+    board's open `board_offline` alarm itself."""
 
     board: Text = Field(description=_BOARD)
 

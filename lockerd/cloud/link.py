@@ -15,7 +15,10 @@
   a valid Ed25519 signature of the cloud, be for this hub, be current, and not be
   retained; a door opened now is short-lived, a grant may wait in the broker's session
   (ADR 0014). A code hash spent or replaced here is never accepted again (the store's
-  tombstones).
+  tombstones). Any command, signed or not, that carries an ``expires_at`` is refused
+  (``expired``) once that time has passed.
+- A reservation that gives no ``pickup_window_s`` of its own gets the hub's
+  (``[timers] pickup_window_h``, handed in as ``default_collect_window_s``).
 
 The hub never waits for the cloud: every code it has keeps working offline.
 """
@@ -47,7 +50,7 @@ from pydantic import ValidationError
 
 from lockerd import __version__
 from lockerd.cloud import contract as c
-from lockerd.config import Cloud
+from lockerd.config import Cloud, Timers
 from lockerd.hub import domain as d
 from lockerd.hub.jsonsafe import clean, text
 from lockerd.hub.service import BULK_CHUNK, HubService, Outcome
@@ -60,6 +63,9 @@ log = structlog.get_logger(__name__)
 VERSION = __version__  # in the birth message (status), as installed
 WINDOW = 200  # events in flight (published, PUBACK awaited) at once
 BIG = 64 * 1024  # commands larger than this are parsed on a worker thread
+# a reservation's collect window when it gives none and the hub was told none: the
+# config's default of `[timers] pickup_window_h`
+DEFAULT_COLLECT_WINDOW_S = Timers.model_fields["pickup_window_h"].default * 3600.0
 
 
 class _Stopped(Exception):
@@ -93,12 +99,27 @@ class Verifier:
     max_life_s: float
     grant_max_life_s: float = 7 * 86_400.0
 
-    def refusal(  # noqa: PLR0911 - one return per reason
+    def refusal(
         self, raw: dict[str, Any] | None, cmd: c.Command, now: float
     ) -> RefusalReason | None:
         """Why ``cmd`` is refused, or ``None``. ``raw``: the JSON object it was read
         from; ``None`` for a command validated straight from its bytes (the big
         ``codes.bulk``), whose canonical bytes then come from the model (the same)."""
+        found = self.check(raw, cmd, now)
+        return found[0] if found is not None else None
+
+    def check(
+        self, raw: dict[str, Any] | None, cmd: c.Command, now: float
+    ) -> tuple[RefusalReason, str] | None:
+        """:meth:`refusal` with what the reply's message says: for a refusal for time,
+        what is wrong with which time (never a word about the signature, which was
+        good); for the others, :data:`_WHY`."""
+        reason = self._signature(raw, cmd)
+        if reason is not None:
+            return reason, _WHY[reason]
+        return self.times(cmd, now, signed=True)
+
+    def _signature(self, raw: dict[str, Any] | None, cmd: c.Command) -> RefusalReason | None:
         if self.key is None:
             return "no_command_key"
         if not cmd.sig:
@@ -112,15 +133,44 @@ class Verifier:
             return "bad_signature"
         if cmd.expires_at is None:
             return "no_expiry"
-        if cmd.expires_at < cmd.issued_at:
-            return "expired"
-        life = self.max_life_s if cmd.type in c.OPENS_NOW else self.grant_max_life_s
-        if cmd.expires_at - cmd.issued_at > life:
-            return "lifetime_too_long"
-        if cmd.issued_at > now + self.skew_s:
-            return "not_yet_valid"
-        if cmd.expires_at < now - self.skew_s:
-            return "expired"
+        return None
+
+    def times(
+        self, cmd: c.Command, now: float, *, signed: bool
+    ) -> tuple[RefusalReason, str] | None:
+        """A command's times against the hub's clock ``now``: why it is refused and what
+        is wrong with which time, or ``None``. A signed command (its signature checked
+        already, its ``expires_at`` there) must be current and not live too long; any
+        other is refused only past an ``expires_at`` it gives."""
+        issued, expires, skew = cmd.issued_at, cmd.expires_at, self.skew_s
+        if expires is None:
+            return None
+        if expires < issued:
+            return "expired", (
+                f"expires_at ({expires}) is before issued_at ({issued}): the command was "
+                "never valid"
+            )
+        if signed:
+            opens = cmd.type in c.OPENS_NOW
+            life = self.max_life_s if opens else self.grant_max_life_s
+            if expires - issued > life:
+                setting = "command_max_life_s" if opens else "grant_max_life_s"
+                return "lifetime_too_long", (
+                    f"expires_at - issued_at is {expires - issued} s; a {cmd.type} may live "
+                    f"at most {life:g} s (the hub's {setting}): shorten it"
+                )
+            if issued > now + skew:
+                return "not_yet_valid", (
+                    f"issued_at ({issued}) is {issued - now:.0f} s ahead of the hub's clock "
+                    f"({now:.0f}), more than the {skew:g} s it tolerates (command_skew_s): "
+                    "check the clocks (NTP)"
+                )
+        if expires < now - skew:
+            return "expired", (
+                f"expires_at ({expires}) passed {now - expires:.0f} s ago by the hub's clock "
+                f"({now:.0f}), more than the {skew:g} s it tolerates (command_skew_s): send "
+                "a fresh command under a new id"
+            )
         return None
 
 
@@ -175,8 +225,12 @@ class CloudLink:
         *,
         state_dir: Path,
         clock: Callable[[], float] = time.time,
+        default_collect_window_s: float = DEFAULT_COLLECT_WINDOW_S,
     ) -> None:
+        """``default_collect_window_s``: the collect window of a reservation that gives
+        no ``pickup_window_s`` (the hub's ``[timers] pickup_window_h``, in seconds)."""
         self.cfg = cfg
+        self.default_collect_window_s = default_collect_window_s
         self.hub = hub_id
         self.service = service
         self.store = service.store
@@ -615,14 +669,16 @@ class CloudLink:
             return
         if cmd.type in c.SIGNED:
             # a big one (codes.bulk) off the event loop, as its parse is
-            reason = (
-                await asyncio.to_thread(self.verifier.refusal, raw, cmd, self.clock())
+            found = (
+                await asyncio.to_thread(self.verifier.check, raw, cmd, self.clock())
                 if len(body) > BIG
-                else self.verifier.refusal(raw, cmd, self.clock())
+                else self.verifier.check(raw, cmd, self.clock())
             )
-            if reason is not None:
-                await self._refuse(mqtt, message, cid, ctype, reason, _WHY.get(reason, reason))
-                return
+        else:  # unsigned: only an expires_at it gives, if it gives one
+            found = self.verifier.times(cmd, self.clock(), signed=False)
+        if found is not None:
+            await self._refuse(mqtt, message, cid, ctype, *found)
+            return
         await self._apply(cmd, mqtt, message)
 
     async def _refuse(  # noqa: PLR0917
@@ -673,8 +729,11 @@ class CloudLink:
         ok = outcome.status in OK_STATUSES
         if outcome.compartment:
             result.setdefault("compartment", outcome.compartment)
+        # the cloud is told what a technician is (the door already open, busy with which
+        # operation, the board offline), not the keypad's words for a customer
+        message = text(outcome.detail or outcome.message, 1000)
         return self._reply(
-            cmd.id, cmd.type, ok=ok, status=outcome.status, message=outcome.message, result=result
+            cmd.id, cmd.type, ok=ok, status=outcome.status, message=message, result=result
         )
 
     async def _publish_reply(self, client: aiomqtt.Client, reply: dict[str, Any]) -> None:
@@ -719,7 +778,7 @@ class CloudLink:
         s = self.service
         match cmd:
             case c.ParcelReserve() | c.ReturnReserve():
-                parcel, codes = reservation(cmd)
+                parcel, codes = reservation(cmd, self.default_collect_window_s)
                 return await s.reserve(parcel, codes, actor=actor, command=inbox)
             case c.ParcelCancel(parcel=pid):
                 return await s.cancel(pid, actor=actor, command=inbox)
@@ -761,12 +820,13 @@ class CloudLink:
         fate: dict[str, str] = {}
         if not parts:
             return fate
-        items = await asyncio.to_thread(_parcels, parts[0])
+        window = self.default_collect_window_s
+        items = await asyncio.to_thread(_parcels, parts[0], window)
         nxt: asyncio.Task[list[tuple[d.Parcel, dict[d.Purpose, str]]]] | None = None
         try:
             for k in range(len(parts)):
                 if k + 1 < len(parts):
-                    nxt = asyncio.create_task(asyncio.to_thread(_parcels, parts[k + 1]))
+                    nxt = asyncio.create_task(asyncio.to_thread(_parcels, parts[k + 1], window))
                 fate.update(await self.service.reserve_many(items, actor=actor))
                 if nxt is not None:
                     items, nxt = await nxt, None
@@ -856,16 +916,14 @@ _TAKEN_OVER = (
     "client id the login (use_username_as_clientid, config/mosquitto-lockerd.conf)"
 )
 
-# what a signed command's refusal says (the reply's message; docs/cloud-guide.md)
-_WHY = {
+# what a signed command's refusal for its signature says (the reply's message;
+# docs/cloud-guide.md); a refusal for time says which time is wrong (Verifier.times)
+_WHY: dict[RefusalReason, str] = {
     "no_command_key": "the hub has no public key of the cloud installed: nothing signed is taken",
     "unsigned": "this command grants or opens: it must be signed",
     "bad_signature": "the signature does not verify (another key, a changed field, or other "
     "canonical bytes)",
     "no_expiry": "a signed command needs expires_at",
-    "expired": "expires_at has passed",
-    "lifetime_too_long": "expires_at is further from issued_at than the hub allows",
-    "not_yet_valid": "issued_at is in the future (check the clocks)",
 }
 
 
@@ -888,18 +946,25 @@ def _valid_bulk(body: bytes | bytearray) -> c.CodesBulk | None:
     return cmd if isinstance(cmd, c.CodesBulk) else None
 
 
-def _parcels(rs: list[c.Reservation]) -> list[tuple[d.Parcel, dict[d.Purpose, str]]]:
-    return [reservation(r) for r in rs]
+def _parcels(
+    rs: list[c.Reservation], default_collect_window_s: float
+) -> list[tuple[d.Parcel, dict[d.Purpose, str]]]:
+    return [reservation(r, default_collect_window_s) for r in rs]
 
 
-def reservation(r: c.Reservation) -> tuple[d.Parcel, dict[d.Purpose, str]]:
+def reservation(
+    r: c.Reservation, default_collect_window_s: float = DEFAULT_COLLECT_WINDOW_S
+) -> tuple[d.Parcel, dict[d.Purpose, str]]:
+    """The parcel and code hashes of a reservation; its collect window is its own
+    ``pickup_window_s``, or else ``default_collect_window_s`` (the hub's)."""
+    window = r.pickup_window_s
     parcel = d.Parcel(
         r.parcel,
         d.Kind(r.kind),
         d.Size(r.size),
         deposit_from=float(r.deposit_from),
         deposit_until=float(r.deposit_until),
-        collect_window_s=float(r.pickup_window_s),
+        collect_window_s=float(window) if window is not None else default_collect_window_s,
         accessible=r.accessible,
         has_recall_code=r.recall_code_hash is not None,
     )
@@ -909,4 +974,11 @@ def reservation(r: c.Reservation) -> tuple[d.Parcel, dict[d.Purpose, str]]:
     return parcel, codes
 
 
-__all__ = ["CloudLink", "Verifier", "failpoint", "load_command_key", "reservation"]
+__all__ = [
+    "DEFAULT_COLLECT_WINDOW_S",
+    "CloudLink",
+    "Verifier",
+    "failpoint",
+    "load_command_key",
+    "reservation",
+]

@@ -6,6 +6,7 @@ benchmarks alike; where the buses' ports come from is the caller's
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 from collections.abc import AsyncIterator, Callable
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
     from lockerd.ops.watchdog import Watchdog
 
 log = structlog.get_logger(__name__)
+
+OPEN_WAIT_S = 5.0  # how long the start waits for the buses' ports (all at once)
 
 
 @dataclass
@@ -113,11 +116,15 @@ async def open_hub(
         pollers: list[BusPoller] = []
         for bus_cfg in cfg.buses:
             settings = bus_cfg.model_copy(update={"port": where[bus_cfg.name]})
-            bus = Bus(settings, name=bus_cfg.name)
-            await stack.enter_async_context(bus)
-            if not await bus.wait_open(5):
-                log.error("bus_not_open_at_start", bus=bus_cfg.name, port=settings.port)
-            buses[bus_cfg.name] = bus
+            buses[bus_cfg.name] = await stack.enter_async_context(Bus(settings, name=bus_cfg.name))
+        # every bus opens in the background at once: a missing adapter costs the start
+        # one wait, not one per bus
+        opened = await asyncio.gather(*(bus.wait_open(OPEN_WAIT_S) for bus in buses.values()))
+        for bus, is_open in zip(buses.values(), opened, strict=True):
+            if not is_open:
+                log.error("bus_not_open_at_start", bus=bus.name, port=bus.settings.port)
+        for bus_cfg in cfg.buses:
+            bus = buses[bus_cfg.name]
             bus_boards = [make_board(bus, b) for b in bus_cfg.boards]
             for board in bus_boards:
                 boards[(bus_cfg.name, board.settings.address)] = board
@@ -133,7 +140,13 @@ async def open_hub(
         if cfg.cloud is not None:
             from lockerd.cloud.link import CloudLink  # noqa: PLC0415 - aiomqtt only when used
 
-            cloud = CloudLink(cfg.cloud, cfg.hub_id, service, state_dir=Path(cfg.paths.state_dir))
+            cloud = CloudLink(
+                cfg.cloud,
+                cfg.hub_id,
+                service,
+                state_dir=Path(cfg.paths.state_dir),
+                default_collect_window_s=cfg.timers.pickup_window_h * 3600,
+            )
             await cloud.settle_unfinished()
         monitor = DoorMonitor(service, pollers, debounce_reads=cfg.timers.debounce_reads)
         api = _api(cfg, service, buses, cloud, ports)
@@ -165,6 +178,8 @@ def _api(
         terminals=cfg.terminals,
         limits=cfg.api,
         extra=extra,
+        code_length=cfg.codes.length,
+        pickup_window_h=cfg.timers.pickup_window_h,
     )
     stage = ports.stage
     if stage is not None:

@@ -16,8 +16,10 @@ technician (or an occupancy sensor) says which.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from lockerd.hub.vocab import EventType
@@ -189,6 +191,70 @@ def terminal_message(refusal: Refusal) -> str:
     if refusal in (Refusal.BUSY, Refusal.OUT_OF_SERVICE):
         return "This compartment cannot be opened right now. Please contact support."
     return "This code cannot be used. Please check it and try again."
+
+
+def _when(t: float | None) -> str:
+    if t is None or not math.isfinite(t):
+        return "never"
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _operation(c: Compartment) -> str:
+    """What is under way at a compartment's door, in words."""
+    op = c.operation
+    if op is None:
+        return "its door is open" if c.door_open else "nothing is under way"
+    who = f" by {op.actor}" if op.actor else ""
+    what = f"{op.purpose.value}{who} since {_when(op.started_at)}"
+    if op.parcel_id is not None:
+        what += f", parcel {op.parcel_id}"
+    if c.door_open or op.seen_open:
+        return f"its door is already open ({what}): shut it first"
+    return f"an open is under way ({what})"
+
+
+def why(  # noqa: PLR0911 - one answer per refusal
+    refusal: Refusal,
+    *,
+    parcel: Parcel | None = None,
+    compartment: Compartment | None = None,
+    purpose: Purpose | None = None,
+) -> str:
+    """The technician's reason for a refusal: what :func:`terminal_message` keeps from
+    the person at a keypad (which parcel, in which state, what the door is doing).
+    Never a code, nor a code's hash."""
+    p, c = parcel, compartment
+    code = f"a {purpose.value} code" if purpose is not None else "this code"
+    if refusal is Refusal.UNKNOWN_CODE:
+        return "no live parcel has this code"
+    if refusal is Refusal.BUSY and c is not None:
+        return f"{c.label} is busy: {_operation(c)}"
+    if refusal is Refusal.OUT_OF_SERVICE and c is not None:
+        return f"{c.label} is out of service"
+    if refusal is Refusal.NO_COMPARTMENT and p is not None:
+        acc = " accessible" if p.accessible else ""
+        return f"no free{acc} compartment of size {p.size.value} for parcel {p.id}"
+    if p is None:
+        if refusal is Refusal.WRONG_STATE and c is not None and c.parcel_id is not None:
+            return (
+                f"{c.label} holds parcel {c.parcel_id}: collect, recall or cancel it, "
+                "an inspection does not wish it away"
+            )
+        return refusal.value.replace("_", " ")
+    state = f"parcel {p.id} is {p.state.value}"
+    if refusal is Refusal.NOT_YET_VALID:
+        return f"{state}: its deposit code works from {_when(p.deposit_from)}"
+    if refusal is Refusal.EXPIRED:
+        if p.state is ParcelState.RESERVED:
+            return f"{state}: its deposit window ended {_when(p.deposit_until)}"
+        return f"{state}: its pickup window ended {_when(p.collect_until)}"
+    if refusal is Refusal.SPENT:
+        return f"{state}: {code} of it was used already"
+    if refusal is Refusal.CANCELLED:
+        return f"parcel {p.id} was cancelled"
+    if refusal is Refusal.WRONG_STATE and c is not None and p.compartment not in (None, c.label):
+        return f"{state} in {p.compartment}, not in {c.label}"
+    return f"{state}: {code} does not open it now"
 
 
 # ======================================================================================

@@ -6,6 +6,10 @@ readings in a row that differ from its stable state (a slammed door bounces for 
 read or two). A door that changes too often in a short window is *flapping*: a
 loose sensor cable or a failing switch; it is reported as a sensor fault once,
 and its changes keep being reported (a broken sensor must never block an open).
+Only changes nobody explains count towards flapping: a door the hub opened (an
+open under way), or one open for someone whose flow its shutting ends, moves as
+expected (the service says which: :meth:`DoorSink.door_move_expected`), however
+often a technician opens and shuts it.
 
 :class:`Debouncer` is the pure core (time is passed in). :class:`DoorMonitor` runs the
 bus pollers, feeds it, and tells the service (:class:`DoorSink`, which
@@ -16,7 +20,9 @@ which sensors flap.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -34,6 +40,11 @@ class DoorSink(Protocol):
     """What the monitor tells (the service)."""
 
     def label_of(self, board_key: str, channel: int) -> str | None: ...
+
+    def door_move_expected(self, label: str) -> bool:
+        """Whether a change of this door is one the hub explains (it pulsed the door,
+        or the door is open for someone): never counted as flapping."""
+        ...
 
     async def door_changed(
         self, label: str, is_open: bool, occupied: bool | None = None
@@ -88,8 +99,15 @@ class Debouncer:
         self.flap_window_s = flap_window_s
         self._doors: dict[tuple[str, int], _Door] = {}
 
-    def feed(self, reading: DoorReading, now: float) -> tuple[list[DoorChange], list[SensorFault]]:
-        """Changes (and newly flapping sensors) that ``reading`` settles."""
+    def feed(
+        self,
+        reading: DoorReading,
+        now: float,
+        expected: Callable[[int], bool] | None = None,
+    ) -> tuple[list[DoorChange], list[SensorFault]]:
+        """Changes (and newly flapping sensors) that ``reading`` settles. ``expected``:
+        whether a change of a channel (asked only when one settles) is one the hub
+        explains; such a change is reported, and never counted towards flapping."""
         changes: list[DoorChange] = []
         faults: list[SensorFault] = []
         for index, level in enumerate(reading.doors_open):
@@ -110,6 +128,8 @@ class Debouncer:
                 continue
             door.stable, door.candidate, door.count = level, None, 0
             changes.append(DoorChange(reading.board, channel, level))
+            if expected is not None and expected(channel):
+                continue
             fault = self._flap(door, reading.board, channel, now)
             if fault is not None:
                 faults.append(fault)
@@ -200,6 +220,10 @@ class DoorMonitor:
                 tg.create_task(poller.run(), name=f"poll {i}")
             tg.create_task(self._consume(), name="door monitor")
 
+    def _expected(self, board: str, channel: int) -> bool:
+        label = self.service.label_of(board, channel)
+        return label is not None and self.service.door_move_expected(label)
+
     async def _consume(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -213,7 +237,9 @@ class DoorMonitor:
                 self._offline.discard(reading.board)
                 log.info("board_doors_watched_again", board=reading.board)
                 await self.service.hardware_event(Event("board_online", {"board": reading.board}))
-            changes, faults = self.debouncer.feed(reading, loop.time())
+            changes, faults = self.debouncer.feed(
+                reading, loop.time(), functools.partial(self._expected, reading.board)
+            )
             for fault in faults:
                 log.error(
                     "sensor_fault",

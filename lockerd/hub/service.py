@@ -27,7 +27,14 @@ from lockerd.drivers.boards import Board
 from lockerd.drivers.errors import BusError, DriverError
 from lockerd.hub import domain as d
 from lockerd.hub.codes import Attempt, CodeHasher, Throttle, normalise
-from lockerd.hub.store import CodeSpent, Inbox, Store, StoreConflict, StoreError
+from lockerd.hub.store import (
+    CodeSpent,
+    Inbox,
+    Store,
+    StoreConflict,
+    StoreError,
+    reserved_event,
+)
 from lockerd.hub.storethread import StoreThread
 from lockerd.hub.vocab import IntentOutcome, OutcomeStatus
 from lockerd.logs import bound
@@ -47,12 +54,28 @@ Status = OutcomeStatus  # lockerd.hub.vocab
 
 @dataclass(frozen=True)
 class Outcome:
-    """What the person at the keypad (or the technician) is told."""
+    """What the person at the keypad (or the technician) is told: ``message`` is what a
+    keypad may say (a wrong, spent or expired code reads the same); ``detail``, where
+    the service knows it, the technician's reason (the door already open, the board
+    offline, the port not open, which state the parcel is in). Never a code or a
+    code's hash; never shown at a keypad."""
 
     status: Status
     message: str
     compartment: str | None = None
     wait_s: float = 0.0
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class _Refused:
+    """A code the rules refuse: why (the keypad's message follows from ``refusal``),
+    and the technician's ``detail``. ``parcel_id``: a right code that cannot open now
+    (no free compartment, its own busy or out of service...); ``None``: a wrong one."""
+
+    refusal: d.Refusal
+    parcel_id: str | None
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -112,6 +135,10 @@ class HubService:
         self._seen_open: dict[str, asyncio.Event] = {}
         self.on_commit: list[Callable[[], None]] = []  # e.g. the cloud link's outbox wake-up
         self._alarmed_open: set[str] = set()
+        # compartments whose door the hub expects to move: an open it commanded is under
+        # way, or the door is open for someone (the door shut ends a person's flow); the
+        # door monitor does not count their changes as a flapping sensor
+        self._moving = {c.label for c in store.compartments() if c.operation is not None}
         self.wrong_codes: Counter[str] = Counter()  # wrong codes per terminal (metrics)
         self._background: set[asyncio.Task[None]] = set()
         # a stop drains: no new open starts, every open under way reaches its outcome
@@ -161,6 +188,7 @@ class HubService:
         day = 86_400.0
         ages = {
             "audit": retention.audit_days,
+            "history": retention.audit_days,
             "alarms": retention.audit_days,
             "quarantine": retention.audit_days,
             "inbox": retention.inbox_days,
@@ -242,8 +270,23 @@ class HubService:
             resolve=resolve,
             command=command,
         )
+        if change.compartment is not None:
+            self._note_moving(change.compartment)
         self._changed()
         return intent_id
+
+    def _note_moving(self, comp: d.Compartment) -> None:
+        """A compartment as committed: is its door expected to move?"""
+        if comp.operation is not None:
+            self._moving.add(comp.label)
+        else:
+            self._moving.discard(comp.label)
+
+    def door_move_expected(self, label: str) -> bool:
+        """Whether a change of ``label``'s door is one the hub explains (for the door
+        monitor's flapping check): it commanded an open now under way, or the door is
+        open for someone whose flow its shutting ends."""
+        return label in self._moving
 
     def close(self) -> None:
         self.store_thread.close()
@@ -321,7 +364,11 @@ class HubService:
         if (stopping := self._refuse_while_stopping()) is not None:
             return stopping  # not a guess: nothing counted against the terminal
         if not normalise(code):
-            return Outcome("refused", d.terminal_message(d.Refusal.UNKNOWN_CODE))
+            return Outcome(
+                "refused",
+                d.terminal_message(d.Refusal.UNKNOWN_CODE),
+                detail="the code has no digits (not counted as a guess)",
+            )
         now = self.clock()
         attempt = self.throttle.begin(terminal, now)
         if not isinstance(attempt, Attempt):
@@ -329,18 +376,23 @@ class HubService:
                 "wait",
                 f"Please wait {math.ceil(attempt)} s before the next code.",
                 wait_s=attempt,
+                detail=f"the wrong-code throttle: {terminal} (or the whole hub) had too many "
+                f"wrong codes; the next one is checked in {math.ceil(attempt)} s, this one "
+                "was not",
             )
         try:
             code_hash = self.hasher.hash(code)
             async with self._lock:
                 # one trip to the store's thread: look up, allocate, decide, commit the intent
                 decided = await self.store_thread.run(self._decide_code, code_hash, terminal, now)
-                if isinstance(decided, d.Refusal):
-                    return await self._wrong(attempt, decided)
-                if isinstance(decided, tuple) and isinstance(decided[0], d.Refusal):
-                    return await self._refused(attempt, decided[0], decided[1])
+                if isinstance(decided, _Refused):
+                    if decided.parcel_id is None:
+                        return await self._wrong(attempt, decided.refusal, decided.detail)
+                    return await self._refused(attempt, decided)
                 change, intent = decided
                 attempt.refund()  # a right code, its door about to open: not a guess
+                assert change.compartment is not None
+                self._note_moving(change.compartment)
                 self._changed()
         finally:
             if not attempt.settled:  # failed half-way: fail closed
@@ -350,13 +402,16 @@ class HubService:
 
     def _decide_code(
         self, code_hash: str, terminal: str, now: float
-    ) -> d.Refusal | tuple[d.Refusal, str] | tuple[d.Change, int]:
+    ) -> _Refused | tuple[d.Change, int]:
         """On the store's thread, under the service lock: what a code opens, and its
-        intent committed. A refusal alone counts as a wrong code; with a parcel id it
-        is a right code that cannot open now."""
+        intent committed. A refusal without a parcel id counts as a wrong code; with
+        one it is a right code that cannot open now."""
         found = self.store.code(code_hash)
         if found is None:
-            return d.Refusal.UNKNOWN_CODE
+            why = d.why(d.Refusal.UNKNOWN_CODE)
+            if self.store.spent(code_hash):  # (a tombstone: a wrong code all the same)
+                why = "this code was used or replaced at this hub before: it never opens again"
+            return _Refused(d.Refusal.UNKNOWN_CODE, None, why)
         parcel, purpose = found
         if purpose is d.Purpose.DEPOSIT:
             comps = self.store.allocation_candidates(
@@ -366,14 +421,19 @@ class HubService:
                 comps, parcel.size, accessible=parcel.accessible, fallback=self.fallback
             )
             if comp is None:
-                return (d.check_code(parcel, purpose, now) or d.Refusal.NO_COMPARTMENT, parcel.id)
+                refusal = d.check_code(parcel, purpose, now) or d.Refusal.NO_COMPARTMENT
+                why = d.why(refusal, parcel=parcel, purpose=purpose)
+                return _Refused(refusal, parcel.id, why)
         else:
             comp = self.store.compartment(parcel.compartment) if parcel.compartment else None
             if comp is None:
-                return d.Refusal.WRONG_STATE
+                refusal = d.check_code(parcel, purpose, now) or d.Refusal.WRONG_STATE
+                why = d.why(refusal, parcel=parcel, purpose=purpose)
+                return _Refused(d.Refusal.WRONG_STATE, None, why)
         change = d.start(parcel, purpose, comp, now, actor=terminal)
         if change.refusal is not None:
-            return (change.refusal, parcel.id)
+            why = d.why(change.refusal, parcel=parcel, compartment=comp, purpose=purpose)
+            return _Refused(change.refusal, parcel.id, why)
         intent = self.store.apply(
             change,
             now=now,
@@ -385,23 +445,29 @@ class HubService:
         assert intent is not None
         return change, intent
 
-    async def _wrong(self, attempt: Attempt, refusal: d.Refusal) -> Outcome:
+    async def _wrong(self, attempt: Attempt, refusal: d.Refusal, detail: str) -> Outcome:
         # per keypad for the metrics; a flood of made-up terminal names shares one row
         terminal = attempt.terminal
         known = terminal in self.wrong_codes or len(self.wrong_codes) < MAX_TERMINALS
         self.wrong_codes[terminal if known else "other"] += 1
         await self._count(attempt)
-        return Outcome("refused", d.terminal_message(refusal))
+        return Outcome("refused", d.terminal_message(refusal), detail=detail)
 
-    async def _refused(self, attempt: Attempt, refusal: d.Refusal, parcel_id: str) -> Outcome:
-        log.info("code_refused", terminal=attempt.terminal, reason=refusal.value, parcel=parcel_id)
+    async def _refused(self, attempt: Attempt, refused: _Refused) -> Outcome:
+        refusal = refused.refusal
+        log.info(
+            "code_refused",
+            terminal=attempt.terminal,
+            reason=refusal.value,
+            parcel=refused.parcel_id,
+        )
         if refusal in (d.Refusal.NO_COMPARTMENT, d.Refusal.BUSY, d.Refusal.OUT_OF_SERVICE):
             # a right code that cannot open now: said as it is (whoever holds it must
             # not retype it), so it tells a code is valid; counted as a guess all the
             # same, so that buys no extra guesses (ADR 0013)
             await self._count(attempt)
-            return Outcome("refused", d.terminal_message(refusal))
-        return await self._wrong(attempt, refusal)
+            return Outcome("refused", d.terminal_message(refusal), detail=refused.detail)
+        return await self._wrong(attempt, refusal, refused.detail)
 
     @staticmethod
     def _guessed(attempt: Attempt) -> list[d.Event]:
@@ -445,12 +511,8 @@ class HubService:
         async with self._lock:
             if await self.store_thread.run(self.store.parcel, parcel.id) is not None:
                 return Outcome("refused", f"parcel {parcel.id} is already reserved")
-            event = d.Event(
-                "parcel_reserved",
-                {"parcel": parcel.id, "kind": parcel.kind.value, "size": parcel.size.value},
-            )
             refused = await self._write_codes(
-                self.store.add_parcel, parcel, codes, actor, event, command
+                self.store.add_parcel, parcel, codes, actor, reserved_event(parcel), command
             )
         return refused or Outcome("ok", f"parcel {parcel.id} reserved")
 
@@ -546,7 +608,8 @@ class HubService:
     ) -> dict[str, str]:
         """Many reservations (``codes.bulk``): chunk by chunk, each chunk one transaction
         taken between door events (the lock is released between chunks, so the door
-        monitor never waits for more than one chunk). Returns each parcel's fate:
+        monitor never waits for more than one chunk), each parcel reserved with its
+        ``parcel_reserved`` event as :meth:`reserve` has. Returns each parcel's fate:
         ``reserved``, ``exists``, ``code_conflict`` or ``code_used`` (used before here)."""
         fate: dict[str, str] = {}
         for start in range(0, len(items), chunk):
@@ -579,11 +642,20 @@ class HubService:
         async with self._lock:
             comp = await self.store_thread.run(self.store.compartment, label)
             if comp is None or label not in self.doors:
-                return Outcome("refused", f"no compartment {label}")
+                return Outcome(
+                    "refused",
+                    f"no compartment {label}",
+                    detail=f"{label} is not a door of this hub's config",
+                )
             now = self.clock()
             change = d.service_open(comp, now, actor=actor, reason=reason)
             if change.refusal is not None:
-                return Outcome("refused", d.terminal_message(change.refusal), label)
+                return Outcome(
+                    "refused",
+                    d.terminal_message(change.refusal),
+                    label,
+                    detail=d.why(change.refusal, compartment=comp),
+                )
             intent = await self._commit(
                 change,
                 now=now,
@@ -619,7 +691,10 @@ class HubService:
                 now = self.clock()
                 change = d.technician_recall(fresh, comp, now, actor=actor)
                 if change.refusal is not None:
-                    outcomes.append(Outcome("refused", change.refusal.value, comp.label))
+                    why = d.why(change.refusal, parcel=fresh, compartment=comp)
+                    outcomes.append(
+                        Outcome("refused", change.refusal.value, comp.label, detail=why)
+                    )
                     continue
                 intent = await self._commit(
                     change,
@@ -667,10 +742,19 @@ class HubService:
         async with self._lock:
             comp = await self.store_thread.run(self.store.compartment, label)
             if comp is None:
-                return Outcome("refused", f"no compartment {label}")
+                return Outcome(
+                    "refused",
+                    f"no compartment {label}",
+                    detail=f"{label} is not a door of this hub's config",
+                )
             change = rule(comp)
             if change.refusal is not None:
-                return Outcome("refused", f"{action} refused: {change.refusal.value}", label)
+                return Outcome(
+                    "refused",
+                    f"{action} refused: {change.refusal.value}",
+                    label,
+                    detail=d.why(change.refusal, compartment=comp),
+                )
             if change.compartment is not None or change.events or command is not None:
                 await self._commit(
                     change,
@@ -680,6 +764,9 @@ class HubService:
                     target=label,
                     command=command,
                 )
+        if change.compartment is None and not change.events:  # (a service flag as it was)
+            where = "in service" if comp.in_service else "out of service"
+            return Outcome("ok", "done", label, detail=f"{label} is {where} already: no change")
         return Outcome("ok", "done", label)
 
     # ------------------------------------------------------------------ the pulse
@@ -703,7 +790,12 @@ class HubService:
         assert comp.operation is not None
         if comp.operation.seen_open:  # the door stood open already: nothing to pulse
             await self._resolve(label, intent, "already_open")
-            return Outcome("already_open", f"Compartment {label} is open.", label)
+            return Outcome(
+                "already_open",
+                f"Compartment {label} is open.",
+                label,
+                detail=f"the door of {label} stood open already: nothing was pulsed",
+            )
         door = self.doors[label]
         seen = self._seen_open.setdefault(label, asyncio.Event())
         seen.clear()
@@ -713,7 +805,10 @@ class HubService:
             log.error("unlock_failed", compartment=label, error=str(exc), by=actor)  # noqa: TRY400
             await self._finish_without_open(label, intent, "not_sent", d.not_pulsed)
             return Outcome(
-                "failed", "The compartment could not be opened. Please try again.", label
+                "failed",
+                "The compartment could not be opened. Please try again.",
+                label,
+                detail=self._unlock_failed(door, exc),
             )
         try:
             async with asyncio.timeout(self.open_confirm_s):
@@ -728,9 +823,29 @@ class HubService:
             )
             if await self._finish_without_open(label, intent, "jammed", d.open_not_seen):
                 return Outcome(
-                    "jammed", "The compartment did not open. Please contact support.", label
+                    "jammed",
+                    "The compartment did not open. Please contact support.",
+                    label,
+                    detail=f"the lock of {label} was pulsed but its door was not seen open "
+                    f"within {self.open_confirm_s:g} s (a jammed lock, or something holds "
+                    "the door): it is out of service until a technician checks it",
                 )
         return Outcome("opened", f"Compartment {label} is open.", label)
+
+    @staticmethod
+    def _unlock_failed(door: Door, exc: Exception) -> str:
+        """Why an unlock did not go out (or was not acknowledged), for the technician:
+        the driver's word (the port not open, no reply), and the board offline."""
+        board = door.board
+        why = (
+            f"the unlock of {door.label} (board {board.key}, channel {door.channel}) failed: {exc}"
+        )
+        health = board.bus.health_of(board.key)
+        if not health.online:
+            why += f"; board {board.key} is offline"
+            if health.last_error and health.last_error not in str(exc):
+                why += f" ({health.last_error})"
+        return why
 
     async def _finish_without_open(
         self,
@@ -885,6 +1000,14 @@ class HubService:
         if not done:
             return Outcome("refused", f"no open alarm {alarm_id}")
         return Outcome("ok", f"alarm {alarm_id} acknowledged")
+
+    async def ack_all(self, *, actor: str) -> Outcome:
+        """Acknowledge every open alarm (each audited as ``actor``'s)."""
+        n = await self.store_thread.run(self.store.ack_all, actor=actor, now=self.clock())
+        self._changed()
+        if not n:
+            return Outcome("ok", "no open alarm")
+        return Outcome("ok", f"{n} alarm{'s' if n != 1 else ''} acknowledged")
 
     async def status(self) -> dict[str, Any]:
         comps = await self.store_thread.run(self.store.compartments)

@@ -96,6 +96,9 @@ AlarmKind: TypeAlias = Literal[
     "outbox_full",
 ]
 ALARM_KINDS: frozenset[AlarmKind] = frozenset(get_args(AlarmKind))
+# events that say an alarm is over: the open alarm of that kind and the same target
+# is acknowledged by the hub itself (actor `lockerd`, audited), so no stale alarm stays
+ALARM_CLEARED_BY: dict[EventType, AlarmKind] = {"board_online": "board_offline"}
 
 # door telemetry, and reports whose news the retained state snapshot or the command's
 # reply also carries: past the outbox quota they are no longer queued for the cloud
@@ -175,6 +178,7 @@ NOT_OK_OUTCOMES: frozenset[OutcomeStatus] = frozenset(
 )
 
 __all__ = [
+    "ALARM_CLEARED_BY",
     "ALARM_KINDS",
     "EVENT_TYPES",
     "INTENT_OUTCOMES",

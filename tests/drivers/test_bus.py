@@ -511,3 +511,69 @@ async def test_close_fails_waiting_requests(make_sim: MakeSim) -> None:
     assert all(isinstance(r, BusClosed) for r in results), results
     with pytest.raises(BusClosed):
         await board.read()
+
+
+async def test_a_board_on_a_port_that_never_opened_is_not_online_and_says_why(
+    make_sim: MakeSim, tmp_path: Path
+) -> None:
+    """Not ONLINE with zero failures: offline, with the OS's reason; once the port is
+    there the board answers, is online, and its old error is gone."""
+    link = str(tmp_path / "usb-FTDI_FT232R-if00-port0")
+    bus = Bus(BusSettings(port=link, timeout_ms=100, reopen_min_s=0.01, reopen_max_s=0.05))
+    await bus.start()
+    try:
+        board = make_board(bus, Cu48Settings(address=0, channels=8))
+        await eventually(lambda: bool(bus.snapshot()["port_error"]), what="open to fail")
+        with pytest.raises(PortUnavailable):
+            await board.read()
+        (health,) = bus.snapshot()["boards"]
+        assert health["online"] is False
+        assert health["last_error"].startswith(f"port {link} not open: ")
+        assert "No such file or directory" in health["last_error"]  # the OS's words
+        assert not board.describe().online
+        await make_sim([SimCu48(0, 8)], link=link)  # the adapter is plugged in
+        reading = await until_result(
+            _read_or_error(board), lambda r: r is not None, within=10, what="bus opened"
+        )
+        assert reading is not None
+        (health,) = bus.snapshot()["boards"]
+        assert health["online"] is True
+        assert health["last_error"] == ""
+    finally:
+        await bus.close()
+
+
+async def test_a_lost_port_takes_its_boards_offline_until_they_answer_again(
+    make_sim: MakeSim, make_bus: MakeBus, tmp_path: Path
+) -> None:
+    link = str(tmp_path / "usb-FTDI_FT232R-if00-port0")
+    sim = await make_sim([SimCu48(0, 8), SimCu48(1, 8)], link=link)
+    bus = await make_bus(link)
+    boards = [make_board(bus, Cu48Settings(address=a, channels=8)) for a in (0, 1)]
+    for board in boards:
+        await board.read()
+    sim.vanish()
+    await eventually(lambda: not bus.is_open, what="the bus to notice the loss")
+    snapshot = bus.snapshot()["boards"]
+    assert [h["online"] for h in snapshot] == [False, False]  # also the one not asked since
+    assert all(h["last_error"].startswith(f"port {link} not open: lost") for h in snapshot)
+    await sim.reappear()
+    for board in boards:
+        await until_result(_read_or_error(board), lambda r: r is not None, within=10)
+    assert [(h["online"], h["last_error"]) for h in bus.snapshot()["boards"]] == [
+        (True, ""),
+        (True, ""),
+    ]
+
+
+async def test_an_answer_clears_the_last_error(make_sim: MakeSim, make_bus: MakeBus) -> None:
+    sim = await make_sim([SimCu48(0, 8)])
+    bus = await make_bus(sim.url, read_attempts=1)
+    board = make_board(bus, Cu48Settings(address=0, channels=8))
+    sim.board(0).faults.no_reply = True
+    with pytest.raises(ReplyTimeout):
+        await board.read()
+    assert "no valid reply" in bus.health_of(board.key).last_error
+    sim.board(0).faults.clear()
+    await board.read()
+    assert bus.health_of(board.key).last_error == ""

@@ -17,6 +17,7 @@ import errno
 import json
 import os
 import pwd
+import re
 import resource
 import shutil
 import socket
@@ -309,6 +310,11 @@ TECHNICIAN_REQUESTS: dict[str, dict[str, Any]] = {
     "sim_door": {"op": "sim_door", "label": "A08", "action": "open"},
     "sim_bus": {"op": "sim_bus", "bus": "A", "action": "dead"},
     "sim_stall": {"op": "sim_stall", "seconds": 30},
+    "outbox": {"op": "outbox"},
+    "audit": {"op": "audit"},
+    "ack_all": {"op": "ack_all"},
+    "reserve": {"op": "reserve", "size": "M", "parcel": "KEYPAD-1"},
+    "cancel": {"op": "cancel", "parcel": "DEMO-001"},
 }
 
 
@@ -691,3 +697,112 @@ async def test_a_request_the_daemon_closed_unread_is_sent_again_and_a_taken_one_
         with pytest.raises(ConnectionError, match="without a reply"):
             await call(path, {"op": "status"})
         assert len(seen) == 2  # taken once, not sent again
+
+
+# ======================================================================================
+# Issue 12: the history, the audit trail, reservations at the hub, the real reason
+# ======================================================================================
+
+
+async def test_a_malformed_or_huge_reservation_is_a_bad_request(served: Served) -> None:
+    bad: list[dict[str, Any]] = [
+        {"op": "reserve"},
+        {"op": "reserve", "size": "XXL"},
+        {"op": "reserve", "size": "M", "parcel": ""},
+        {"op": "reserve", "size": "M", "parcel": "P" * 65},
+        {"op": "reserve", "size": "M", "parcel": "../../etc"},
+        {"op": "reserve", "size": "M", "parcel": "a b"},
+        {"op": "reserve", "size": "M", "hours": 0},
+        {"op": "reserve", "size": "M", "hours": -5},
+        {"op": "reserve", "size": "M", "hours": 1e12},
+        {"op": "reserve", "size": "M", "hours": float("inf")},
+        {"op": "reserve", "size": "M", "codes": ["12345678"]},
+        {"op": "reserve", "size": "M", "deposit_code": "12345678"},
+        {"op": "cancel"},
+        {"op": "cancel", "parcel": "x" * 10_000},
+        {"op": "events", "limit": 10**9},
+        {"op": "events", "since": "yesterday"},
+        {"op": "events", "types": ["no_such_event"]},
+        {"op": "audit", "limit": 0},
+        {"op": "status", "label": "A" * 100},
+    ]
+    for request in bad:
+        reply = await call(served.sock, request)
+        assert reply["ok"] is False, request
+        assert reply["error"]["type"] == "bad_request", (request, reply)
+    reader, writer = await asyncio.open_unix_connection(str(served.sock))
+    writer.write(b'{"op": "reserve", "size": "M", "hours": NaN}\n')
+    await writer.drain()
+    assert json.loads(await reader.readline())["error"]["type"] == "bad_request"
+    writer.close()
+    assert served.hub.store.parcels() == []  # nothing reserved
+
+
+async def test_reserved_codes_are_in_the_reply_once_and_never_in_the_log(served: Served) -> None:
+    with capture_logs() as logs:
+        reply = await call(served.sock, {"op": "reserve", "size": "S", "parcel": "T-1"})
+    result = reply["result"]
+    assert result["status"] == "ok", result
+    codes = result["deposit_code"], result["pickup_code"]
+    assert all(len(code) == 8 and code.isdigit() for code in codes)
+    assert not any(code in json.dumps(logs, default=str) for code in codes)
+    history = await call(served.sock, {"op": "events"})
+    audit = await call(served.sock, {"op": "audit"})
+    assert not any(code in json.dumps([history, audit]) for code in codes)
+    assert (f"tech:{ME}", "reserve", "T-1") in {
+        (a["actor"], a["action"], a["target"]) for a in audit["result"]
+    }
+    opened = await call(served.keypad, {"op": "enter_code", "code": codes[0]})
+    assert opened["result"]["status"] == "opened"
+
+
+async def test_a_real_daemon_never_logs_a_reserved_code() -> None:
+    async with daemon() as hub:
+        rc, out, err = await lockerctl(hub.sock, "reserve", "M", "--parcel", "TECH-1")
+        assert rc == 0, err
+        codes = re.findall(r"deposit (\d+) pickup (\d+)", out)[0]
+        assert '"op": "reserve"' in hub.log  # the request was logged, by its op
+        assert not any(code in hub.log for code in codes)
+        rc, out, _ = await lockerctl(hub.sock, "cancel", "TECH-1")
+        assert (rc, out) == (0, "ok: parcel TECH-1 cancelled\n")
+        assert {(f"tech:{ME}", "reserve", "TECH-1"), (f"tech:{ME}", "cancel", "TECH-1")} <= set(
+            hub.audit()
+        )
+
+
+async def test_a_technician_is_told_the_real_reason_and_a_keypad_is_not(served: Served) -> None:
+    first = await call(served.sock, {"op": "open", "label": "A01", "reason": "look"})
+    assert first["result"]["status"] == "opened"
+    again = await call(served.sock, {"op": "open", "label": "A01", "reason": "look"})
+    assert again["result"]["status"] == "refused", again  # A01 is open for the first
+    assert again["result"]["detail"].startswith("A01 is busy")
+    assert "busy" not in again["result"]["message"]  # the keypad's words
+    wrong = await call(served.sock, {"op": "enter_code", "code": "00000000"})
+    assert wrong["result"]["detail"]  # (which code it was not is the technician's to know)
+    keypad = await call(served.keypad, {"op": "enter_code", "code": "00000000"})
+    assert keypad["result"]["status"] == "refused"
+    assert "detail" not in keypad["result"]
+    assert keypad["result"]["message"] == wrong["result"]["message"]  # the keypad's words
+
+
+async def test_events_read_the_history_after_the_cloud_had_them(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub = served.hub
+    for in_service in (False, True, False, True, False):
+        await hub.service.set_service("A03", in_service, actor="tech:test")
+    hub.store.delete_outbox(r.seq for r in hub.store.outbox(limit=10_000))  # delivered
+    assert (await call(served.sock, {"op": "outbox"}))["result"] == []
+    every = (await call(served.sock, {"op": "events"}))["result"]
+    seqs = [e["seq"] for e in every]
+    assert len(seqs) == 5
+    assert seqs == sorted(seqs)  # in the order they happened
+    assert {(e["type"], e["actor"], e["target"]) for e in every} == {
+        ("compartment_service", "tech:test", "A03")
+    }
+    newest = (await call(served.sock, {"op": "events", "limit": 2}))["result"]
+    assert [e["seq"] for e in newest] == seqs[-2:]
+    monkeypatch.setattr("lockerd.api.server.HISTORY_PAGE", 2)  # paging forward, 2 at a time
+    for after, limit in [(0, 100), (seqs[0], 2), (seqs[1], 100), (seqs[-1], 10)]:
+        got = await call(served.sock, {"op": "events", "after_seq": after, "limit": limit})
+        assert [e["seq"] for e in got["result"]] == [s for s in seqs if s > after][:limit]

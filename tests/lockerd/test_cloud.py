@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,14 +22,21 @@ from pydantic import BaseModel
 from lockerd.cloud import contract as c
 from lockerd.cloud import link as cloud_module
 from lockerd.cloud.link import reservation
-from lockerd.config import Cloud
+from lockerd.config import Cloud, Timers
 from lockerd.daemon.wiring import Hub, open_hub
 from lockerd.demo.ports import SimulatedPorts, simulators
 from lockerd.demo.scene import demo_config
 from lockerd.hub import domain as d
 from lockerd.hub.codes import new_code
 from tests.support.broker import Broker
-from tests.support.cloud import HUB, CloudSide, cloud_side, reserve_cmd, running_hub
+from tests.support.cloud import (
+    HUB,
+    CloudSide,
+    cloud_key,
+    cloud_side,
+    reserve_cmd,
+    running_hub,
+)
 from tests.support.contract_check import validate_message
 from tests.support.waiting import eventually
 
@@ -44,6 +52,18 @@ def open_cmd(cid: str, label: str, *, life: int = 60, hub: str = HUB) -> dict[st
         "compartment": label,
         "reason": "support call 42",
     }
+
+
+# what a refusal for time says (the signature was good: it is never blamed)
+TIME_WHY = {
+    "expired": r"^expires_at \(1\) is before issued_at \(\d+\): the command was never valid",
+    "late": r"^expires_at \(\d+\) passed 30\d s ago by the hub's clock \(\d+\), more than the "
+    r"30 s it tolerates \(command_skew_s\): send a fresh command",
+    "too_long": r"^expires_at - issued_at is 86400 s; a compartment.open may live at most "
+    r"300 s \(the hub's command_max_life_s\)",
+    "early": r"^issued_at \(\d+\) is \d+ s ahead of the hub's clock \(\d+\), more than the "
+    r"30 s it tolerates \(command_skew_s\): check the clocks",
+}
 
 
 def validate(side: CloudSide) -> None:
@@ -119,6 +139,8 @@ async def test_a_command_delivered_three_times_acts_once(tmp_path: Path, broker:
         ("retained", "retained"),
         ("too_long", "lifetime_too_long"),
         ("malformed", "malformed"),
+        ("early", "not_yet_valid"),
+        ("late", "expired"),
     ],
 )
 async def test_a_bad_open_command_opens_nothing(
@@ -144,6 +166,14 @@ async def test_a_bad_open_command_opens_nothing(
             cmd, retain = cloud.sign(cmd), True
         elif name == "too_long":
             cmd = cloud.sign(open_cmd(f"open-{name}", "A05", life=86_400))
+        elif name == "early":
+            cmd = cloud.sign(
+                {**cmd, "issued_at": cmd["issued_at"] + 600, "expires_at": cmd["issued_at"] + 660}
+            )
+        elif name == "late":
+            cmd = cloud.sign(
+                {**cmd, "issued_at": cmd["issued_at"] - 600, "expires_at": cmd["issued_at"] - 300}
+            )
         else:
             cmd = {"id": f"open-{name}", "type": "compartment.open", "hub": HUB}
         await cloud.send(cmd, retain=retain)
@@ -151,6 +181,9 @@ async def test_a_bad_open_command_opens_nothing(
         (reply,) = cloud.replies(f"open-{name}")
         assert reply["ok"] is False
         assert reply["status"] == reason
+        if name in TIME_WHY:  # a refusal for time says which time, never the signature
+            assert re.search(TIME_WHY[name], reply["message"]), reply["message"]
+            assert "signature" not in reply["message"]
         await eventually(lambda: bool(cloud.events("command_refused")), what="the event")
         assert cloud.events("command_refused")[0]["data"]["reason"] == reason
         assert simulators(hub)["A"].board(0).unlocks_of(5) == 0
@@ -468,6 +501,12 @@ async def test_every_other_command_over_mqtt(tmp_path: Path, broker: Broker) -> 
         assert result["reserved"] == 3
         assert result["code_conflict"] == ["B-dup-code"]
         assert result["code_used"] == []
+        # one parcel_reserved per parcel it stored, as parcel.reserve sends (the guide)
+        await eventually(
+            lambda: len(cloud.events("parcel_reserved")) == 5, what="the reservations' events"
+        )
+        reserved = {e["data"]["parcel"] for e in cloud.events("parcel_reserved")}
+        assert reserved == {"P-1", "R-1", "B-0", "B-1", "B-2"}
         snap = cloud.replies("c-sync")[0]["result"]
         a01 = next(x for x in snap["compartments"] if x["label"] == "A01")
         assert a01["state"] == "out_of_service"
@@ -746,3 +785,205 @@ async def test_a_stop_while_the_broker_goes_away_still_stops(
         again = asyncio.create_task(hub.cloud.run())
         done, _ = await asyncio.wait([again], timeout=5)
         assert done
+
+
+# --------------------------------------------------------------------------------------
+# What the guide promises (docs/cloud-guide.md, issue 12)
+
+
+def _grant_reservation(
+    hub: Hub, cloud: CloudSide, cid: str, pid: str, **extra: Any
+) -> dict[str, Any]:
+    now = int(time.time())
+    return cloud.grant(
+        {
+            "id": cid,
+            "type": "parcel.reserve",
+            "hub": HUB,
+            "issued_at": now,
+            "parcel": pid,
+            "size": "S",
+            "deposit_code_hash": hub.service.hasher.hash(new_code(8)),
+            "pickup_code_hash": hub.service.hasher.hash(new_code(8)),
+            "deposit_from": now - 60,
+            "deposit_until": now + 3600,
+            **extra,
+        }
+    )
+
+
+async def test_a_reservation_without_a_window_gets_the_hubs(tmp_path: Path, broker: Broker) -> None:
+    """``[timers] pickup_window_h`` (handed to the link as ``default_collect_window_s``)
+    is the window of a cloud reservation that gives none; one that gives its own keeps
+    it. Before: the contract's own default, 72 h, whatever the hub's config said."""
+    async with running_hub(tmp_path, broker) as hub, cloud_side(broker, hub) as cloud:
+        link = hub.cloud
+        assert link is not None
+        await asyncio.wait_for(link.connected.wait(), 10)
+        link.default_collect_window_s = 5 * 3600.0  # as open_hub passes pickup_window_h = 5
+        await cloud.send(_grant_reservation(hub, cloud, "w-1", "P-hub-window"))
+        await cloud.send(_grant_reservation(hub, cloud, "w-2", "P-own", pickup_window_s=7200))
+        one = _grant_reservation(hub, cloud, "x", "B-1")
+        body = {k: v for k, v in one.items() if k in c.Reservation.model_fields}
+        now = int(time.time())
+        await cloud.send(
+            cloud.grant(
+                {
+                    "id": "w-3",
+                    "type": "codes.bulk",
+                    "hub": HUB,
+                    "issued_at": now,
+                    "reservations": [body],
+                }
+            )
+        )
+        for cid in ("w-1", "w-2", "w-3"):
+            assert (await _reply(cloud, cid))["ok"] is True
+        windows = {p.id: p.collect_window_s for p in hub.store.parcels()}
+        assert windows == {"P-hub-window": 5 * 3600.0, "P-own": 7200.0, "B-1": 5 * 3600.0}
+    # the link's own default, when it is told none: the config's default
+    r = c.Reservation.model_validate({**body, "parcel": "P-x"})
+    assert reservation(r)[0].collect_window_s == Timers().pickup_window_h * 3600
+    assert reservation(r, 600.0)[0].collect_window_s == 600.0
+    assert (
+        cloud_module.CloudLink.__init__.__kwdefaults__["default_collect_window_s"]  # type: ignore[index]
+        == 72 * 3600.0
+    )
+
+
+@pytest.mark.parametrize("kind", ["parcel.cancel", "compartment.set_service", "sync.request"])
+async def test_an_unsigned_command_past_its_expires_at_is_refused(
+    tmp_path: Path, broker: Broker, kind: str
+) -> None:
+    """The guide said `expires_at` meant nothing on a command that needs no signature:
+    now any command that carries one is not carried out after it."""
+    async with running_hub(tmp_path, broker) as hub, cloud_side(broker, hub) as cloud:
+        assert hub.cloud is not None
+        await asyncio.wait_for(hub.cloud.connected.wait(), 10)
+        dep = new_code(8)
+        await cloud.send(reserve_cmd(hub, "r-1", "P-1", dep, new_code(8)))
+        assert (await _reply(cloud, "r-1"))["ok"] is True
+        now = int(time.time())
+        by_kind: dict[str, dict[str, Any]] = {
+            "parcel.cancel": {"parcel": "P-1"},
+            "compartment.set_service": {"compartment": "A01", "in_service": False},
+            "sync.request": {},
+        }
+        fields = by_kind[kind]
+        env = {"type": kind, "hub": HUB, "issued_at": now - 600, **fields}
+        await cloud.send({**env, "id": "late-1", "expires_at": now - 300})
+        reply = await _reply(cloud, "late-1")
+        assert (reply["ok"], reply["status"]) == (False, "expired"), reply
+        assert "passed" in reply["message"]
+        assert reply["result"] == {}  # (a sync.request: no snapshot)
+        await eventually(
+            lambda: any(e["data"]["command"] == "late-1" for e in cloud.events("command_refused")),
+            what="the refusal's event",
+        )
+        parcel = hub.store.parcel("P-1")
+        assert parcel is not None
+        assert parcel.state is d.ParcelState.RESERVED
+        a01 = hub.store.compartment("A01")
+        assert a01 is not None
+        assert a01.in_service
+        assert hub.store.inbox("late-1") is None  # refused at the door: the id is not used up
+        # within its time it is carried out, under the same id
+        await cloud.send({**env, "id": "late-1", "expires_at": now + 300})
+        await eventually(lambda: len(cloud.replies("late-1")) == 2, what="the second reply")
+        assert cloud.replies("late-1")[1]["ok"] is True
+
+
+async def test_clearing_a_retained_command_gets_one_retained_refusal(
+    tmp_path: Path, broker: Broker
+) -> None:
+    """How the guide says to clear a retained command: an empty retained message on
+    `cmd`. The broker forgets it; the hub gets the empty message too and answers it with
+    one `retained` refusal of id `unknown`."""
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    def replies() -> list[dict[str, Any]]:
+        return [m for kind, m in seen if kind == "reply"]
+
+    def refused() -> list[dict[str, Any]]:
+        return [m["data"] for kind, m in seen if kind == "evt" and m["type"] == "command_refused"]
+
+    async with (
+        running_hub(tmp_path, broker) as hub,
+        aiomqtt.Client(
+            broker.host, broker.port, identifier="cloud", protocol=aiomqtt.ProtocolVersion.V5
+        ) as cloud,
+    ):
+        assert hub.cloud is not None
+        await asyncio.wait_for(hub.cloud.connected.wait(), 10)
+        await cloud.subscribe(f"lockers/{HUB}/reply", qos=1)
+        await cloud.subscribe(f"lockers/{HUB}/evt", qos=1)
+
+        async def collect() -> None:
+            async for m in cloud.messages:
+                body = json.loads(bytes(m.payload))  # type: ignore[arg-type,unused-ignore]
+                seen.append((str(m.topic).rsplit("/", 1)[1], body))
+
+        task = asyncio.create_task(collect())
+        try:
+            cmd = c.sign(open_cmd("kept-1", "A05"), cloud_key(hub))
+            await cloud.publish(f"lockers/{HUB}/cmd", json.dumps(cmd), qos=1, retain=True)
+            await eventually(lambda: bool(replies()), what="the retained command's refusal")
+            await cloud.publish(f"lockers/{HUB}/cmd", b"", qos=1, retain=True)  # clear it
+            sync = {"id": "after", "type": "sync.request", "hub": HUB, "issued_at": 1}
+            await cloud.publish(f"lockers/{HUB}/cmd", json.dumps(sync), qos=1)
+            await eventually(lambda: any(r["id"] == "after" for r in replies()), what="after")
+            await eventually(lambda: len(refused()) == 2, what="both refusals' events")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        assert [(r["id"], r["status"]) for r in replies()] == [
+            ("kept-1", "retained"),
+            ("unknown", "retained"),  # the clearing's, once
+            ("after", "ok"),
+        ]
+        assert [(r["command"], r["reason"]) for r in refused()] == [
+            ("kept-1", "retained"),
+            (None, "retained"),
+        ]
+        # and the broker keeps nothing for the next subscriber
+        async with aiomqtt.Client(broker.host, broker.port, identifier="late-sub") as sub:
+            await sub.subscribe(f"lockers/{HUB}/cmd", qos=1)
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.5):  # proving absence, bounded
+                    await anext(sub.messages)
+        assert simulators(hub)["A"].board(0).unlocks_of(5) == 0
+
+
+async def test_a_door_open_for_someone_is_refused_a_door_standing_open_is_already_open(
+    tmp_path: Path, broker: Broker
+) -> None:
+    """`already_open` is for a door that stands open with nothing under way; a second
+    open of a door still open from the first is `refused`, and says why."""
+    async with running_hub(tmp_path, broker) as hub, cloud_side(broker, hub) as cloud:
+        assert hub.cloud is not None
+        await asyncio.wait_for(hub.cloud.connected.wait(), 10)
+        board = simulators(hub)["A"].board(0)
+        await cloud.send(cloud.sign(open_cmd("open-1", "A05")))
+        await eventually(
+            lambda: any(r["status"] == "opened" for r in cloud.replies("open-1")),
+            what="opened",
+            within=10,
+        )
+        await cloud.send(cloud.sign(open_cmd("open-2", "A05")))
+        second = await _reply(cloud, "open-2")
+        assert (second["ok"], second["status"]) == (False, "refused")
+        assert "A05 is busy" in second["message"]  # the technician's reason, not the keypad's
+        assert board.unlocks_of(5) == 1
+        board.close_door(5)
+        await eventually(lambda: bool(cloud.events("service_door_shut")), what="shut", within=10)
+        board.open_door(6)  # forced: open, with nothing under way
+        await eventually(lambda: bool(cloud.events("forced_open")), what="forced", within=10)
+        await cloud.send(cloud.sign(open_cmd("open-3", "A06")))
+        await eventually(
+            lambda: any(r["status"] != "opening" for r in cloud.replies("open-3")),
+            what="the reply",
+            within=10,
+        )
+        third = cloud.replies("open-3")[-1]
+        assert (third["ok"], third["status"]) == (True, "already_open")
+        assert board.unlocks_of(6) == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -248,3 +249,196 @@ def test_the_api_bounds_have_defaults_and_limits() -> None:
     assert (cfg.api.technician_burst, cfg.api.technician_per_minute) == (20, 30.0)
     (p,) = problems(GOOD + "\n[api]\nmax_connections = 0\n")
     assert p.where == "api.max_connections"
+
+
+# --------------------------------------------------------------------------- check-config
+
+
+def real(tmp_path: Path, extra: str = "") -> str:
+    """GOOD on real hardware: its state and sockets in ``tmp_path``."""
+    text = GOOD.replace("simulated = true", "simulated = false")
+    return (
+        text
+        + f'\n[paths]\nstate_dir = "{tmp_path}/state"\nsocket = "{tmp_path}/api.sock"\n'
+        + extra
+    )
+
+
+def with_key(tmp_path: Path, data: bytes = b"k" * 32, mode: int = 0o600) -> Path:
+    key = tmp_path / "state" / "keys" / "code-hmac.key"
+    key.parent.mkdir(parents=True, exist_ok=True)
+    key.write_bytes(data)
+    key.chmod(mode)
+    return key
+
+
+def test_a_type_error_does_not_hide_the_checks_across_parts() -> None:
+    text = (
+        GOOD.replace('port = "tcp://10.0.0.5:5000"', 'port = "tcp://10.0.0.5:5000"\ngap_ms = "x"')
+        .replace(
+            '{ label = "A02", size = "M", bus = "A", board = 0, channel = 2 }',
+            '{ label = "A01", size = "M", bus = "A", board = 0, channel = 2 }',
+        )
+        .replace('bus = "B", board = 1, channel = 1', 'bus = "B", board = 1, channel = 9')
+    ) + '\n[timers]\npoll_interval_s = "fast"\n'
+    found = [(p.where, p.message) for p in problems(text)]
+    assert found == [
+        ("buses[1].gap_ms", "Input should be a valid number, unable to parse string as a number"),
+        (
+            "timers.poll_interval_s",
+            "Input should be a valid number, unable to parse string as a number",
+        ),
+        # ... and, at once, what only the parts together show (on bus B, whose gap is wrong)
+        ("compartments[0].label", "label A01 is used twice"),
+        ("compartments[1].label", "label A01 is used twice"),
+        ("compartments[2].channel", "channel 9 is beyond the 8 channels of board 1 on bus B"),
+    ]
+
+
+def test_a_part_that_could_not_be_read_raises_no_false_problem() -> None:
+    """A board with a type error is not 'missing' for the compartments wired to it, nor
+    a bus with an unreadable name for theirs."""
+    text = GOOD.replace("channels = 24", "channels = [24]")
+    assert [p.where for p in problems(text)] == ["buses[0].boards[0].channels"]
+    text = GOOD.replace('name = "B"', "name = 2")
+    assert [p.where for p in problems(text)] == ["buses[1].name"]
+
+
+def test_check_config_finds_what_run_would_refuse_on_this_machine(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with_key(tmp_path, b"short", 0o600)
+    (tmp_path / "not-a-dir").write_text("")
+    text = real(
+        tmp_path,
+        'technician_group = "no-such-group-lockerd"\n'
+        "[[terminals]]\n"
+        'name = "keypad:1"\n'
+        f'socket = "{tmp_path}/not-a-dir/keypad.sock"\n'
+        'group = "no-such-kiosk-group"\n',
+    )
+    config = tmp_path / "hub.toml"
+    config.write_text(text)
+    assert main(["check-config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "4 problem(s); the hub will not start" in err
+    assert "codes.key_file: key file" in err
+    assert "holds 5 bytes; a code key has at least 32" in err
+    assert "paths.technician_group: the group no-such-group-lockerd does not exist" in err
+    assert "fix: create it (groupadd --system no-such-group-lockerd" in err
+    assert f"terminals[0].socket: the socket's directory: {tmp_path}/not-a-dir cannot" not in err
+    assert (
+        f"terminals[0].socket: the socket's directory: {tmp_path}/not-a-dir is not a directory"
+        in err
+    )
+    # parse(), as `lockerd run` reads it, refuses the key too (it would not start)
+    assert any("holds 5 bytes" in p.message for p in problems(text))
+
+
+def test_check_config_refuses_a_socket_whose_directory_cannot_be_made(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with_key(tmp_path)
+    (tmp_path / "file").write_text("")
+    text = real(tmp_path).replace(
+        f'socket = "{tmp_path}/api.sock"', f'socket = "{tmp_path}/file/run/api.sock"'
+    )
+    config = tmp_path / "hub.toml"
+    config.write_text(text)
+    assert main(["check-config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"paths.socket: the socket's directory: {tmp_path}/file/run cannot be created: "
+        f"{tmp_path}/file is not a directory" in err
+    )
+    assert "RuntimeDirectory=lockerd" in err
+
+
+def test_a_key_file_lockerd_run_would_refuse_is_a_problem(tmp_path: Path) -> None:
+    """load_key's rules (lockerd/hub/codes.py), read here without importing the hub."""
+    from lockerd.config import CODE_KEY_BYTES  # noqa: PLC0415
+    from lockerd.hub.codes import KEY_BYTES, KeyFileError, load_key  # noqa: PLC0415
+
+    assert CODE_KEY_BYTES == KEY_BYTES
+    text = real(tmp_path)
+    for data, mode in [(b"k" * 31, 0o600), (b"k" * 32, 0o640), (b"k" * 32, 0o604)]:
+        key = with_key(tmp_path, data, mode)
+        with pytest.raises(KeyFileError):
+            load_key(key)
+        assert [p.where for p in problems(text)] == ["codes.key_file"], (data, mode)
+        key.unlink()
+    key = with_key(tmp_path, b"k" * 32, 0o400)
+    load_key(key)
+    assert parse(text).key_path() == key
+    key.unlink()
+    key.mkdir()  # a directory where the key belongs: a problem, not a crash
+    assert [p.where for p in problems(text)] == ["codes.key_file"]
+
+
+def test_a_socket_path_too_long_to_bind_is_a_problem() -> None:
+    long_dir = "/run/" + "x" * 120
+    (p,) = problems(GOOD + f'\n[paths]\nsocket = "{long_dir}/api.sock"\n')
+    assert p.where == "paths.socket"
+    assert "a Unix socket's path has at most 107" in p.message
+
+
+def test_risky_settings_are_warnings_and_strict_makes_them_fail(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with_key(tmp_path)
+    text = (
+        real(tmp_path)
+        .replace('port = "/dev/serial/by-id/usb-FTDI-A"', 'port = "/dev/ttyUSB0"\ngap_ms = 1.0')
+        .replace("baudrate = 9600", 'baudrate = 9600\nlocal_echo = "false"\nread_attempts = "3"')
+        .replace("simulated = false", 'simulated = "no"')
+    )
+    config = tmp_path / "hub.toml"
+    config.write_text(text)
+    assert main(["check-config", str(config)]) == 0  # it starts: warnings only
+    captured = capsys.readouterr()
+    assert "ok: hub hub-0042" in captured.out
+    assert "warning(s)" in captured.out
+    err = captured.err
+    assert (
+        "buses[0].gap_ms: warning: gap_ms = 1 is below 3.5 characters at 19200 baud (1.82 ms)"
+        in err
+    )
+    assert "buses[0].port: warning: /dev/ttyUSB0 is numbered in the order" in err
+    assert "/dev/serial/by-id" in err
+    assert (
+        'buses[1].local_echo: warning: "false" is a string where a boolean belongs; '
+        "it is read as false" in err
+    )
+    assert "fix: write local_echo = false, without quotes" in err
+    assert 'buses[1].read_attempts: warning: "3" is a string where a number belongs' in err
+    assert (
+        'simulated: warning: "no" is a string where a boolean belongs; it is read as false' in err
+    )
+    assert main(["check-config", "--strict", str(config)]) == 1
+    # every warning with its line in the file
+    assert all(
+        re.match(rf"{config}:\d+: ", line) for line in err.splitlines() if "warning:" in line
+    )
+
+
+def test_the_shipped_configs_have_no_warnings(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", str(ROOT / "lockerd" / "demo" / "demo-hub.toml")]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_keygen_says_what_the_os_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "file").write_text("")
+    assert main(["keygen", str(tmp_path / "file" / "code.key")]) == 1
+    err = capsys.readouterr().err
+    assert (
+        err == f"lockerd keygen: cannot write {tmp_path}/file/code.key: "
+        f"{tmp_path}/file is not a directory\n"
+    )
+    with pytest.raises(SystemExit) as exit_:
+        main(["keygen"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1
+    assert err.startswith("lockerd keygen: the following arguments are required: path")

@@ -13,6 +13,8 @@ import enum
 import inspect
 import json
 import re
+import shutil
+import subprocess
 import textwrap
 import typing
 from collections.abc import Callable
@@ -28,13 +30,14 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
 import lockerd
+from lockerd.cli import cloudctl
 from lockerd.cloud import contract as c
 from lockerd.cloud import link as cloud
 from lockerd.cloud.link import Verifier
-from lockerd.config import Cloud, ThrottlePolicy
+from lockerd.config import Cloud, Codes, HubConfig, Paths, ThrottlePolicy
 from lockerd.hub import domain as d
 from lockerd.hub import vocab
-from lockerd.hub.codes import CodeHasher, Throttle
+from lockerd.hub.codes import CodeHasher, Throttle, load_key
 from lockerd.hub.jsonsafe import clean
 from lockerd.hub.service import Status
 from lockerd.hub.store import ALARM_EVENTS, TELEMETRY_EVENTS
@@ -442,6 +445,9 @@ def test_the_guide_quotes_the_worked_example_exactly() -> None:
     assert set(re.findall(r"\b[0-9a-f]{64}\b", text)) <= known_hex | {w.canonical_sha256}
     assert set(re.findall(r"[A-Za-z0-9+/]{86}==", text)) == {w.sig}
     times = {str(w.command["issued_at"]), str(w.command["expires_at"])}
+    # the refusal for time it quotes is the hub's, for the example ten minutes late
+    assert asyncapi.expired_message() in text
+    times.add(str(asyncapi.EXAMPLE_TIME + 600))
     assert set(re.findall(r"\b1[0-9]{9}\b", text)) <= times
 
 
@@ -498,17 +504,18 @@ def test_the_guides_signed_command_verifies_with_the_hubs_verifier() -> None:
 
 
 def _reasons() -> set[str]:
-    """Every refusal reason the hub can send: the Verifier's, and those lockerd.cloud.link
-    passes to ``_refuse`` itself."""
+    """Every refusal reason the hub can send: the Verifier's (a reason it returns, alone
+    or with its message), and those lockerd.cloud.link passes to ``_refuse`` itself."""
     reasons = set()
-    verifier = ast.parse(textwrap.dedent(inspect.getsource(Verifier.refusal)))
+    verifier = ast.parse(textwrap.dedent(inspect.getsource(Verifier)))
     for node in ast.walk(verifier):
-        if (
-            isinstance(node, ast.Return)
-            and isinstance(node.value, ast.Constant)
-            and isinstance(node.value.value, str)
-        ):
-            reasons.add(node.value.value)
+        if not isinstance(node, ast.Return):
+            continue
+        value = node.value
+        if isinstance(value, ast.Tuple) and value.elts:
+            value = value.elts[0]
+        if isinstance(value, ast.Constant) and isinstance(value.value, str):
+            reasons.add(value.value)
     for node in ast.walk(ast.parse(inspect.getsource(cloud))):
         if (
             isinstance(node, ast.Call)
@@ -1042,3 +1049,126 @@ async def test_events_the_hub_really_emits_match_the_contract(tmp_path: Path) ->
             "outbox_quota_reached",
             "outbox_full",
         } <= seen, sorted(seen)
+
+
+# ======================================================================================
+# What the guide promises (issue 12): times, strict types, keys
+# ======================================================================================
+
+
+def test_issued_at_is_a_json_integer_and_nothing_else() -> None:
+    for bad in ("1767225600", 1767225600.0, True, None):
+        message = {**example("parcel.cancel"), "issued_at": bad}
+        with pytest.raises(ValidationError):
+            parse("cmd", message)
+        with pytest.raises(ValidationError):  # as the hub reads the bytes of a big one
+            c.COMMAND.validate_json(json.dumps(message))
+    # the guide once said a string was accepted
+    text = guide()
+    assert "do not rely on that" not in text
+    assert (
+        '`"issued_at": "1767225600"`\n(a string) or `1767225600.0` (a float) is `malformed`' in text
+    )
+
+
+def _verifier() -> Verifier:
+    w = asyncapi.worked_example()
+    key = load_pem_public_key(w.public_key_pem.encode())
+    assert isinstance(key, Ed25519PublicKey)
+    grant = float(Cloud.model_fields["grant_max_life_s"].default)
+    return Verifier(w.command["hub"], key, SKEW, LIFE, grant)
+
+
+def test_a_refusal_for_time_says_which_time_never_the_signature() -> None:
+    w = asyncapi.worked_example()
+    verifier = _verifier()
+    raw = w.signed
+    cmd = parse("cmd", raw)
+    issued, expires = raw["issued_at"], raw["expires_at"]
+    late = verifier.check(raw, cmd, expires + SKEW + 100)
+    assert late is not None
+    assert late[0] == "expired"
+    assert late[1].startswith(f"expires_at ({expires}) passed 130 s ago by the hub's clock")
+    early = verifier.check(raw, cmd, issued - SKEW - 50)
+    assert early is not None
+    assert early[0] == "not_yet_valid"
+    assert early[1].startswith(f"issued_at ({issued}) is 80 s ahead of the hub's clock")
+    key = Ed25519PrivateKey.from_private_bytes(w.seed)
+    backwards = c.sign({**w.command, "expires_at": issued - 1}, key)
+    found = verifier.check(backwards, parse("cmd", backwards), w.now)
+    assert found == (
+        "expired",
+        f"expires_at ({issued - 1}) is before issued_at ({issued}): the command was never valid",
+    )
+    grant = example("parcel.recall")
+    grant = c.sign({**grant, "expires_at": grant["issued_at"] + 8 * 86_400}, key)
+    found = verifier.check(grant, parse("cmd", grant), grant["issued_at"])
+    assert found is not None
+    assert found[0] == "lifetime_too_long"
+    assert "a parcel.recall may live at most 604800 s (the hub's grant_max_life_s)" in found[1]
+    for refusal in (late, early, found):
+        assert "signature" not in refusal[1]
+    # a signature that does not verify is said to be one
+    tampered = {**raw, "compartment": "A06"}
+    bad = verifier.check(tampered, parse("cmd", tampered), w.now)
+    assert bad is not None
+    assert bad[0] == "bad_signature"
+    assert "signature does not verify" in bad[1]
+
+
+def test_an_unsigned_command_is_held_only_to_an_expires_at_it_gives() -> None:
+    verifier = _verifier()
+    base = example("sync.request")  # issued_at 1767225600
+    t = base["issued_at"]
+    for message, now, want in [
+        (base, t + 10 * 86_400, None),  # no expires_at: whenever it comes
+        (base, t - 86_400, None),  # issued_at is not checked on an unsigned command
+        ({**base, "expires_at": t + 60}, t + 60 + SKEW, None),
+        ({**base, "expires_at": t + 60}, t + 61 + SKEW, "expired"),
+        ({**base, "expires_at": t + 30 * 86_400}, t, None),  # no lifetime limit
+        ({**base, "expires_at": t - 1}, t, "expired"),
+    ]:
+        found = verifier.times(parse("cmd", message), now, signed=False)
+        assert (found[0] if found else None) == want, (message, now)
+
+
+def test_a_reservation_without_a_window_leaves_it_to_the_hub() -> None:
+    schema = c.Reservation.model_json_schema()["properties"]["pickup_window_s"]
+    assert schema["default"] is None  # not 72 h of the contract's own
+    assert "pickup_window_h" in schema["description"]
+    assert "pickup_window_h" in guide()
+
+
+def test_the_guides_key_commands_make_keys_the_hub_and_lockerctl_cloud_take(
+    tmp_path: Path,
+) -> None:
+    """The OpenSSL commands the guide gives a cloud team make a command key pair the
+    hub verifies with, and a code key the hub and lockerctl cloud read."""
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl here")
+    (block,) = [b for b in re.findall(r"```sh\n(.*?)```", guide(), re.S) if "openssl genpkey" in b]
+    subprocess.run(["bash", "-euc", block], cwd=tmp_path, check=True, timeout=60)
+    public = cloud.load_command_key(tmp_path / "cloud-commands.pub")
+    private = cloudctl.load_signing_key(tmp_path / "cloud-commands.key")
+    signed = c.sign(example("compartment.open"), private)
+    verifier = Verifier("hub-0042", public, SKEW, LIFE)
+    assert verifier.refusal(signed, parse("cmd", signed), signed["issued_at"]) is None
+    code_key = tmp_path / "hub-0042-code-hmac.key"
+    assert code_key.stat().st_mode & 0o777 == 0o600
+    assert len(load_key(code_key)) == 32
+    # and the paths it names are the config's defaults
+    text = guide()
+    assert f"`{Cloud.model_fields['command_key_file'].default}`" in text
+    assert f"`{Codes.model_fields['key_file'].default}`" in text
+    assert f"`{Paths.model_fields['state_dir'].default}`" in text
+
+
+def test_the_guide_states_the_limits_and_defaults_a_client_needs() -> None:
+    text = guide()
+    kb = Cloud.model_fields["max_packet_kb"].default
+    assert f"`cloud.max_packet_kb` of the hub's config (default {kb}\nKiB" in text
+    coalesce = Cloud.model_fields["state_coalesce_s"].default
+    assert f"`cloud.state_coalesce_s` (default {coalesce:g} s)" in text
+    assert f"`{HubConfig.model_fields['hub_id'].metadata[0].pattern}`" in text
+    assert "deduplicate them by `id`" in text
+    assert "event catalogue" in text

@@ -34,3 +34,40 @@ def test_each_row_builds_the_request_the_api_takes() -> None:
     for argv, want in cases.items():
         args = parser.parse_args(list(argv))
         assert COMMANDS[args.command].request(args) == want, argv
+
+
+def test_the_new_rows_build_their_requests() -> None:
+    parser = build_parser()
+    cases = {
+        ("status", "A05"): {"op": "status", "label": "A05"},
+        ("parcels", "--state", "stored", "--size", "M"): {
+            "op": "parcels",
+            "states": ["stored"],
+            "sizes": ["M"],
+        },
+        ("events",): {"op": "events", "limit": 21},  # one more than shown: was it cut?
+        ("events", "--tail", "5", "--type", "deposited", "--after", "9"): {
+            "op": "events",
+            "limit": 6,
+            "types": ["deposited"],
+            "after_seq": 9,
+        },
+        ("outbox",): {"op": "outbox", "limit": 100},
+        ("audit", "--tail", "3"): {"op": "audit", "limit": 4},
+        ("ack", "--all"): {"op": "ack_all"},
+        ("reserve", "M"): {"op": "reserve", "size": "M", "accessible": False},
+        ("reserve", "S", "--parcel", "P1", "--accessible", "--hours", "5"): {
+            "op": "reserve",
+            "size": "S",
+            "parcel": "P1",
+            "accessible": True,
+            "hours": 5.0,
+        },
+        ("cancel", "P1"): {"op": "cancel", "parcel": "P1"},
+        ("status", "--json"): {"op": "status"},  # a global option after the command
+    }
+    for argv, want in cases.items():
+        args = parser.parse_args(list(argv))
+        assert COMMANDS[args.command].request(args) == want, argv
+    since = parser.parse_args(["audit", "--since", "2024-05-01T14:30"])
+    assert COMMANDS["audit"].request(since)["since"] == since.since

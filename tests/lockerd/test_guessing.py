@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import re
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -116,6 +117,43 @@ async def test_bursts_on_many_terminals_stop_at_the_hub_wide_limit(guarded: SimH
     assert hub.events().count("code_guessing_hub_wide") == 1
     late = await hub.service.enter_code(RIGHT, "keypad:99")  # even a fresh keypad waits
     assert (late.status, late.wait_s) == ("wait", POLICY.max_delay_s)
+
+
+def readme_throttle() -> tuple[int, float]:
+    """What the README's "Codes and guessing" says: the free wrong codes, the first wait."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    free = re.search(r"the first (\d+) are free", readme)
+    wait = re.search(r"after the \w+ comes a wait of (\d+) s", readme)
+    assert free is not None
+    assert wait is not None
+    return int(free.group(1)), float(wait.group(1))
+
+
+async def test_wrong_codes_typed_one_after_another_get_what_the_readme_says(
+    guarded: SimHub,
+) -> None:
+    """Issue 12 says the throttle frees 4 wrong codes, not the README's 3. Typed one
+    after another (each answered before the next, a person's second apart), the
+    default policy checks 3; the 4th is told to wait out the 2 s after the 3rd; once
+    it has, it is checked, and the wait after it is 4 s. (4 in a row are checked only
+    by someone who takes more than 2 s over the 4th: the README's "wait of 2 s".)"""
+    hub = guarded
+    looked = count_lookups(hub.store)
+    free, base = readme_throttle()
+    assert (free, base) == (POLICY.free_attempts, POLICY.base_delay_s) == (3, 2.0)
+    outcomes = []
+    for i in range(free + 1):
+        outcomes.append(await hub.service.enter_code(wrong_code(i), "keypad:1"))
+        hub.now[0] += 0.5
+    assert [o.status for o in outcomes] == ["refused"] * free + ["wait"]
+    assert len(looked) == free  # checked before the first delay: the README's 3
+    assert outcomes[-1].wait_s == pytest.approx(base - 0.5 * free + 1.0)  # 2 s after the 3rd
+    hub.now[0] += outcomes[-1].wait_s
+    fourth = await hub.service.enter_code(wrong_code(free), "keypad:1")
+    assert fourth.status == "refused"
+    assert len(looked) == free + 1
+    fifth = await hub.service.enter_code(wrong_code(free + 1), "keypad:1")
+    assert (fifth.status, fifth.wait_s) == ("wait", 2 * base)  # doubled
 
 
 async def test_a_right_code_that_cannot_open_now_is_told_so_and_counted(guarded: SimHub) -> None:

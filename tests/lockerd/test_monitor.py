@@ -60,6 +60,26 @@ def test_a_flapping_sensor_is_a_fault_once_and_its_changes_still_count() -> None
     assert len([c for c in changes if not c.initial]) == 6
 
 
+def test_changes_the_hub_expects_never_count_as_flapping() -> None:
+    """Issue 12: a door a technician opens and shuts again and again is not a fault."""
+    deb = Debouncer(1, flap_changes=4, flap_window_s=10)
+    asked: list[int] = []
+
+    def expected(channel: int) -> bool:
+        asked.append(channel)
+        return channel == 1
+
+    faults = []
+    changes = []
+    for i, level in enumerate([False, True, False, True, False, True, False, True, False]):
+        c, f = deb.feed(reading(level, level), i * 0.5, expected)
+        changes += c
+        faults += f
+    assert [f.channel for f in faults] == [2]  # the door nobody explains
+    assert len([c for c in changes if not c.initial and c.channel == 1]) == 8  # all reported
+    assert asked.count(1) == 8  # asked once per change, never per reading
+
+
 def test_a_board_back_from_offline_starts_afresh() -> None:
     deb = Debouncer(2)
     feed_all(deb, [False, False])
@@ -76,9 +96,13 @@ class _Sink:
         self.events: list[Event] = []
         self.doors: list[tuple[str, bool]] = []
         self.occupied: list[tuple[str, bool]] = []
+        self.expected: set[str] = set()  # doors the "service" expects to move
 
     def label_of(self, board_key: str, channel: int) -> str | None:
         return f"A{channel:02d}"
+
+    def door_move_expected(self, label: str) -> bool:
+        return label in self.expected
 
     async def door_changed(self, label: str, is_open: bool, occupied: bool | None = None) -> None:
         self.doors.append((label, is_open))
@@ -103,6 +127,20 @@ async def test_a_flapping_sensor_reaches_the_service_as_an_event() -> None:
     (fault,) = sink.events
     assert fault.type == "sensor_fault"
     assert fault.data["compartment"] == "A01"
+
+
+async def test_the_monitor_asks_the_service_which_doors_it_expects_to_move() -> None:
+    sink = _Sink()
+    sink.expected.add("A01")  # e.g. a technician opening and shutting it
+    monitor = DoorMonitor(sink, [], debounce_reads=1)
+    monitor.debouncer.flap_changes = 4
+    for i in range(8):
+        monitor._queue.put_nowait(reading(i % 2 == 1))
+    task = asyncio.create_task(monitor._consume())
+    await eventually(lambda: len(sink.doors) == 8, what="every reading consumed")
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert sink.events == []
 
 
 def test_the_simulated_board_follows_the_configured_register_map() -> None:

@@ -30,6 +30,8 @@ def hub_config(
     ``timers`` and ``paths`` added to their sections, ``extra`` (TOML tables) appended."""
     text = (ROOT / "lockerd" / "demo" / "demo-hub.toml").read_text()
     for section, values in (("timers", timers), ("paths", paths)):
+        for k in values or {}:  # a setting the demo's config has already is replaced
+            text = re.sub(rf"(?m)^{re.escape(k)}\s*=.*\n", "", text)
         added = "".join(f"{k} = {v}\n" for k, v in (values or {}).items())
         text = text.replace(f"[{section}]\n", f"[{section}]\n{added}", 1)
     text = re.sub(r'state_dir = "[^"]*"', f'state_dir = "{root / "state"}"', text, count=1)

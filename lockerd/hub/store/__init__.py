@@ -1,10 +1,11 @@
 """The durable store: one SQLite file, WAL, ``synchronous=FULL``, versioned migrations.
 
 Every state change commits in one transaction together with the events it causes
-(the outbox, with a gapless per-hub ``seq`` for the cloud link) and an audit line
-(who did what). Opening a door is recorded as an *intent* before the pulse and
-its *outcome* after the door monitor's verdict, so a crash in between is found at
-start-up and reconciled by reading the doors, never by pulsing again.
+(the outbox, with a gapless per-hub ``seq`` for the cloud link, and the local
+history, which outlives the cloud taking them) and an audit line (who did what).
+Opening a door is recorded as an *intent* before the pulse and its *outcome* after
+the door monitor's verdict, so a crash in between is found at start-up and
+reconciled by reading the doors, never by pulsing again.
 
 A corrupt or unreadable file stops the daemon with :class:`StoreCorrupt`; it is
 never recreated. A full disk raises :class:`StoreFull`: the transaction is rolled
@@ -21,6 +22,7 @@ door monitor's loop.
 - :mod:`.schema`: the schema's migrations, the PRAGMAs, opening the file
 - :mod:`.base`: the connection, transactions, the ``meta`` table
 - :mod:`.rows`: rows read back as domain objects and small records
+- :mod:`.history`: every event recorded, kept at the hub as long as the audit
 - :mod:`.outbox`: events for the cloud, alarms, the audit trail
 - :mod:`.inbox`: the cloud's commands and their replies, quarantined messages
 - :mod:`.compartments`: the doors and what they hold
@@ -37,8 +39,9 @@ from lockerd.hub.store.changes import ChangesMixin
 from lockerd.hub.store.errors import CodeSpent, StoreConflict, StoreCorrupt, StoreError, StoreFull
 from lockerd.hub.store.inbox import QUARANTINE_BODY_MAX, Inbox
 from lockerd.hub.store.outbox import ALARM_EVENTS, CEILING_FACTOR, TELEMETRY_EVENTS
+from lockerd.hub.store.parcels import reserved_event
 from lockerd.hub.store.retention import RetentionMixin
-from lockerd.hub.store.rows import Intent, OutboxRow
+from lockerd.hub.store.rows import AuditRow, HistoryRow, Intent, OutboxRow
 from lockerd.hub.store.schema import SCHEMA
 
 
@@ -68,7 +71,9 @@ __all__ = [
     "QUARANTINE_BODY_MAX",
     "SCHEMA",
     "TELEMETRY_EVENTS",
+    "AuditRow",
     "CodeSpent",
+    "HistoryRow",
     "Inbox",
     "Intent",
     "OutboxRow",
@@ -77,4 +82,5 @@ __all__ = [
     "StoreCorrupt",
     "StoreError",
     "StoreFull",
+    "reserved_event",
 ]

@@ -1,22 +1,26 @@
 """What a committed change leaves behind: its events in the outbox (for the cloud, with
-a gapless ``seq``, within a quota and a hard ceiling), the alarms some events raise
-(one open alarm per type and target until a technician acknowledges it), and its
-audit line (who did what).
+a gapless ``seq``, within a quota and a hard ceiling) and in the local history (all of
+them, :mod:`.history`), the alarms some events raise (one open alarm per type and
+target until a technician acknowledges it, or an event says it is over: a board back
+online), and its audit line (who did what).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import sqlite3
+import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from lockerd.hub import domain as d
 from lockerd.hub.jsonsafe import clean
-from lockerd.hub.store.base import StoreBase
-from lockerd.hub.store.rows import OutboxRow, to_outbox_row
-from lockerd.hub.vocab import ALARM_KINDS, TELEMETRY_KINDS
+from lockerd.hub.store.history import HistoryMixin
+from lockerd.hub.store.rows import AuditRow, OutboxRow, to_audit_row, to_outbox_row
+from lockerd.hub.vocab import ALARM_CLEARED_BY, ALARM_KINDS, TELEMETRY_KINDS
 
 # not queued for the cloud once the outbox is past its quota (the audit keeps them):
 # door telemetry, and reports whose news the retained state snapshot or the command's
@@ -32,14 +36,29 @@ CEILING_FACTOR = 2
 ALARM_EVENTS = ALARM_KINDS
 
 
+def event_id() -> str:
+    """A new event's id: a UUID of version 7 (RFC 9562), the time in milliseconds
+    first and random bits after. Unique as any; in time order, so the outbox's unique
+    index on it grows at its end instead of at random pages (a ``codes.bulk`` of
+    100,000 reservations queues as many events)."""
+    value = (time.time_ns() // 1_000_000 & _MS_MASK) << 80 | int.from_bytes(os.urandom(10))
+    return str(uuid.UUID(int=value & _VERSION_CLEAR | _VERSION_7))
+
+
+_MS_MASK = (1 << 48) - 1
+_VERSION_CLEAR = ~((0xF << 76) | (0x3 << 62))  # the version's and the variant's bits
+_VERSION_7 = (0x7 << 76) | (0x2 << 62)  # version 7, the RFC's variant
+
+
 def alarm_target(data: dict[str, Any]) -> str:
     """What an alarm is about: one open alarm per type and target."""
     return str(data.get("compartment") or data.get("board") or data.get("terminal") or "hub")
 
 
-class OutboxMixin(StoreBase):
+class OutboxMixin(HistoryMixin):
     """The ``outbox``, ``alarms`` and ``audit`` tables: :meth:`_record` writes a
-    change's events and audit line inside the change's transaction."""
+    change's events (the history's too) and audit line inside the change's
+    transaction."""
 
     outbox_quota: int | None  # bytes; set by the daemon from the config
     _over_quota: bool
@@ -68,35 +87,13 @@ class OutboxMixin(StoreBase):
         action: str,
         target: str,
     ) -> None:
-        """A change's events (queued for the cloud within the quota, alarms opened) and
-        its audit line, in the change's transaction ``db``."""
+        """A change's events (queued for the cloud within the quota, alarms opened and
+        cleared, all of them in the history) and its audit line, in the change's
+        transaction ``db``."""
         # what came from outside (a command's type, a terminal's name) is in some
         # events: stored (and compared) only as text any JSON encoder can send
         evts = [d.Event(e.type, clean(e.data)) for e in events]
-        dropped: list[str] = []
-        if evts:
-            row = db.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
-            seq = int(row[0]) if row else 1
-            for e in self._within_quota(db, evts, dropped):
-                data = json.dumps(e.data, sort_keys=True)
-                if self._coalesced(db, e.type, e.data, data, now, seq):
-                    self._tx_events.append(e.type)
-                    continue
-                db.execute(
-                    "INSERT INTO outbox(seq, id, type, at, data) VALUES(?,?,?,?,?)",
-                    (seq, str(uuid.uuid4()), e.type, now, data),
-                )
-                self._tx_events.append(e.type)
-                self._outbox_bytes += len(data) + len(e.type) + 64
-                seq += 1
-                if e.type in ALARM_EVENTS:
-                    db.execute(
-                        "INSERT INTO alarms(type, target, raised, data) VALUES(?,?,?,?) "
-                        "ON CONFLICT DO NOTHING",
-                        (e.type, alarm_target(e.data), now, data),
-                    )
-            self._set_meta(db, "next_seq", str(seq))
-            self._tx_events.extend(dropped)  # not queued for the cloud, but they happened
+        dropped = self._queue(db, evts, now=now, actor=actor, targets=[target] * len(evts))
         self._audit(
             db,
             now=now,
@@ -105,6 +102,86 @@ class OutboxMixin(StoreBase):
             target=target,
             detail={"events": [e.type for e in evts], **({"dropped": dropped} if dropped else {})},
         )
+
+    def _queue(
+        self,
+        db: sqlite3.Connection,
+        evts: list[d.Event],
+        *,
+        now: float,
+        actor: str,
+        targets: Sequence[str],
+    ) -> list[str]:
+        """Events (``clean`` already; each with its target) into the history, and into
+        the outbox for the cloud within the quota; the alarms they raise opened, those
+        they clear acknowledged. Returns the types not queued for the cloud."""
+        if not evts:
+            return []
+        row = db.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
+        seq = int(row[0]) if row else 1
+        notices, queued = self._within_quota(db, evts)
+        texts = [json.dumps(e.data, sort_keys=True) for e in evts]
+        dropped: list[str] = []
+        pending: list[tuple[int, str, str, float, str]] = []  # outbox rows, in seq order
+        history: list[tuple[float, str, str, str, str]] = []
+        for e, text, target, keep in itertools.chain(
+            ((n, json.dumps(n.data, sort_keys=True), "outbox", True) for n in notices),
+            zip(evts, texts, targets, queued, strict=True),
+        ):
+            history.append((now, e.type, text, actor, target))
+            if not keep:
+                dropped.append(e.type)
+                continue
+            self._tx_events.append(e.type)
+            if e.type == "compartment_service":
+                self._insert_outbox(db, pending)  # the newest row is looked at
+                if self._coalesced(db, e.type, e.data, text, now, seq):
+                    continue
+            pending.append((seq, event_id(), e.type, now, text))
+            self._outbox_bytes += len(text) + len(e.type) + 64
+            seq += 1
+            if e.type in ALARM_EVENTS:
+                db.execute(
+                    "INSERT INTO alarms(type, target, raised, data) VALUES(?,?,?,?) "
+                    "ON CONFLICT DO NOTHING",
+                    (e.type, alarm_target(e.data), now, text),
+                )
+        self._insert_outbox(db, pending)
+        self._set_meta(db, "next_seq", str(seq))
+        self._tx_events.extend(dropped)  # not queued for the cloud, but they happened
+        self._write_history(db, history)
+        for e in evts:
+            if (cleared := ALARM_CLEARED_BY.get(e.type)) is not None:
+                self._clear_alarm(db, cleared, alarm_target(e.data), e.type, now)
+        return dropped
+
+    @staticmethod
+    def _insert_outbox(
+        db: sqlite3.Connection, pending: list[tuple[int, str, str, float, str]]
+    ) -> None:
+        """Outbox rows (seq, id, type, at, data), written and taken off ``pending``."""
+        if pending:
+            db.executemany("INSERT INTO outbox(seq, id, type, at, data) VALUES(?,?,?,?,?)", pending)
+            pending.clear()
+
+    def _clear_alarm(
+        self, db: sqlite3.Connection, kind: str, target: str, by: str, now: float
+    ) -> None:
+        """The open alarm ``kind`` of ``target`` is over (a board came back): the hub
+        acknowledges it itself, audited as ``lockerd``'s."""
+        for (alarm_id,) in db.execute(
+            "UPDATE alarms SET acked=?, acked_by='lockerd' "
+            "WHERE type=? AND target=? AND acked IS NULL RETURNING id",
+            (now, kind, target),
+        ).fetchall():
+            self._audit(
+                db,
+                now=now,
+                actor="lockerd",
+                action="ack",
+                target=str(alarm_id),
+                detail={"type": kind, "target": target, "cleared_by": by},
+            )
 
     def _coalesced(  # noqa: PLR0917 - the event as _record holds it
         self,
@@ -140,20 +217,21 @@ class OutboxMixin(StoreBase):
         )
 
     def _within_quota(
-        self, db: sqlite3.Connection, evts: list[d.Event], dropped: list[str]
-    ) -> list[d.Event]:
+        self, db: sqlite3.Connection, evts: list[d.Event]
+    ) -> tuple[list[d.Event], list[bool]]:
         """Past the outbox quota, door telemetry (and reports the state snapshot also
-        carries) is no longer queued for the cloud (the audit keeps it), nor is an
-        alarm whose alarm is still open (a door forced again and again, a board that
-        flaps: the cloud knows of it already); parcel events and new alarms always are.
-        Crossing the quota raises one alarm event, crossing the hard ceiling another.
-        ``seq`` stays gapless: a dropped event never takes a number."""
+        carries) is no longer queued for the cloud (the history and the audit keep it),
+        nor is an alarm whose alarm is still open (a door forced again and again, a
+        board that flaps: the cloud knows of it already); parcel events and new alarms
+        always are. Crossing the quota raises one alarm event, crossing the hard
+        ceiling another: those notices come first, then whether each of ``evts`` is
+        queued. ``seq`` stays gapless: a dropped event never takes a number."""
         if self.outbox_quota is None or self._outbox_bytes < self.outbox_quota:
-            return evts
-        kept = []
+            return [], [True] * len(evts)
+        notices = []
         if not self._over_quota:
             self._over_quota = True
-            kept.append(
+            notices.append(
                 d.Event(
                     "outbox_quota_reached",
                     {"bytes": self._outbox_bytes, "quota": self.outbox_quota},
@@ -161,7 +239,7 @@ class OutboxMixin(StoreBase):
             )
         if self.outbox_full and not self._over_ceiling:
             self._over_ceiling = True
-            kept.append(
+            notices.append(
                 d.Event(
                     "outbox_full",
                     {
@@ -170,18 +248,20 @@ class OutboxMixin(StoreBase):
                     },
                 )
             )
-        for e in evts:
-            if e.type in TELEMETRY_EVENTS or (
-                e.type in ALARM_EVENTS
-                and db.execute(
-                    "SELECT 1 FROM alarms WHERE type=? AND target=? AND acked IS NULL",
-                    (e.type, alarm_target(e.data)),
-                ).fetchone()
-            ):
-                dropped.append(e.type)
-            else:
-                kept.append(e)
-        return kept
+        queued = [
+            not (
+                e.type in TELEMETRY_EVENTS
+                or (
+                    e.type in ALARM_EVENTS
+                    and db.execute(
+                        "SELECT 1 FROM alarms WHERE type=? AND target=? AND acked IS NULL",
+                        (e.type, alarm_target(e.data)),
+                    ).fetchone()
+                )
+            )
+            for e in evts
+        ]
+        return notices, queued
 
     def _audit(
         self,
@@ -273,3 +353,41 @@ class OutboxMixin(StoreBase):
             if cur.rowcount:
                 self._audit(db, now=now, actor=actor, action="ack", target=str(alarm_id), detail={})
             return bool(cur.rowcount)
+
+    def ack_all(self, *, actor: str, now: float) -> int:
+        """Acknowledge every open alarm (an audit line each); how many there were."""
+        with self.transaction() as db:
+            acked = db.execute(
+                "UPDATE alarms SET acked=?, acked_by=? WHERE acked IS NULL "
+                "RETURNING id, type, target",
+                (now, actor),
+            ).fetchall()
+            for alarm_id, kind, target in sorted(tuple(r) for r in acked):
+                self._audit(
+                    db,
+                    now=now,
+                    actor=actor,
+                    action="ack",
+                    target=str(alarm_id),
+                    detail={"type": kind, "target": target, "all": True},
+                )
+            return len(acked)
+
+    def audit_log(self, *, limit: int, since: float | None = None) -> list[AuditRow]:
+        """The newest ``limit`` audit lines, newest first; with ``since``, only those
+        of that time or later. Lines are in time order: the read stops at the first
+        older one (never the whole trail for a short answer)."""
+        rows: list[AuditRow] = []
+        if limit <= 0:
+            return rows
+        cur = self._db.execute("SELECT * FROM audit ORDER BY id DESC")
+        try:
+            for r in cur:
+                if since is not None and r["at"] < since:
+                    break
+                rows.append(to_audit_row(r))
+                if len(rows) >= limit:
+                    break
+        finally:
+            cur.close()  # the read ends here, not when the cursor is collected
+        return rows

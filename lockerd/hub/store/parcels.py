@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from lockerd.hub import domain as d
+from lockerd.hub.jsonsafe import MAX_STR, text
 from lockerd.hub.store.errors import CodeSpent, StoreConflict
 from lockerd.hub.store.inbox import Inbox, InboxMixin
 from lockerd.hub.store.rows import to_parcel
@@ -24,6 +25,20 @@ _INSERT_PARCEL = (
 _PARCEL_BLOCK = 32  # new parcels a statement (one multi-row VALUES): see _insert_parcels
 _INSERT_PARCEL_BLOCK = _INSERT_PARCEL + ",(?,?,?,?,?,?,?,?,?,?,?,?,?)" * (_PARCEL_BLOCK - 1)
 _INSERT_CODE = "INSERT INTO codes(hash, parcel_id, purpose) VALUES(?,?,?)"
+
+
+def reserved_event(parcel: d.Parcel) -> d.Event:
+    """The event of a stored reservation: ``parcel.reserve`` and ``return.reserve``
+    (:meth:`HubService.reserve`), and each reservation a ``codes.bulk`` kept
+    (:meth:`ParcelsMixin.add_new_parcels`). Its data is clean already
+    (:func:`lockerd.hub.jsonsafe.clean` leaves it as it is): the id is the one part
+    that came from outside, and a plain one is taken as it is."""
+    pid = parcel.id
+    if not (len(pid) <= MAX_STR and pid.isascii() and pid.isprintable()):
+        pid = text(pid)
+    return d.Event(
+        "parcel_reserved", {"parcel": pid, "kind": parcel.kind.value, "size": parcel.size.value}
+    )
 
 
 class ParcelsMixin(InboxMixin):
@@ -107,7 +122,9 @@ class ParcelsMixin(InboxMixin):
     ) -> dict[str, str]:
         """Reservations in one transaction, each kept only if its id and codes are new:
         ``{parcel id: "reserved" | "exists" | "code_conflict" | "code_used"}``
-        (``code_used``: a code hash spent or replaced here before, a tombstone).
+        (``code_used``: a code hash spent or replaced here before, a tombstone). Each
+        one kept commits with its ``parcel_reserved`` event (``codes.bulk`` tells the
+        cloud what ``parcel.reserve`` does); one audit line for the batch.
 
         The ids are looked up first; the codes are not: they are inserted as if none were
         stored yet, the codes' unique index checking each on the way in (looking up
@@ -152,6 +169,11 @@ class ParcelsMixin(InboxMixin):
             fate, accepted = _sort_out(items, taken_ids, taken, spent)
             # without the lookup, a code already stored fails the insert: StoreConflict
             self._insert_parcels(db, accepted, now, spent_checked=True)
+            # one parcel_reserved each, as parcel.reserve has (written after the insert:
+            # a conflict above leaves the outbox's bookkeeping untouched)
+            events = [reserved_event(p) for p, _ in accepted]
+            targets = [e.data["parcel"] for e in events]
+            self._queue(db, events, now=now, actor=actor, targets=targets)
             self._audit(
                 db,
                 now=now,

@@ -2,8 +2,8 @@
 
 Each prune deletes at most ``limit`` rows in one short transaction (the caller
 loops, letting door events in between) and returns how many it deleted. Tables kept
-in time order (audit, inbox, intents, quarantine) are pruned from their oldest rows
-only, so a prune never scans the whole table.
+in time order (audit, history, inbox, intents, quarantine) are pruned from their
+oldest rows only, so a prune never scans the whole table.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ def _oldest_first(table: str, key: str, at: str, keep: str = "0") -> str:
 
 _PRUNE: dict[str, str] = {
     "audit": _oldest_first("audit", "id", "at"),
+    "history": _oldest_first("history", "seq", "at"),
     "inbox": _oldest_first(
         "inbox", "rowid", "at", keep="json_extract(reply, '$.status') IS 'opening'"
     ),
@@ -48,9 +49,10 @@ class RetentionMixin(StoreBase):
 
     def prune(self, table: str, before: float, limit: int = 500) -> int:
         """Delete up to ``limit`` of ``table``'s rows older than ``before`` (the tables:
-        audit lines, command replies, settled intents, quarantined messages,
-        acknowledged alarms, parcels that ended, code tombstones, the outbox of a hub
-        without a cloud). Tombstones must outlive any signed command that could carry
-        their hash: ``cloud.grant_max_life_s`` plus twice ``command_skew_s``."""
+        audit lines, the local history's events, command replies, settled intents,
+        quarantined messages, acknowledged alarms, parcels that ended, code tombstones,
+        the outbox of a hub without a cloud). Tombstones must outlive any signed command
+        that could carry their hash: ``cloud.grant_max_life_s`` plus twice
+        ``command_skew_s``."""
         with self.transaction() as db:
             return int(db.execute(_PRUNE[table], {"limit": limit, "before": before}).rowcount)

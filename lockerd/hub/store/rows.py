@@ -1,6 +1,7 @@
 """Rows read back as objects: compartments and parcels as the domain's own objects,
-intents and outbox events as the store's small records (:class:`Intent`,
-:class:`OutboxRow`). Reading only: no SQL runs here."""
+intents, outbox events, the history's events and audit lines as the store's small
+records (:class:`Intent`, :class:`OutboxRow`, :class:`HistoryRow`, :class:`AuditRow`).
+Reading only: no SQL runs here."""
 
 from __future__ import annotations
 
@@ -29,6 +30,32 @@ class OutboxRow:
     type: str
     at: float
     data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    """An event of the local history (:meth:`Store.history`): what happened (``type``,
+    ``data``, as the cloud gets it), when, and who (``actor``) did what to which
+    ``target`` (a compartment, a parcel, a board, ...) in the change behind it."""
+
+    seq: int
+    at: float
+    type: str
+    data: dict[str, Any]
+    actor: str
+    target: str
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    """A line of the audit trail (:meth:`Store.audit_log`): who did what, when."""
+
+    id: int
+    at: float
+    actor: str
+    action: str
+    target: str
+    detail: dict[str, Any]
 
 
 def to_compartment(r: sqlite3.Row) -> d.Compartment:
@@ -82,3 +109,11 @@ def to_intent(r: sqlite3.Row) -> Intent:
 
 def to_outbox_row(r: sqlite3.Row) -> OutboxRow:
     return OutboxRow(r["seq"], r["id"], r["type"], r["at"], json.loads(r["data"]))
+
+
+def to_history_row(r: sqlite3.Row) -> HistoryRow:
+    return HistoryRow(r["seq"], r["at"], r["type"], json.loads(r["data"]), r["actor"], r["target"])
+
+
+def to_audit_row(r: sqlite3.Row) -> AuditRow:
+    return AuditRow(r["id"], r["at"], r["actor"], r["action"], r["target"], json.loads(r["detail"]))

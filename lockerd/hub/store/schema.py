@@ -147,6 +147,26 @@ SCHEMA: list[str] = [
     CREATE INDEX parcels_final ON parcels(updated)
         WHERE state IN ('collected', 'recalled', 'cancelled');
     """,
+    # 8: the local history: every event the hub recorded, with who (actor) and what
+    # (target) of the change behind it, whether the cloud took it or not (the outbox is
+    # emptied as it does), kept as long as the audit (Store.history, pruned with
+    # retention.audit_days). Events still in the outbox are its first rows (who is not
+    # known for them: actor '-')
+    """
+    CREATE TABLE history (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        type TEXT NOT NULL,
+        data TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        target TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX history_at ON history(at);
+    INSERT INTO history(at, type, data, actor, target)
+        SELECT at, type, data, '-', coalesce(json_extract(data, '$.parcel'),
+            json_extract(data, '$.compartment'), json_extract(data, '$.board'), '-')
+        FROM outbox ORDER BY seq;
+    """,
 ]
 
 
