@@ -46,6 +46,7 @@ import bisect
 import contextlib
 import heapq
 import itertools
+import os
 import random
 import socket
 import struct
@@ -446,7 +447,8 @@ class Bus:
             self._hold_for_port(self.health_of(exchange.board))
             raise PortUnavailable(
                 f"bus {self.name}: port {self.settings.port} is not open "
-                f"({self._port_error or 'not opened yet'}); reopening in the background",
+                f"(cannot open: {self._port_reason or 'not opened yet'}); "
+                "reopening in the background",
                 bus=self.name,
                 board=exchange.board,
             )
@@ -717,6 +719,10 @@ class Bus:
             .removeprefix(f"bus {self.name}: cannot open {self.settings.port}: ")
             .removeprefix(f"bus {self.name}: ")
         )
+        errno_ = getattr(exc.__cause__, "errno", None)
+        if isinstance(errno_, int) and not isinstance(exc, PortBusy):
+            # pyserial's own words repeat the path: the OS's only
+            self._port_reason = f"[Errno {errno_}] {os.strerror(errno_)}"
         self._opened.clear()
         for health in self.health.values():
             self._hold_for_port(health)

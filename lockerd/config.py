@@ -408,9 +408,55 @@ _FIXES = {
     "missing": "add this setting",
     "extra_forbidden": "remove it, or check its spelling against config/example-hub.toml",
     "literal_error": "use one of the values listed",
+    "enum": "use one of the values listed",
     "union_tag_invalid": f"kind is one of {', '.join(BOARD_KINDS)}",
+    "union_tag_not_found": f"add kind = one of {', '.join(BOARD_KINDS)}",
     "string_pattern_mismatch": "see the pattern in the message",
+    # a value of the wrong type (TOML: numbers and true/false take no quotes)
+    "int_parsing": "write a whole number, without quotes (e.g. 9600)",
+    "int_type": "write a whole number, without quotes (e.g. 9600)",
+    "int_from_float": "write a whole number, without a decimal point",
+    "float_parsing": "write a number, without quotes (e.g. 2.5)",
+    "float_type": "write a number, without quotes (e.g. 2.5)",
+    "finite_number": "write a finite number (not inf or nan)",
+    "bool_parsing": "write true or false, without quotes",
+    "bool_type": "write true or false, without quotes",
+    "string_type": 'write text in double quotes (e.g. "A")',
+    "list_type": "write a list in square brackets (e.g. [1, 2])",
+    "tuple_type": "write a list in square brackets (e.g. [1, 2])",
+    "set_type": "write a list in square brackets (e.g. [1, 2])",
+    "dict_type": "write a table: a [section] with key = value lines, or {{ key = value }}",
+    "model_type": "write a table: a [section] with key = value lines, or {{ key = value }}",
+    "model_attributes_type": "write a table: a [section] with key = value lines, or "
+    "{{ key = value }}",
+    # a value out of bounds
+    "greater_than": "use a value above {gt}",
+    "greater_than_equal": "use {ge} or more",
+    "less_than": "use a value below {lt}",
+    "less_than_equal": "use {le} or less",
+    "multiple_of": "use a multiple of {multiple_of}",
+    "string_too_short": "write at least {min_length} character(s)",
+    "string_too_long": "shorten it to {max_length} characters or fewer",
+    "too_short": "give at least {min_length} item(s)",
+    "too_long": "give {max_length} item(s) or fewer",
+    "url_parsing": "write a URL such as mqtts://broker.example.com:8883",
+    "url_scheme": "write a URL such as mqtts://broker.example.com:8883",
 }
+# any other kind of problem pydantic finds (a validator's own message says what is wrong)
+_FIX_ELSE = "change the value as the message says (config/example-hub.toml has every setting)"
+
+
+def _fix(err: Any) -> str:
+    """The fix for one of pydantic's errors: by its type, with its limits filled in;
+    never none (a problem without a fix leaves a technician guessing)."""
+    fix = _FIXES.get(err["type"])
+    if fix is None:
+        return _FIX_ELSE
+    try:
+        return fix.format(**err.get("ctx", {}))
+    except (KeyError, IndexError, ValueError):
+        return _FIX_ELSE
+
 
 # settings that were renamed or moved: what they are called now (an extra_forbidden)
 _RENAMED = {
@@ -510,7 +556,7 @@ def _structural(text: str, exc: ValidationError) -> list[Problem]:
         message = err["msg"]
         if err["type"] == "missing":
             message = "missing"
-        fix = _FIXES.get(err["type"], "")
+        fix = _fix(err)
         if err["type"] == "extra_forbidden" and where in _RENAMED:
             message, fix = _RENAMED[where]
         problems.append(Problem(where, lines.find(where), message, fix))

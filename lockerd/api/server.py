@@ -112,6 +112,8 @@ MAX_HOURS = 90 * 24  # the longest pickup window, as the cloud contract has it
 DEPOSIT_WINDOW_S = 7 * 86_400  # a local reservation's deposit code lasts a week
 MAX_LIST = 10_000  # the longest list one request returns
 HISTORY_PAGE = 1000  # events read at a time when paging forward (after_seq)
+SIM_SEEN_WITHIN_S = 5.0  # a simulated door's move must be seen by the hub within this
+SIM_POLL_S = 0.02  # how often the hub's view of that door is read meanwhile
 
 
 class _Req(BaseModel):
@@ -119,11 +121,14 @@ class _Req(BaseModel):
 
 
 class Status(_Req):
-    """The whole hub; with ``label`` one compartment in detail (its parcel, its alarms,
-    its board and channel)."""
+    """The whole hub (its summary counts every compartment; ``states`` and ``sizes``
+    keep only those compartments in the list); with ``label`` one compartment in
+    detail (its parcel, its alarms, its board and channel)."""
 
     op: Literal["status"]
     label: str | None = Field(default=None, max_length=16)
+    states: list[d.CompartmentState] | None = Field(default=None, max_length=32)
+    sizes: list[d.Size] | None = Field(default=None, max_length=32)
 
 
 class EnterCode(_Req):
@@ -564,6 +569,8 @@ class ApiServer:
         self.sim_door: Callable[[str, str], str] | None = None
         # ... and every board of a bus losing power (lockerctl sim bus NAME dead|alive)
         self.sim_bus: Callable[[str, str], str] | None = None
+        # how long ``sim door LABEL open|close`` waits for the hub to see the door so
+        self.sim_seen_within_s = SIM_SEEN_WITHIN_S
         self.limiter = ActionLimiter(
             self.limits.technician_burst, self.limits.technician_per_minute
         )
@@ -783,8 +790,11 @@ class ApiServer:
         )
         return [out] if isinstance(req, EmptyExpired) else out
 
-    async def _status(self) -> dict[str, Any]:
-        """Compartments and alarms (the service), boards (the buses' health)."""
+    async def _status(self, req: Status) -> dict[str, Any]:
+        """Compartments and alarms (the service), boards (the buses' health); each
+        compartment with its bus and board, and whether lockerd can reach that board now
+        (``reachable``: its state and door are what was last seen, not what is); the
+        summary (:func:`_summary`) of every compartment, the list filtered by ``req``."""
         status = await self.service.status()
         status["version"] = __version__
         status["api"] = self.stats()
@@ -793,14 +803,48 @@ class ApiServer:
         if "watchdog" in self.extra:
             status["watchdog"] = await self.extra["watchdog"]()
         if "bus" in self.extra:
+            buses = await self.extra["bus"]()
             status["boards"] = [
-                {"bus": bus["bus"], **board}
-                for bus in await self.extra["bus"]()
-                for board in bus["boards"]
+                {"bus": bus["bus"], **board} for bus in buses for board in bus["boards"]
+            ]
+            for comp in status["compartments"]:
+                comp.update(self._board_of(comp["label"], buses))
+        status["summary"] = _summary(status["compartments"], status["alarms"])
+        if req.states is not None or req.sizes is not None:
+            status["compartments"] = [
+                c
+                for c in status["compartments"]
+                if (req.states is None or c["state"] in req.states)
+                and (req.sizes is None or c["size"] in req.sizes)
             ]
         return status
 
-    def _sim(self, req: SimDoor | SimBus | SimStall) -> Any:
+    def _board_of(self, label: str, buses: list[dict[str, Any]]) -> dict[str, Any]:
+        """Where a compartment is (its bus and board) and whether its board is reachable:
+        its bus's port open and the board online (``unreachable``: why not)."""
+        door = self.service.doors.get(label)
+        if door is None:
+            return {"bus": None, "board": None, "reachable": None}
+        bus, board = door.board.bus.name, door.board.key
+        found = {"bus": bus, "board": board, "reachable": True}
+        snap = next((b for b in buses if b["bus"] == bus), None)
+        if snap is None:
+            return found
+        health = next((h for h in snap["boards"] if h["board"] == board), None)
+        if not snap["open"]:
+            why = (health or {}).get("last_error") or _without_bus(snap["port_error"], bus)
+            return found | {
+                "reachable": False,
+                "unreachable": why or f"the port of bus {bus} is not open",
+            }
+        if health is not None and not health["online"]:
+            return found | {
+                "reachable": False,
+                "unreachable": health["last_error"] or "it does not answer",
+            }
+        return found
+
+    async def _sim(self, req: SimDoor | SimBus | SimStall) -> Any:
         """A simulated hub's stage: the person at a door, a bus losing power, a stall."""
         if self.sim_door is None or self.sim_bus is None:
             raise ApiError("bad_request", "this hub is not simulated: nothing to play with")
@@ -808,14 +852,59 @@ class ApiServer:
             match req:
                 case SimStall(seconds=seconds):
                     log.warning("sim_stall", seconds=seconds)
-                    time.sleep(seconds)
+                    time.sleep(seconds)  # noqa: ASYNC251 - blocking the loop is the point
                     return {"message": f"the event loop was blocked for {seconds:g} s"}
                 case SimBus(bus=bus, action=action):
                     return {"message": self.sim_bus(bus, action)}
+                case SimDoor(label=label, action="open" | "close" as action):
+                    return await self._sim_door_moved(label, action == "open")
                 case SimDoor(label=label, action=action):
                     return {"message": self.sim_door(label, action)}
         except KeyError as exc:
             raise ApiError("bad_request", str(exc.args[0])) from None
+
+    async def _sim_door_moved(self, label: str, is_open: bool) -> dict[str, Any]:
+        """A person opens or shuts a simulated door; the reply waits (at most
+        :attr:`sim_seen_within_s`) until the hub has seen the door so, so that the next
+        step (a pickup code after a deposit's door shut) finds the hub where the person
+        left it. A door already so is said to be (nothing changes)."""
+        s = self.service
+        word = "open" if is_open else "shut"
+        before = await s.run_db(s.store.compartment, label)
+        assert self.sim_door is not None
+        said = self.sim_door(label, "open" if is_open else "close")  # KeyError: no such door
+        if before is not None and before.door_open == is_open:
+            return {"message": f"{label} is already {word}", "changed": False}
+        deadline = time.monotonic() + self.sim_seen_within_s
+        while True:
+            comp = await s.run_db(s.store.compartment, label)
+            if comp is None or comp.door_open == is_open:
+                break
+            if time.monotonic() >= deadline:
+                why = self._unseen_why(label)
+                raise ApiError(
+                    "not_seen",
+                    f"{said}, but the hub did not see it {word} within "
+                    f"{self.sim_seen_within_s:g} s{why} (lockerctl status {label})",
+                )
+            await asyncio.sleep(SIM_POLL_S)
+        said += f"; the hub saw it {word}"
+        if comp is not None:
+            said += f": {label} is {comp.state.value.replace('_', ' ')}"
+            said += f" (parcel {comp.parcel_id})" if comp.parcel_id else ""
+        return {"message": said, "changed": True}
+
+    def _unseen_why(self, label: str) -> str:
+        """Why a door's move may have gone unseen: its board is not online."""
+        door = self.service.doors.get(label)
+        if door is None:
+            return ""
+        health = door.board.bus.health_of(door.board.key)
+        if health.online:
+            return ""
+        return f": board {door.board.key} on bus {door.board.bus.name} is offline" + (
+            f" ({health.last_error})" if health.last_error else ""
+        )
 
     async def _dispatch(self, req: Request, peer: Peer) -> Any:  # noqa: PLR0911, PLR0912
         """The service's answer to a valid request, by its type (``OPS`` says who may):
@@ -824,7 +913,7 @@ class ApiServer:
         actor = peer.name
         match req:
             case Status(label=None):
-                return await self._status()
+                return await self._status(req)
             case Status(label=str(label)):
                 return await self._compartment(label)
             case EnterCode(code=code):
@@ -850,7 +939,7 @@ class ApiServer:
             case Cancel(parcel=parcel_id):
                 return _outcome(await s.cancel(parcel_id, actor=actor), peer)
             case SimDoor() | SimBus() | SimStall():
-                return self._sim(req)
+                return await self._sim(req)
             case Parcels(states=states, sizes=sizes):
                 return [
                     _parcel(p) for p in await s.parcels(states) if sizes is None or p.size in sizes
@@ -877,13 +966,33 @@ class ApiServer:
                 ]
 
     async def _compartment(self, label: str) -> dict[str, Any]:
-        """``status LABEL``: one compartment, its parcel, its open alarms, where it is."""
+        """``status LABEL``: one compartment, its parcel, where it is, its board's state
+        (reachable or not, and why), its open alarms and its board's."""
         s = self.service
         comp = await s.run_db(s.store.compartment, label)
         if comp is None:
             raise ApiError("bad_request", f"no compartment {label}")
         parcel = await s.run_db(s.store.parcel, comp.parcel_id) if comp.parcel_id else None
         door = s.doors.get(label)
+        where: dict[str, Any] = {"bus": None, "board": None}
+        board_state: dict[str, Any] | None = None
+        if "bus" in self.extra:
+            buses = await self.extra["bus"]()
+            where = self._board_of(label, buses)
+            snap = next((b for b in buses if b["bus"] == where["bus"]), None)
+            health = next(
+                (h for h in (snap or {}).get("boards", []) if h["board"] == where["board"]), None
+            )
+            if snap is not None:
+                board_state = {
+                    "online": bool(where["reachable"]),
+                    "last_error": (health or {}).get("last_error") or where.get("unreachable", ""),
+                    "port": snap["port"],
+                    "port_open": snap["open"],
+                }
+        elif door is not None:
+            where = {"bus": door.board.bus.name, "board": door.board.key, "reachable": True}
+        board = where["board"]
         return {
             "compartment": {
                 "label": comp.label,
@@ -891,12 +1000,16 @@ class ApiServer:
                 "state": comp.state.value,
                 "door_open": comp.door_open,
                 "parcel": comp.parcel_id,
-                "bus": door.board.bus.name if door else None,
-                "board": door.board.key if door else None,
+                **where,
                 "channel": door.channel if door else None,
             },
             "parcel": None if parcel is None else _parcel(parcel),
-            "alarms": [a for a in await s.alarms() if a["target"] == label],
+            "board": board_state,
+            "alarms": [
+                a
+                for a in await s.alarms()
+                if a["target"] == label or (board is not None and a["target"] == board)
+            ],
             "version": __version__,
         }
 
@@ -980,6 +1093,28 @@ def _parcel(p: d.Parcel) -> dict[str, Any]:
         "compartment": p.compartment,
         "collect_until": p.collect_until,
     }
+
+
+def _summary(comps: list[dict[str, Any]], alarms: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per size: the compartments free and reachable, and all of them; those on a board
+    lockerd cannot reach now (never counted free), those out of service; open alarms."""
+    sizes = [s.value for s in d.Size if any(c["size"] == s.value for c in comps)]
+    reachable = [c for c in comps if c.get("reachable") is not False]
+    free = d.CompartmentState.FREE.value
+    return {
+        "free": {
+            size: sum(c["size"] == size and c["state"] == free for c in reachable) for size in sizes
+        },
+        "of_size": {size: sum(c["size"] == size for c in comps) for size in sizes},
+        "unreachable": len(comps) - len(reachable),
+        "out_of_service": sum(c["state"] == d.CompartmentState.OUT_OF_SERVICE.value for c in comps),
+        "open_alarms": len(alarms),
+    }
+
+
+def _without_bus(error: str, bus: str) -> str:
+    """A bus's error without the ``bus NAME:`` it starts with (said where it is shown)."""
+    return error.removeprefix(f"bus {bus}: ")
 
 
 def _error(kind: str, message: str) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """``lockerctl cloud``: plays the operator's cloud for demos and tests, over MQTT.
 
     lockerctl cloud --mqtt mqtt://127.0.0.1:1883 --hub demo-1a2b3c --state-dir DIR reserve M
+    lockerctl cloud reserve M --mqtt URL --hub ID --state-dir DIR   (options in either place)
     lockerctl cloud ... reserve S --accessible --hours 24 (a window of its own)
     lockerctl cloud ... cancel PARCEL
     lockerctl cloud ... update-codes PARCEL --pickup         (a new pickup code)
@@ -15,7 +16,8 @@ The cloud holds each hub's code key (to send code hashes, never codes) and its o
 Ed25519 signing key: every command that opens a door or grants a code is signed
 (``contract.SIGNED``; a grant lives an hour, an open a minute). ``--state-dir``
 takes both from a demo hub's state directory (``keys/code-hmac.key`` and
-``keys/cloud-commands.key``); ``--code-key`` and ``--signing-key`` name them one by one.
+``keys/cloud-commands.key``: a demo makes the cloud's key only when started with
+``lockerd demo --mqtt URL``); ``--code-key`` and ``--signing-key`` name them one by one.
 
 Every command waits for the hub's reply to its id (``--timeout``). Codes are printed
 only once the hub's reply says it took them. Exit codes, as lockerctl's: 0 done, 1
@@ -88,36 +90,7 @@ def build_parser(p: argparse.ArgumentParser) -> None:
         "print it. Codes are printed only once the hub took them. Exit codes: 0 done, "
         "1 refused by the hub, 2 usage error, 3 broker unreachable or no reply, 130 Ctrl-C."
     )
-    p.add_argument(
-        "--mqtt", required=True, metavar="URL", help="the broker: mqtt://HOST[:PORT] (default 1883)"
-    )
-    p.add_argument(
-        "--hub", required=True, help="the hub id, e.g. hub-0042 (the demo prints it: hub HUBID)"
-    )
-    p.add_argument(
-        "--prefix", default="lockers", help="the topic prefix, cloud.prefix (default: lockers)"
-    )
-    p.add_argument(
-        "--state-dir",
-        metavar="DIR",
-        help="a demo hub's state directory: both keys from DIR/keys "
-        "(code-hmac.key, cloud-commands.key)",
-    )
-    p.add_argument(
-        "--code-key", metavar="FILE", help="the hub's code key (32 bytes, mode 0600): hashes codes"
-    )
-    p.add_argument(
-        "--signing-key",
-        metavar="FILE",
-        help="the cloud's Ed25519 private key (PEM, no password): signs grants and opens",
-    )
-    p.add_argument(
-        "--timeout",
-        type=_positive(float),
-        default=15.0,
-        metavar="S",
-        help="seconds to wait for the broker and for the hub's reply (default: 15)",
-    )
+    _options(p, top=True)
     sub = p.add_subparsers(dest="cloud_command", required=True, metavar="COMMAND")
 
     res = _sub(
@@ -219,14 +192,85 @@ def build_parser(p: argparse.ArgumentParser) -> None:
     watch.add_argument("--count", type=_positive(int), metavar="N", help="stop after N messages")
 
 
+def _options(p: argparse.ArgumentParser, *, top: bool) -> None:
+    """The options every subcommand shares: on ``lockerctl cloud`` with their defaults,
+    and on each subcommand without (given after it, they override; not given there,
+    the value before it stands), so they may come before or after the subcommand.
+    ``--mqtt`` and ``--hub`` are required in either place (:func:`_required`)."""
+
+    def default(value: Any) -> Any:
+        return value if top else argparse.SUPPRESS
+
+    p.add_argument(
+        "--mqtt",
+        metavar="URL",
+        default=default(None),
+        help="the broker: mqtt://HOST[:PORT] (default port 1883); required",
+    )
+    p.add_argument(
+        "--hub",
+        metavar="ID",
+        default=default(None),
+        help="the hub id, e.g. hub-0042 (the demo prints it: hub HUBID); required",
+    )
+    p.add_argument(
+        "--prefix",
+        default=default("lockers"),
+        help="the topic prefix, cloud.prefix (default: lockers)",
+    )
+    p.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        default=default(None),
+        help="a demo hub's state directory: both keys from DIR/keys "
+        "(code-hmac.key, cloud-commands.key; the cloud's key only from a demo started "
+        "with lockerd demo --mqtt URL)",
+    )
+    p.add_argument(
+        "--code-key",
+        metavar="FILE",
+        default=default(None),
+        help="the hub's code key (32 bytes, mode 0600): hashes codes",
+    )
+    p.add_argument(
+        "--signing-key",
+        metavar="FILE",
+        default=default(None),
+        help="the cloud's Ed25519 private key (PEM, no password): signs grants and opens",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_positive(float),
+        default=default(15.0),
+        metavar="S",
+        help="seconds to wait for the broker and for the hub's reply (default: 15)",
+    )
+
+
+def _required(args: argparse.Namespace) -> None:
+    """``--mqtt`` and ``--hub``, given before or after the subcommand."""
+    missing = [
+        opt for opt, value in (("--mqtt URL", args.mqtt), ("--hub ID", args.hub)) if not value
+    ]
+    if missing:
+        raise CloudCtlError(
+            f"lockerctl cloud {args.cloud_command}: {' and '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} required (before or after the command; "
+            "see lockerctl cloud --help)"
+        )
+
+
 def _sub(
     sub: argparse._SubParsersAction[argparse.ArgumentParser],
     name: str,
     *,
     help: str,  # noqa: A002
 ) -> argparse.ArgumentParser:
-    """A subcommand whose ``--help`` says what it does (its summary in the list, too)."""
-    return sub.add_parser(name, help=help, description=help)
+    """A subcommand whose ``--help`` says what it does (its summary in the list, too),
+    with the shared options (:func:`_options`)."""
+    p = sub.add_parser(name, help=help, description=help)
+    _options(p, top=False)
+    return p
 
 
 def _life(p: argparse.ArgumentParser, default: int) -> None:
@@ -274,6 +318,11 @@ def _signing_key(args: argparse.Namespace) -> Ed25519PrivateKey:
     if path is None:
         raise CloudCtlError(
             f"lockerctl cloud {args.cloud_command}: needs --state-dir or --signing-key"
+        )
+    if args.state_dir and not args.signing_key and not path.exists():
+        raise CloudCtlError(
+            f"cannot read the signing key {path}: No such file (a demo makes the cloud's "
+            "keys only when started with lockerd demo --mqtt URL; else give --signing-key)"
         )
     return load_signing_key(path)
 
@@ -532,6 +581,7 @@ def _waiting_for(args: argparse.Namespace, what: str) -> Iterator[None]:
 async def run(args: argparse.Namespace, sent: list[str] | None = None) -> int:
     """Send the subcommand's commands, one after another, each once its reply to the
     one before came; ``sent`` gets each command's id as it is published."""
+    _required(args)
     broker = _broker(args.mqtt)
     if broker.tls:
         raise CloudCtlError(

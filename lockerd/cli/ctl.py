@@ -1,7 +1,8 @@
 """lockerctl: the technician's tool. Speaks only to the daemon's local API socket; it
 never opens a serial port.
 
-    lockerctl status [LABEL]                        the hub at a glance; one compartment in detail
+    lockerctl status [--state S]... [--size S]...   the hub at a glance: compartments, summary
+    lockerctl status LABEL                          one compartment in detail, with its board
     lockerctl parcels [--state S]... [--size S]...  parcels: compartment, collect-until
     lockerctl expired | empty-expired               expired parcels; open their doors to empty
     lockerctl events [--tail N] [--since TIME] [--type T]... [--follow]
@@ -32,11 +33,11 @@ terminal's socket takes only what its keypad may do: lockerctl --socket
 /run/lockerd/keypad-1.sock enter-code CODE is that keypad.
 
 Exit codes:
-  0  done
-  1  refused by the hub (a wrong code, a jammed door, wait, a parcel already
-     deposited) or forbidden (not on this socket, not for this user)
-  2  a usage error: a wrong command or argument, or a request lockerd calls bad
-     (no such compartment, a value out of range)
+  0  done (also when there was nothing to do: a door already shut)
+  1  refused by the hub: a wrong code, a jammed door, wait, no such compartment,
+     parcel or alarm, a value lockerd will not take, a simulated door the hub did
+     not see move, or forbidden (not on this socket, not for this user)
+  2  a usage error: a wrong command, option or argument (lockerctl says which)
   3  lockerd unreachable, busy, or failing (see its log)
 Errors go to stderr; the output (stdout) is only the answer.
 """
@@ -69,10 +70,13 @@ DEFAULT_SOCKET = os.environ.get("LOCKERD_SOCKET", SOCKET)
 
 # exit codes (the module's docstring says what each means)
 DONE, REFUSED, USAGE, UNREACHABLE = 0, 1, 2, 3
-# an error reply's type -> the exit code (any other type: REFUSED)
+# an error reply's type -> the exit code: the hub refused the request (bad_request,
+# forbidden, not_seen, and any other type), or it could not answer it (busy, internal).
+# USAGE is argparse's alone: a command line it cannot parse.
 ERROR_EXIT = {
     "forbidden": REFUSED,
-    "bad_request": USAGE,
+    "bad_request": REFUSED,
+    "not_seen": REFUSED,
     "busy": UNREACHABLE,
     "internal": UNREACHABLE,
 }
@@ -160,6 +164,7 @@ def _words(values: Iterable[str]) -> str:
 
 
 STATES = [s.value for s in ParcelState]
+COMPARTMENT_STATES = [s.value for s in CompartmentState]
 SIZES = [s.value for s in Size]
 
 
@@ -174,9 +179,32 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one entry per 
     p.add_argument("--version", action="version", version=f"lockerctl {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    status = _command(sub, "status", "compartments, boards, alarms, the cloud link, a summary")
+    status = _command(
+        sub,
+        "status",
+        "compartments, a summary (free per size, unreachable, out of service, alarms), "
+        "boards, alarms, the cloud link",
+    )
     status.add_argument(
-        "label", nargs="?", help="one compartment (e.g. A05) in detail: its parcel, alarms, board"
+        "label",
+        nargs="?",
+        help="one compartment (e.g. A05) in detail: its parcel, its board (online or "
+        "not, and why), its alarms and its board's",
+    )
+    status.add_argument(
+        "--state",
+        action="append",
+        choices=COMPARTMENT_STATES,
+        metavar="STATE",
+        help="only compartments in this state (repeat for more; the summary counts all): "
+        f"{_words(COMPARTMENT_STATES)}",
+    )
+    status.add_argument(
+        "--size",
+        action="append",
+        choices=SIZES,
+        metavar="SIZE",
+        help=f"only compartments of this size (repeat for more): {_words(SIZES)}",
     )
     parcels = _command(sub, "parcels", "parcels at the hub, with compartment and collect-until")
     parcels.add_argument(
@@ -376,8 +404,9 @@ def word(key: str, value: Any) -> str:
 
 
 def pairs(data: dict[str, Any]) -> str:
-    """An event's data (an audit line's detail) as key=value words."""
-    return " ".join(f"{k}={word(k, v)}" for k, v in data.items())
+    """An event's data (an audit line's detail) as key=value words; a null value (no
+    parcel, no compartment) is left out."""
+    return " ".join(f"{k}={word(k, v)}" for k, v in data.items() if v is not None)
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:
@@ -398,16 +427,29 @@ def columns(rows: list[dict[str, Any]], names: list[str], **shown: Callable[[Any
     )
 
 
-def summary(comps: list[dict[str, Any]], alarms: list[dict[str, Any]]) -> str:
-    """Free compartments per size (of all of that size), out of service, open alarms."""
-    free = []
-    for size in SIZES:
-        of_size = [c for c in comps if c["size"] == size]
-        if of_size:
-            n = sum(1 for c in of_size if c["state"] == CompartmentState.FREE.value)
-            free.append(f"{size} {n}/{len(of_size)}")
-    out = sum(1 for c in comps if c["state"] == CompartmentState.OUT_OF_SERVICE.value)
-    return f"free: {', '.join(free) or 'none'}; out of service: {out}; open alarms: {len(alarms)}"
+def summary(result: dict[str, Any]) -> str:
+    """Free compartments per size (of all of that size; one on a board lockerd cannot
+    reach is not free), unreachable ones, out of service, open alarms: the reply's
+    summary of every compartment (the list may be filtered)."""
+    sm = result.get("summary") or {}
+    free = [f"{size} {n}/{sm['of_size'][size]}" for size, n in sm.get("free", {}).items()]
+    return (
+        f"free: {', '.join(free) or 'none'}; unreachable: {sm.get('unreachable', 0)}; "
+        f"out of service: {sm.get('out_of_service', 0)}; "
+        f"open alarms: {sm.get('open_alarms', len(result.get('alarms') or []))}"
+    )
+
+
+def _state(c: dict[str, Any]) -> str:
+    """A compartment's state in words; on a board lockerd cannot reach, marked so (the
+    state is the last one seen)."""
+    state = str(c["state"]).replace("_", " ")
+    return state if c.get("reachable") is not False else f"unreachable ({state})"
+
+
+def _door(c: dict[str, Any]) -> str:
+    """Whether the door is open; ``?`` where its board does not answer."""
+    return yes(c["door_open"]) if c.get("reachable") is not False else "?"
 
 
 def _alarms(rows: list[dict[str, Any]]) -> str:
@@ -428,14 +470,12 @@ def _status(result: dict[str, Any], args: argparse.Namespace) -> str:
     if "compartment" in result:
         return _compartment(result)
     comps = result["compartments"]
-    parts = [
-        columns(
-            comps,
-            ["label", "size", "state", "door_open", "parcel"],
-            state=lambda s: s.replace("_", " "),
-        ),
-        summary(comps, result["alarms"]),
-    ]
+    rows = [{**c, "state": _state(c), "door_open": _door(c)} for c in comps]
+    table = columns(rows, ["label", "size", "state", "door_open", "parcel"])
+    if not comps:
+        what = [*(args.state or []), *(f"size {s}" for s in args.size or [])]
+        table = "no compartments" + (f" ({', '.join(what)})" if what else "")
+    parts = [table, summary(result)]
     if result.get("boards"):
         parts.append(
             "boards:\n"
@@ -462,14 +502,21 @@ def _status(result: dict[str, Any], args: argparse.Namespace) -> str:
 
 def _compartment(result: dict[str, Any]) -> str:
     c, p = result["compartment"], result.get("parcel")
+    reachable = c.get("reachable") is not False
+    seen = "" if reachable else " (as last seen: its board does not answer)"
     lines = [
         f"compartment {c['label']}",
         f"  size    {c['size']}",
-        f"  state   {c['state'].replace('_', ' ')}",
-        f"  door    {'open' if c['door_open'] else 'shut'}",
+        f"  state   {c['state'].replace('_', ' ')}{seen}",
+        f"  door    {'open' if c['door_open'] else 'shut'}{seen}",
     ]
     if c.get("board"):
         lines.append(f"  where   bus {c['bus']}, board {c['board']}, channel {c['channel']}")
+    board = result.get("board")
+    if board is not None:
+        state = "online" if board["online"] else "OFFLINE"
+        why = board.get("last_error")
+        lines.append(f"  board   {state}" + (f": {why}" if why else ""))
     if p is None:
         lines.append(f"  parcel  {c['parcel'] or 'none'}")
     else:
@@ -478,7 +525,12 @@ def _compartment(result: dict[str, Any]) -> str:
     alarms = result.get("alarms") or []
     if not alarms:
         lines.append("  alarms  none open")
-    lines += [f"  alarm   {a['id']} {a['type']}, raised {local(a['raised'])}" for a in alarms]
+    lines += [
+        f"  alarm   {a['id']} {a['type']}"
+        + (f" of board {a['target']}" if a["target"] != c["label"] else "")
+        + f", raised {local(a['raised'])}"
+        for a in alarms
+    ]
     return "\n".join(lines)
 
 
@@ -539,13 +591,20 @@ def _audit(result: list[dict[str, Any]], args: argparse.Namespace) -> str:
     )
 
 
+def _without_bus(error: str, bus: str) -> str:
+    """A bus's error without the ``bus NAME:`` it starts with (the line names the bus)."""
+    return error.removeprefix(f"bus {bus}: ")
+
+
 def _bus(result: list[dict[str, Any]], args: argparse.Namespace) -> str:
     buses = columns(
         result,
         ["bus", "port", "open", "silent", "opens", "port_losses", "rx_bytes", "tx_bytes"],
     )
     buses += "".join(
-        f"\n  bus {b['bus']}: {b['port_error']}" for b in result if b.get("port_error")
+        f"\n  bus {b['bus']}: {_without_bus(str(b['port_error']), b['bus'])}"
+        for b in result
+        if b.get("port_error")
     )
     boards = [{"bus": b["bus"], **board} for b in result for board in b["boards"]]
     return (
@@ -619,6 +678,17 @@ def _sim(args: argparse.Namespace) -> dict[str, Any]:
     return {"op": "sim_door", "label": args.label, "action": args.action}
 
 
+def _status_request(args: argparse.Namespace) -> dict[str, Any]:
+    req: dict[str, Any] = {"op": "status"}
+    if args.label:
+        req["label"] = args.label
+    if args.state:
+        req["states"] = args.state
+    if args.size:
+        req["sizes"] = args.size
+    return req
+
+
 def _events_request(args: argparse.Namespace) -> dict[str, Any]:
     req: dict[str, Any] = {"op": "events", "limit": args.tail + 1}  # one more: is it cut?
     if args.since is not None:
@@ -659,9 +729,7 @@ class Command:
 
 # one line per command: a new command is a parser entry above and a row here
 COMMANDS: dict[str, Command] = {
-    "status": Command(
-        lambda a: {"op": "status", **({"label": a.label} if a.label else {})}, _status
-    ),
+    "status": Command(_status_request, _status),
     "parcels": Command(lambda a: {"op": "parcels", "states": a.state, "sizes": a.size}, _parcels),
     "expired": Command(lambda a: {"op": "parcels", "states": ["expired"]}, _expired),
     "events": Command(_events_request, _events, tail=True),
@@ -784,7 +852,10 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "status" and args.label and (args.state or args.size):
+        parser.error("status LABEL shows one compartment: --state and --size filter the list")
     try:
         if args.command == "cloud":
             return cloudctl.main(args)

@@ -16,7 +16,7 @@ import asyncio
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
@@ -24,7 +24,7 @@ import structlog
 
 from lockerd.config import Retention, ThrottlePolicy
 from lockerd.drivers.boards import Board
-from lockerd.drivers.errors import BusError, DriverError
+from lockerd.drivers.errors import BusError, DriverError, PortUnavailable
 from lockerd.hub import domain as d
 from lockerd.hub.codes import Attempt, CodeHasher, Throttle, normalise
 from lockerd.hub.store import (
@@ -176,6 +176,47 @@ class HubService:
             "reservations and service changes are refused until it drains",
         )
 
+    async def _audit_refusal(  # noqa: PLR0917 - the refusal and whose action
+        self,
+        outcome: Outcome,
+        refused: str,
+        actor: str,
+        action: str,
+        target: str,
+        command: Inbox | None = None,
+        reason: str | None = None,
+    ) -> Outcome:
+        """A technician's refused action (a second open of a door still busy, a cancel
+        of a parcel the hub does not know), audited in one small line: action
+        ``refused:ACTION``, detail ``refused`` (a word), ``why`` (the technician's
+        reason for the refusal) and the ``reason`` given, if any. Then ``outcome``.
+
+        A cloud command's refusal is kept in its reply (the inbox), not here. Only the
+        service's technician actions come here: a terminal may only enter codes (the
+        API refuses and logs anything else, and writes nothing), and the technician's
+        actions are rate-limited, so refusals cannot fill the disk. While the disk is
+        low on space, only the log has them."""
+        if command is not None:
+            return outcome
+        detail = {"refused": refused, "why": outcome.detail or outcome.message}
+        if reason is not None:
+            detail["reason"] = reason
+        log.info("technician_refused", by=actor, action=action, target=target, refused=refused)
+        if self.store_thread.disk_low:
+            return outcome
+        try:
+            await self.store_thread.run(
+                self.store.audit_refused,
+                now=self.clock(),
+                actor=actor,
+                action=action,
+                target=target,
+                detail=detail,
+            )
+        except StoreError as exc:  # the refusal stands; the log has it
+            log.warning("refusal_not_audited", by=actor, action=action, error=str(exc))
+        return outcome
+
     async def prune(
         self, retention: Retention, *, batch: int = 500, outbox: bool = False
     ) -> dict[str, int]:
@@ -232,9 +273,10 @@ class HubService:
         action: str = "record",
         target: str | None = None,
         command: Inbox | None = None,
+        detail: dict[str, Any] | None = None,
     ) -> None:
         """Events (and a command's reply) with no other effect: a refused command, an
-        alarm, a hardware report."""
+        alarm, a hardware report. ``detail``: the audit line's, beside the events."""
         async with self._lock:
             await self._commit(
                 change,
@@ -243,6 +285,7 @@ class HubService:
                 action=action,
                 target=target or (command.command_id if command else "-"),
                 command=command,
+                detail=detail,
             )
 
     async def _commit(
@@ -256,9 +299,11 @@ class HubService:
         intent: tuple[str, d.Purpose, str | None] | None = None,
         resolve: tuple[int, IntentOutcome] | None = None,
         command: Inbox | None = None,
+        detail: dict[str, Any] | None = None,
     ) -> int | None:
-        """A domain change, its events, audit line, intent and the cloud command that
-        asked for it, in one store transaction."""
+        """A domain change, its events, audit line (``detail``: why, beside the
+        events), intent and the cloud command that asked for it, in one store
+        transaction."""
         intent_id = await self.store_thread.run(
             self.store.apply,
             change,
@@ -269,6 +314,7 @@ class HubService:
             intent=intent,
             resolve=resolve,
             command=command,
+            detail=detail,
         )
         if change.compartment is not None:
             self._note_moving(change.compartment)
@@ -503,29 +549,44 @@ class HubService:
         actor: str,
         command: Inbox | None = None,
     ) -> Outcome:
-        """A new reservation (from the cloud) with its code hashes; never a plain code."""
-        if (
-            low := self._refuse_while_low_on_disk() or self._refuse_while_outbox_full()
-        ) is not None:
-            return low
+        """A new reservation (from the cloud, or a technician's) with its code hashes;
+        never a plain code."""
+        if (low := self._refuse_while_low_on_disk()) is not None:
+            return low  # (while the disk is low, the log has it: _audit_refusal)
+        if (full := self._refuse_while_outbox_full()) is not None:
+            return await self._audit_refusal(
+                full, "outbox_full", actor, "reserve", parcel.id, command
+            )
         async with self._lock:
             if await self.store_thread.run(self.store.parcel, parcel.id) is not None:
-                return Outcome("refused", f"parcel {parcel.id} is already reserved")
+                exists = Outcome("refused", f"parcel {parcel.id} is already reserved")
+                return await self._audit_refusal(
+                    exists, "exists", actor, "reserve", parcel.id, command
+                )
             refused = await self._write_codes(
                 self.store.add_parcel, parcel, codes, actor, reserved_event(parcel), command
             )
-        return refused or Outcome("ok", f"parcel {parcel.id} reserved")
+            if refused is not None:
+                return await self._audit_refusal(*refused, actor, "reserve", parcel.id, command)
+        return Outcome("ok", f"parcel {parcel.id} reserved")
 
     async def cancel(self, parcel_id: str, *, actor: str, command: Inbox | None = None) -> Outcome:
-        """The cloud cancels a reservation: only before the parcel is in a compartment."""
+        """The cloud (or a technician) cancels a reservation: only before the parcel is
+        in a compartment."""
         async with self._lock:
             parcel = await self.store_thread.run(self.store.parcel, parcel_id)
             if parcel is None:
-                return Outcome("refused", f"no parcel {parcel_id}")
+                unknown = Outcome("refused", f"no parcel {parcel_id}")
+                return await self._audit_refusal(
+                    unknown, "unknown_parcel", actor, "cancel", parcel_id, command
+                )
             change = d.cancel(parcel)
             if change.refusal is not None:
-                return Outcome(
+                late = Outcome(
                     "refused", f"parcel {parcel_id} is {parcel.state.value}: too late to cancel"
+                )
+                return await self._audit_refusal(
+                    late, change.refusal.value, actor, "cancel", parcel_id, command
                 )
             if change.parcel is not None or command is not None:
                 await self._commit(
@@ -567,7 +628,7 @@ class HubService:
             refused = await self._write_codes(
                 self.store.set_codes, parcel_id, codes, actor, event, command
             )
-        return refused or Outcome("ok", f"parcel {parcel_id}: codes changed")
+        return refused[0] if refused else Outcome("ok", f"parcel {parcel_id}: codes changed")
 
     async def _write_codes(  # noqa: PLR0917 - the store call and its arguments
         self,
@@ -577,9 +638,10 @@ class HubService:
         actor: str,
         event: d.Event,
         command: Inbox | None,
-    ) -> Outcome | None:
+    ) -> tuple[Outcome, str] | None:
         """Store code hashes (a new parcel's, or new ones for a parcel); ``None`` when
-        done, a refusal when a hash is already live for another parcel."""
+        done, a refusal (and its word for the audit) when a hash was used before here
+        or is live for another parcel."""
         try:
             await self.store_thread.run(
                 write,
@@ -593,9 +655,9 @@ class HubService:
         except CodeSpent:
             return Outcome(
                 "refused", "a code of this parcel was used before at this hub: send a new one"
-            )
+            ), "code_used"
         except StoreConflict:
-            return Outcome("refused", "a code of this parcel is already in use")
+            return Outcome("refused", "a code of this parcel is already in use"), "code_conflict"
         self._changed()
         return None
 
@@ -635,26 +697,38 @@ class HubService:
         """A technician's (or the cloud's signed) open. ``committed`` is called once the
         intent (and ``command``) is durable, before the pulse: the cloud link
         acknowledges the command there."""
+
+        def refuse(outcome: Outcome, refused: str) -> Awaitable[Outcome]:
+            return self._audit_refusal(outcome, refused, actor, "open", label, command, reason)
+
         if not reason.strip():
-            return Outcome("refused", "a reason is required (it goes to the audit log)")
+            return await refuse(
+                Outcome("refused", "a reason is required (it goes to the audit log)"), "no_reason"
+            )
         if command is None and (stopping := self._refuse_while_stopping()) is not None:
-            return stopping  # (a cloud command under way when the stop came completes)
+            return await refuse(stopping, "stopping")  # (a cloud open under way completes)
         async with self._lock:
             comp = await self.store_thread.run(self.store.compartment, label)
             if comp is None or label not in self.doors:
-                return Outcome(
-                    "refused",
-                    f"no compartment {label}",
-                    detail=f"{label} is not a door of this hub's config",
+                return await refuse(
+                    Outcome(
+                        "refused",
+                        f"no compartment {label}",
+                        detail=f"{label} is not a door of this hub's config",
+                    ),
+                    "unknown_compartment",
                 )
             now = self.clock()
             change = d.service_open(comp, now, actor=actor, reason=reason)
             if change.refusal is not None:
-                return Outcome(
-                    "refused",
-                    d.terminal_message(change.refusal),
-                    label,
-                    detail=d.why(change.refusal, compartment=comp),
+                return await refuse(
+                    Outcome(
+                        "refused",
+                        d.terminal_message(change.refusal),
+                        label,
+                        detail=d.why(change.refusal, compartment=comp),
+                    ),
+                    change.refusal.value,
                 )
             intent = await self._commit(
                 change,
@@ -664,6 +738,7 @@ class HubService:
                 target=label,
                 intent=(label, d.Purpose.SERVICE, comp.parcel_id),
                 command=command,
+                detail={"reason": reason},
             )
             assert intent is not None
             assert change.compartment is not None
@@ -692,8 +767,11 @@ class HubService:
                 change = d.technician_recall(fresh, comp, now, actor=actor)
                 if change.refusal is not None:
                     why = d.why(change.refusal, parcel=fresh, compartment=comp)
+                    refused = Outcome("refused", change.refusal.value, comp.label, detail=why)
                     outcomes.append(
-                        Outcome("refused", change.refusal.value, comp.label, detail=why)
+                        await self._audit_refusal(
+                            refused, change.refusal.value, actor, "empty_expired", comp.label
+                        )
                     )
                     continue
                 intent = await self._commit(
@@ -710,24 +788,41 @@ class HubService:
         return outcomes
 
     async def set_service(
-        self, label: str, in_service: bool, *, actor: str, command: Inbox | None = None
+        self,
+        label: str,
+        in_service: bool,
+        *,
+        actor: str,
+        reason: str | None = None,
+        command: Inbox | None = None,
     ) -> Outcome:
+        """A compartment taken out of service or back; audited with the state it set
+        (and ``reason``, where one was given)."""
+        detail = _why({"in_service": in_service}, reason)
         if (full := self._refuse_while_outbox_full()) is not None:
-            return full
+            return await self._audit_refusal(
+                full, "outbox_full", actor, "service", label, command, reason
+            )
         return await self._simple(
             label,
             actor,
             "service",
             lambda c: d.set_service(c, in_service, actor=actor),
             command=command,
+            detail=detail,
         )
 
-    async def inspect(self, label: str, holds_parcel: bool, *, actor: str) -> Outcome:
+    async def inspect(
+        self, label: str, holds_parcel: bool, *, actor: str, reason: str | None = None
+    ) -> Outcome:
+        """A technician says what a compartment holds; audited with what they said
+        (and ``reason``, where one was given)."""
         return await self._simple(
             label,
             actor,
             "inspect",
             lambda c: d.inspected(c, holds_parcel=holds_parcel, actor=actor),
+            detail=_why({"holds_parcel": holds_parcel}, reason),
         )
 
     async def _simple(
@@ -738,22 +833,30 @@ class HubService:
         rule: Callable[[d.Compartment], d.Change],
         *,
         command: Inbox | None = None,
+        detail: dict[str, Any] | None = None,
     ) -> Outcome:
+        reason = (detail or {}).get("reason")
         async with self._lock:
             comp = await self.store_thread.run(self.store.compartment, label)
             if comp is None:
-                return Outcome(
+                unknown = Outcome(
                     "refused",
                     f"no compartment {label}",
                     detail=f"{label} is not a door of this hub's config",
                 )
+                return await self._audit_refusal(
+                    unknown, "unknown_compartment", actor, action, label, command, reason
+                )
             change = rule(comp)
             if change.refusal is not None:
-                return Outcome(
+                refused = Outcome(
                     "refused",
                     f"{action} refused: {change.refusal.value}",
                     label,
                     detail=d.why(change.refusal, compartment=comp),
+                )
+                return await self._audit_refusal(
+                    refused, change.refusal.value, actor, action, label, command, reason
                 )
             if change.compartment is not None or change.events or command is not None:
                 await self._commit(
@@ -763,6 +866,7 @@ class HubService:
                     action=action,
                     target=label,
                     command=command,
+                    detail=detail,
                 )
         if change.compartment is None and not change.events:  # (a service flag as it was)
             where = "in service" if comp.in_service else "out of service"
@@ -843,7 +947,11 @@ class HubService:
         health = board.bus.health_of(board.key)
         if not health.online:
             why += f"; board {board.key} is offline"
-            if health.last_error and health.last_error not in str(exc):
+            if (
+                not isinstance(exc, PortUnavailable)  # its message says why already
+                and health.last_error
+                and health.last_error not in str(exc)
+            ):
                 why += f" ({health.last_error})"
         return why
 
@@ -1025,6 +1133,11 @@ class HubService:
             ],
             "throttle": self.throttle.state(self.clock()),
         }
+
+
+def _why(detail: dict[str, Any], reason: str | None) -> dict[str, Any]:
+    """An audit line's detail, with the technician's ``reason`` where one was given."""
+    return detail if reason is None else {**detail, "reason": reason}
 
 
 __all__ = ["Door", "HubService", "Outcome"]

@@ -806,3 +806,126 @@ async def test_events_read_the_history_after_the_cloud_had_them(
     for after, limit in [(0, 100), (seqs[0], 2), (seqs[1], 100), (seqs[-1], 10)]:
         got = await call(served.sock, {"op": "events", "after_seq": after, "limit": limit})
         assert [e["seq"] for e in got["result"]] == [s for s in seqs if s > after][:limit]
+
+
+# ======================================================================================
+# A simulated door: the reply comes once the hub has seen it (issue 12)
+# ======================================================================================
+
+
+@contextlib.asynccontextmanager
+async def watched(hub: SimHub) -> AsyncIterator[None]:
+    """The hub's door monitor running for the block (a hub made with start_monitor=False)."""
+    task = asyncio.create_task(hub.hub.monitor.run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_simulated_door_shut_is_answered_once_the_hub_saw_it(tmp_path: Path) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        hub = await make_hub(stack, tmp_path, start_monitor=False)
+        hub.reserve("P1", d.Size.M, "11112222", "33334444")
+        async with watched(hub):
+            opened = await hub.service.enter_code("11112222", "keypad:1")
+        assert opened.status == "opened"
+        label = opened.compartment
+        assert label is not None
+        # nobody watches the doors for now: the reply must wait for the hub, not the board
+        close = {"op": "sim_door", "label": label, "action": "close"}
+        shutting = asyncio.create_task(call(hub.sock, close))
+        await asyncio.sleep(0.3)
+        assert not shutting.done(), "answered before the hub saw the door shut"
+        async with watched(hub):
+            reply = await asyncio.wait_for(shutting, 10)
+            assert reply["ok"] is True, reply
+            # the next step finds the hub where the person left it: stored, door shut
+            assert hub.parcel("P1") is d.ParcelState.STORED
+            comp = await hub.service.run_db(hub.store.compartment, label)
+            assert comp is not None
+            assert comp.door_open is False
+            assert reply["result"]["message"] == (
+                f"a person shuts {label}; the hub saw it shut: {label} is occupied (parcel P1)"
+            )
+            assert reply["result"]["changed"] is True
+            # shutting it again changes nothing, and says so
+            again = await call(hub.sock, close)
+            assert again["result"] == {"message": f"{label} is already shut", "changed": False}
+            opened_again = await call(hub.sock, {**close, "action": "open"})
+            assert opened_again["result"]["message"].startswith(f"a person opens {label}; ")
+            comp = await hub.service.run_db(hub.store.compartment, label)
+            assert comp is not None
+            assert comp.door_open
+
+
+async def test_a_simulated_door_the_hub_never_sees_is_an_error(tmp_path: Path) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        hub = await make_hub(stack, tmp_path, start_monitor=False)  # nobody watches
+        hub.api.sim_seen_within_s = 0.3
+        reply = await call(hub.sock, {"op": "sim_door", "label": "A02", "action": "open"})
+        assert reply["ok"] is False
+        assert reply["error"]["type"] == "not_seen"
+        assert reply["error"]["message"] == (
+            "a person opens A02, but the hub did not see it open within 0.3 s "
+            "(lockerctl status A02)"
+        )
+
+
+# ======================================================================================
+# status: boards lockerd cannot reach, a summary, filters (issue 12)
+# ======================================================================================
+
+
+async def test_status_tells_compartments_on_a_board_it_cannot_reach(served: Served) -> None:
+    hub = served.hub
+    assert (await call(served.sock, {"op": "sim_bus", "bus": "A", "action": "dead"}))["ok"]
+    status = await until_result(
+        lambda: call(served.sock, {"op": "status"}),
+        lambda r: not r["result"]["boards"][0]["online"],
+        within=10,
+        what="board offline",
+    )
+    comps = status["result"]["compartments"]
+    assert {(c["bus"], c["board"], c["reachable"]) for c in comps} == {
+        ("A", "kerong-cu48@0", False)
+    }
+    assert all(c["unreachable"] for c in comps)
+    assert status["result"]["summary"] == {
+        "free": {"S": 0, "M": 0, "XL": 0},  # none counted free
+        "of_size": {"S": 1, "M": 2, "XL": 1},
+        "unreachable": 4,
+        "out_of_service": 0,
+        "open_alarms": len(status["result"]["alarms"]),
+    }
+    await until_result(hub.service.alarms, bool, within=10, what="board_offline alarm")
+    detail = (await call(served.sock, {"op": "status", "label": "A01"}))["result"]
+    assert detail["compartment"]["reachable"] is False
+    assert detail["board"]["online"] is False
+    assert detail["board"]["last_error"]
+    assert [(a["type"], a["target"]) for a in detail["alarms"]] == [
+        ("board_offline", "kerong-cu48@0")
+    ]
+    assert (await call(served.sock, {"op": "sim_bus", "bus": "A", "action": "alive"}))["ok"]
+    status = await until_result(
+        lambda: call(served.sock, {"op": "status"}),
+        lambda r: all(c["reachable"] for c in r["result"]["compartments"]),
+        within=10,
+        what="board online again",
+    )
+    assert status["result"]["summary"]["free"] == {"S": 1, "M": 2, "XL": 1}
+    assert status["result"]["summary"]["unreachable"] == 0
+
+
+async def test_status_filters_the_list_and_summarises_every_compartment(served: Served) -> None:
+    await served.hub.service.set_service("A03", False, actor="tech:test")
+    reply = await call(served.sock, {"op": "status", "states": ["free"], "sizes": ["M", "S"]})
+    result = reply["result"]
+    assert [c["label"] for c in result["compartments"]] == ["A01", "A02"]
+    assert result["summary"]["of_size"] == {"S": 1, "M": 2, "XL": 1}  # all of them
+    assert result["summary"]["out_of_service"] == 1
+    only = await call(served.sock, {"op": "status", "states": ["out_of_service"]})
+    assert [c["label"] for c in only["result"]["compartments"]] == ["A03"]
+    bad = await call(served.sock, {"op": "status", "states": ["lost"]})
+    assert bad["error"]["type"] == "bad_request"

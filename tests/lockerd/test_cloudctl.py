@@ -505,3 +505,76 @@ async def test_codes_are_printed_only_once_the_hub_took_them(
         parcels = PARCEL.findall(out)
         assert len(parcels) == 2  # not the one the hub had already (with other codes)
         assert all(p.endswith(("-2", "-3")) for p, *_ in parcels)
+
+
+# --------------------------------------------------------------------------------------
+# issue 12: the options in either place; a demo without --mqtt has no cloud key
+
+GLOBAL = [
+    ("--mqtt", "mqtt://127.0.0.1:1"),
+    ("--hub", "hub-0042"),
+    ("--prefix", "fleet"),
+    ("--state-dir", "/var/lib/demo"),
+    ("--code-key", "/k/code.key"),
+    ("--signing-key", "/k/sign.key"),
+    ("--timeout", "3"),
+]
+SHARED = [w for pair in GLOBAL for w in pair]
+
+
+@pytest.mark.parametrize("sub", [["reserve", "M"], ["open", "A05", "--reason", "x"], ["sync"]])
+def test_the_shared_options_work_after_the_subcommand_too(tmp_path: Path, sub: list[str]) -> None:
+    """`lockerctl cloud reserve M --mqtt URL --hub ID` was a usage error."""
+    before = build_parser().parse_args(["cloud", *SHARED, *sub])
+    after = build_parser().parse_args(["cloud", *sub, *SHARED])
+    assert vars(after) == vars(before)
+    assert (after.mqtt, after.hub, after.prefix, after.state_dir, after.timeout) == (
+        "mqtt://127.0.0.1:1",
+        "hub-0042",
+        "fleet",
+        "/var/lib/demo",
+        3.0,
+    )
+    assert (after.code_key, after.signing_key) == ("/k/code.key", "/k/sign.key")
+    # one given after overrides the one before; one not given after leaves it
+    both = build_parser().parse_args(
+        ["cloud", "--hub", "hub-1", "--state-dir", str(tmp_path), *sub, "--hub", "hub-2"]
+    )
+    assert (both.hub, both.state_dir, both.mqtt, both.prefix) == (
+        "hub-2",
+        str(tmp_path),
+        None,
+        "lockers",
+    )
+    _state_dir(tmp_path)
+    if sub[0] != "sync":  # (made the same way, wherever the options came)
+        where = ["--mqtt", "mqtt://127.0.0.1:1", "--hub", HUB_ID, "--state-dir", str(tmp_path)]
+        args = build_parser().parse_args(["cloud", *sub, *where])
+        cmd, _ = cloudctl._command(args, 1_700_000_000)
+        assert cmd["hub"] == HUB_ID
+
+
+def test_mqtt_and_hub_are_required_before_or_after(capsys: pytest.CaptureFixture[str]) -> None:
+    args = build_parser().parse_args(["cloud", "sync", "--hub", HUB_ID])
+    assert cloudctl.main(args) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "lockerctl cloud sync: --mqtt URL is required (before or after the command; "
+        "see lockerctl cloud --help)\n"
+    )
+    args = build_parser().parse_args(["cloud", "sync"])
+    assert cloudctl.main(args) == 2
+    assert "--mqtt URL and --hub ID are required" in capsys.readouterr().err
+
+
+def test_a_demo_without_mqtt_is_told_to_make_the_clouds_keys(tmp_path: Path) -> None:
+    """A demo started without --mqtt has its code key but not the cloud's signing key."""
+    _state_dir(tmp_path)
+    (tmp_path / "keys" / "cloud-commands.key").unlink()
+    with pytest.raises(SystemExit) as refused:
+        cloudctl._command(_args(tmp_path, "open", "A05", "--reason", "x"), 1_700_000_000)
+    assert isinstance(refused.value, cloudctl.CloudCtlError)
+    message = refused.value.message
+    assert message.startswith("cannot read the signing key ")
+    assert "lockerd demo --mqtt URL" in message
+    assert refused.value.code == 2

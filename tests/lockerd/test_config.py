@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 
 import pytest
 
+from lockerd.cli import main as cli_main
 from lockerd.cli.main import main
 from lockerd.config import ConfigInvalid, Problem, load, parse
 
@@ -442,3 +444,99 @@ def test_keygen_says_what_the_os_refused_in_one_line(
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1
     assert err.startswith("lockerd keygen: the following arguments are required: path")
+
+
+# --------------------------------------------------------------------------------------
+# issue 12: every problem has a fix; keygen refuses a made-up directory; plain, full help
+
+TYPE_ERRORS = [
+    ("baudrate = 9600", 'baudrate = "fast"', "buses[1].baudrate", "whole number"),
+    ("channels = 8", "channels = 8.5", "buses[1].boards[0].channels", "whole number"),
+    ('hub_id = "hub-0042"', "hub_id = 42", "hub_id", "double quotes"),
+    ("simulated = true", "simulated = 3", "simulated", "true or false"),
+    ('name = "B"', "name = []", "buses[1].name", "double quotes"),
+    ("simulated = true", "simulated = true\n[timers]\npoll_interval_s = -1", "timers", "above 0"),
+    ("simulated = true", "simulated = true\ntimers = 5", "timers", "a table"),
+]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "where", "fix"), TYPE_ERRORS, ids=[t[1].splitlines()[-1] for t in TYPE_ERRORS]
+)
+def test_a_type_error_has_a_fix(old: str, new: str, where: str, fix: str) -> None:
+    """Issue 12: `baudrate = "fast"` was reported without a fix: line."""
+    assert old in GOOD
+    found = problems(GOOD.replace(old, new, 1))
+    assert all(p.fix for p in found), found
+    assert any(p.where.startswith(where) and fix in p.fix for p in found), found
+
+
+def test_check_config_prints_a_fix_under_every_problem(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.toml"
+    text = GOOD
+    for old, new, _, _ in TYPE_ERRORS[:4]:
+        text = text.replace(old, new, 1)
+    bad.write_text(text)
+    assert main(["check-config", str(bad)]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == f"{bad}: 4 problem(s); the hub will not start"
+    said = [n for n, line in enumerate(lines) if n and line.startswith(f"{bad}:")]
+    assert len(said) == 4, lines
+    assert all(lines[n + 1].startswith("    fix: ") for n in said), lines
+    assert "buses[1].baudrate" in "\n".join(lines)
+
+
+def test_keygen_refuses_a_directory_above_the_keys_that_does_not_exist(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 12: `lockerd keygen /nonexistent/dir/k.key` exited 0 and made both."""
+    key = tmp_path / "nonexistent" / "dir" / "k.key"
+    assert main(["keygen", str(key)]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"lockerd keygen: cannot write {key}: {tmp_path}/nonexistent does not exist "
+        "(keygen makes at most the key's own directory: check the path)\n"
+    )
+    assert not (tmp_path / "nonexistent").exists()
+    # the key's own directory, in one that exists, is made (0700) and said
+    own = tmp_path / "keys" / "k.key"
+    assert main(["keygen", str(own)]) == 0
+    assert own.parent.stat().st_mode & 0o777 == 0o700
+    assert f"in the new directory {own.parent}" in capsys.readouterr().out
+
+
+def _every_parser() -> list[argparse.ArgumentParser]:
+    found = [cli_main.parser(), cli_main.demo_parser()]
+    for p in list(found):
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                found += list(action.choices.values())
+    return found
+
+
+def test_every_argument_of_lockerd_has_help_in_plain_text() -> None:
+    """Issue 12: `lockerd --help` showed ``lockerd``; run --config, --log-level,
+    --mqtt-username... had no help."""
+    for p in _every_parser():
+        text = p.format_help()
+        assert "``" not in text, p.prog
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                continue
+            assert action.help, (p.prog, action.dest)
+            assert action.help != argparse.SUPPRESS, (p.prog, action.dest)
+
+
+def test_lockerd_demo_help_lists_hardware_and_once(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["demo", "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--hardware", "--once", "--log-level", "--mqtt-username", "--state-dir"):
+        assert option in out, option
+    with pytest.raises(SystemExit) as refused:
+        main(["demo", "--once"])
+    assert refused.value.code == 2
+    assert "--once goes with --hardware" in capsys.readouterr().err

@@ -16,8 +16,11 @@ import json
 import os
 import pwd
 import re
+import shutil
 import sys
+import tempfile
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,8 +30,13 @@ from structlog.testing import capture_logs
 
 from lockerd.api.server import call
 from lockerd.cli import ctl
+from lockerd.config import HubConfig
+from lockerd.daemon import wiring
+from lockerd.daemon.wiring import open_hub
 from lockerd.hub import domain as d
+from lockerd.hub.codes import create_key
 from lockerd.hub.service import Outcome
+from tests.support.buses import FAST_BUS
 from tests.support.hubs import START, SimHub, make_hub
 from tests.support.waiting import until_result
 
@@ -150,8 +158,13 @@ def test_exit_codes_are_documented_and_distinct() -> None:
     codes = re.findall(r"^\s+(\d)\s+\S", doc.partition("Exit codes:")[2], re.M)
     assert codes == ["0", "1", "2", "3"]
     assert len({ctl.DONE, ctl.REFUSED, ctl.USAGE, ctl.UNREACHABLE}) == 4
-    assert ctl.ERROR_EXIT["bad_request"] == ctl.USAGE
+    # the hub's refusals are 1, whatever their type; 2 is argparse's alone
+    assert ctl.ERROR_EXIT["bad_request"] == ctl.REFUSED
     assert ctl.ERROR_EXIT["forbidden"] == ctl.REFUSED
+    assert ctl.ERROR_EXIT["not_seen"] == ctl.REFUSED
+    assert ctl.USAGE not in ctl.ERROR_EXIT.values()
+    assert "2  a usage error: a wrong command, option or argument" in doc
+    assert "no such compartment" in doc.partition("  2  ")[0]  # said under 1
     assert ctl.ERROR_EXIT["busy"] == ctl.UNREACHABLE
     help_text = ctl.build_parser().format_help()
     for line in doc.partition("Exit codes:")[2].splitlines()[:3]:
@@ -171,14 +184,32 @@ def test_a_time_is_a_date_time_or_a_time_ago() -> None:
     assert exited.value.code == ctl.USAGE
 
 
-async def test_usage_bad_requests_refusals_and_no_daemon_each_have_their_code(
+async def test_usage_refusals_and_no_daemon_each_have_their_code(
     hub: SimHub, tmp_path: Path
 ) -> None:
-    rc, out, err = await lockerctl(hub.sock, "service", "A01", "sideways")  # argparse's
-    assert (rc, out) == (2, "")
-    assert "invalid choice" in err
+    for usage in (
+        ("service", "A01", "sideways"),
+        ("status", "--state", "lost"),
+        ("status", "A01", "--state", "free"),
+        ("sim", "door", "A01", "wave"),
+    ):
+        rc, out, err = await lockerctl(hub.sock, *usage)  # argparse's: 2
+        assert (rc, out) == (2, ""), usage
+        assert err.startswith("usage: lockerctl"), usage
+    # every answer of the hub that refuses the request: 1, not found as much as refused
+    for refused in (
+        ("status", "Z99"),
+        ("open", "Z99", "--reason", "check"),
+        ("service", "Z99", "out"),
+        ("sim", "door", "Z99", "open"),
+        ("cancel", "NOPE"),
+        ("ack", "999"),
+        ("enter-code", "00000000"),
+    ):
+        rc, out, err = await lockerctl(hub.sock, *refused)
+        assert rc == 1, (refused, out, err)
     rc, out, err = await lockerctl(hub.sock, "status", "A99")  # the daemon's bad_request
-    assert (rc, out) == (2, "")
+    assert (rc, out) == (1, "")
     assert err == "lockerctl: bad_request: no compartment A99\n"
     rc, out, err = await lockerctl(hub.sock, "cancel", "NOPE")  # refused by the hub
     assert rc == 1
@@ -193,7 +224,7 @@ async def test_usage_bad_requests_refusals_and_no_daemon_each_have_their_code(
 
 async def test_sim_errors_go_to_stderr_with_a_non_zero_code(hub: SimHub) -> None:
     rc, out, err = await lockerctl(hub.sock, "sim", "door", "Z99", "open")
-    assert (rc, out) == (2, "")
+    assert (rc, out) == (1, "")
     assert err.startswith("lockerctl: bad_request: ")
     assert "Z99" in err
     reply = await call(hub.sock, {"op": "sim_bus", "bus": "nope", "action": "dead"})
@@ -201,10 +232,38 @@ async def test_sim_errors_go_to_stderr_with_a_non_zero_code(hub: SimHub) -> None
     assert reply["error"]["type"] == "bad_request"
     hub.api.sim_door = None  # a hub that is not simulated
     rc, out, err = await lockerctl(hub.sock, "sim", "door", "A01", "open")
-    assert (rc, out) == (2, "")
+    assert (rc, out) == (1, "")
     assert "this hub is not simulated" in err
     rc, out, err = await lockerctl(hub.sock, "sim", "stall", "0.01")
-    assert rc == 2
+    assert rc == 1
+
+
+async def test_sim_door_returns_once_the_hub_saw_it_and_says_when_nothing_changed(
+    hub: SimHub,
+) -> None:
+    hub.reserve("P1", d.Size.M, "11112222", "33334444")
+    hub.reserve("P2", d.Size.S, "55556666", "77778888")
+    rc, out, _ = await lockerctl(hub.keypad, "enter-code", "11112222")
+    assert rc == 0
+    label = out.split("[")[1].split("]")[0]
+    rc, out, err = await lockerctl(hub.sock, "sim", "door", label, "close")
+    assert rc == 0, err
+    assert out == f"a person shuts {label}; the hub saw it shut: {label} is occupied (parcel P1)\n"
+    assert hub.parcel("P1") is d.ParcelState.STORED  # at once: no moment to wait
+    rc, out, err = await lockerctl(hub.sock, "sim", "door", label, "close")
+    assert (rc, out, err) == (0, f"{label} is already shut\n", "")
+    # the pickup code right after the shut door: opened, not a wrong guess
+    rc, out, _ = await lockerctl(hub.keypad, "enter-code", "33334444")
+    assert (rc, out.split(":")[0]) == (0, f"opened [{label}]")
+    rc, out, _ = await lockerctl(hub.sock, "sim", "door", label, "open")
+    assert (rc, out) == (0, f"{label} is already open\n")
+    hub.api.sim_seen_within_s = 0.2
+    hub.board.faults.dead = True  # nobody can see A01 move now
+    rc, out, err = await lockerctl(hub.sock, "sim", "door", "A01", "open")
+    assert (rc, out) == (1, "")
+    assert err.startswith(
+        "lockerctl: not_seen: a person opens A01, but the hub did not see it open within 0.2 s"
+    )
 
 
 # ======================================================================================
@@ -260,7 +319,7 @@ async def test_status_reads_as_words_with_a_summary_and_one_compartment_in_detai
     assert rows["A01"][3] == "yes"  # words, not True/False
     assert rows[label] == [label, "M", "occupied", "no", "P1"]
     assert rows["A04"][2:4] == ["out", "of"]  # out of service, spelled out
-    assert "free: S 0/1, M 1/2, XL 0/1; out of service: 1; open alarms: 1" in lines
+    assert "free: S 0/1, M 1/2, XL 0/1; unreachable: 0; out of service: 1; open alarms: 1" in lines
     assert f"forced_open  A01     {local(START)}" in out  # raised at, a local time
     assert "True" not in out
     assert "False" not in out
@@ -277,6 +336,59 @@ async def test_status_reads_as_words_with_a_summary_and_one_compartment_in_detai
     detail = json.loads(out)
     assert detail["compartment"]["door_open"] is True
     assert [a["type"] for a in detail["alarms"]] == ["forced_open"]
+
+
+async def test_status_counts_compartments_it_cannot_reach_apart(hub: SimHub) -> None:
+    rc, out, err = await lockerctl(hub.sock, "sim", "bus", "A", "dead")
+    assert rc == 0, err
+    await until_result(
+        hub.service.alarms, lambda a: [x["type"] for x in a] == ["board_offline"], within=10
+    )
+    rc, out, err = await lockerctl(hub.sock, "status")
+    assert rc == 0, err
+    assert no_trailing_spaces(out)
+    lines = out.splitlines()
+    assert "free: S 0/1, M 0/2, XL 0/1; unreachable: 4; out of service: 0; open alarms: 1" in lines
+    rows = {line.split()[0]: line.split() for line in lines[1:5]}
+    assert rows["A01"] == ["A01", "S", "unreachable", "(free)", "?", "-"]  # door unknown
+    assert not any(" free " in f" {line} " for line in lines[1:5])
+    rc, out, err = await lockerctl(hub.sock, "status", "A01")
+    assert rc == 0, err
+    assert no_trailing_spaces(out)
+    assert "  state   free (as last seen: its board does not answer)" in out
+    assert "  door    shut (as last seen: its board does not answer)" in out
+    board = next(line for line in out.splitlines() if line.startswith("  board "))
+    assert board.startswith("  board   OFFLINE: ")
+    assert re.search(r"^  alarm   \d+ board_offline of board kerong-cu48@0, raised ", out, re.M)
+    rc, out, err = await lockerctl(hub.sock, "sim", "bus", "A", "alive")
+    assert rc == 0, err
+    await until_result(hub.service.alarms, lambda a: a == [], within=10, what="board back")
+    rc, out, _ = await lockerctl(hub.sock, "status", "A01")
+    assert "  board   online\n" in out
+    assert "as last seen" not in out
+
+
+async def test_status_filters_by_state_and_size(hub: SimHub) -> None:
+    label = await stored(hub, "P1", d.Size.M, "11112222", "33334444")
+    other = "A03" if label == "A02" else "A02"
+    await hub.service.set_service("A04", False, actor="tech:test")
+
+    async def listed(*args: str) -> list[str]:
+        rc, out, err = await lockerctl(hub.sock, "status", *args)
+        assert rc == 0, err
+        table = out.split("\n\n")[0].splitlines()
+        return [line.split()[0] for line in table[1:]] if table[0].startswith("LABEL") else []
+
+    assert await listed("--state", "free") == ["A01", other]
+    assert await listed("--state", "free", "--size", "M") == [other]
+    assert await listed("--state", "occupied", "--state", "out_of_service") == [label, "A04"]
+    assert await listed("--size", "XL", "--size", "S") == ["A01", "A04"]
+    rc, out, _ = await lockerctl(hub.sock, "status", "--state", "attention")
+    assert rc == 0
+    assert out.startswith("no compartments (attention)\n\nfree: S 1/1, M 1/2, XL 0/1;")
+    rc, out, _ = await lockerctl(hub.sock, "--json", "status", "--size", "S")
+    assert rc == 0
+    assert [c["label"] for c in json.loads(out)["compartments"]] == ["A01"]
 
 
 async def test_parcels_show_collect_until_as_a_local_time_and_filter(hub: SimHub) -> None:
@@ -315,6 +427,90 @@ async def test_bus_is_a_table(hub: SimHub) -> None:
     assert boards[0].split()[:3] == ["BUS", "BOARD", "ONLINE"]
     assert boards[1].split()[:3] == ["A", "kerong-cu48@0", "yes"]
     assert "{" not in out
+
+
+@dataclass
+class Portless:
+    """A real hub (no simulator) whose one bus is on an adapter never plugged in."""
+
+    sock: Path  # its technician socket
+    port: Path  # the adapter's path, which does not exist
+
+
+@pytest.fixture
+async def portless(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Portless]:
+    """Two S compartments on a board of a bus whose port never opened; the door monitor
+    runs (so the board_offline alarm is raised)."""
+    monkeypatch.setattr(wiring, "OPEN_WAIT_S", 0.2)
+    run = Path(tempfile.mkdtemp(prefix="lk-"))
+    port = tmp_path / "usb-adapter-A"
+    cfg = HubConfig.model_validate(
+        {
+            "hub_id": "test-hub",
+            "buses": [
+                {
+                    "name": "A",
+                    "port": str(port),
+                    **FAST_BUS,
+                    "boards": [{"kind": "kerong-cu48", "address": 0, "channels": 2}],
+                }
+            ],
+            "compartments": [
+                {"label": f"A0{ch}", "size": "S", "bus": "A", "board": 0, "channel": ch}
+                for ch in (1, 2)
+            ],
+            "timers": {"poll_interval_s": 0.05},
+            "paths": {
+                "state_dir": str(tmp_path / "hub"),
+                "socket": str(run / "api.sock"),
+                "technician_group": None,
+                "disk_reserve_mb": 0,
+            },
+        }
+    )
+    create_key(cfg.key_path())
+    try:
+        async with open_hub(cfg) as real:
+            monitor = asyncio.create_task(real.monitor.run())
+            try:
+                await until_result(
+                    real.service.alarms, bool, within=10, what="the board_offline alarm"
+                )
+                yield Portless(Path(cfg.paths.socket), port)
+            finally:
+                monitor.cancel()
+                await asyncio.gather(monitor, return_exceptions=True)
+    finally:
+        shutil.rmtree(run, ignore_errors=True)
+
+
+async def test_a_hub_whose_port_never_opened_says_so_once(portless: Portless) -> None:
+    """Its compartments are unreachable, not free; status LABEL says why; the bus table
+    names the bus once."""
+    sock, port = portless.sock, portless.port
+    rc, out, err = await lockerctl(sock, "status")
+    assert rc == 0, err
+    assert "free: S 0/2; unreachable: 2;" in out
+    assert out.splitlines()[1].split()[:4] == ["A01", "S", "unreachable", "(free)"]
+    rc, out, err = await lockerctl(sock, "status", "A01")
+    assert rc == 0, err
+    assert f"  board   OFFLINE: port {port} not open: " in out
+    assert "board_offline of board kerong-cu48@0" in out
+    rc, out, err = await lockerctl(sock, "bus")
+    assert rc == 0, err
+    assert f"\n  bus A: cannot open {port}: " in out
+    assert "bus A: bus A:" not in out
+
+
+async def test_the_why_of_an_open_on_a_port_never_opened_names_the_port_once(
+    portless: Portless,
+) -> None:
+    rc, out, err = await lockerctl(portless.sock, "open", "A01", "--reason", "check")
+    assert rc == 1, err
+    why = next(line for line in out.splitlines() if line.startswith("  why: "))
+    assert "not open" in why
+    assert "No such file or directory" in why  # the OS's words
+    assert why.count(str(portless.port)) == 1, why
 
 
 async def test_a_technician_sees_the_real_reason_and_a_keypad_never_does(
@@ -383,6 +579,18 @@ async def test_events_are_a_local_history_that_outlives_delivery(hub: SimHub) ->
     assert [e["type"] for e in json.loads(out)] == ["deposited"]
     rc, out, _ = await lockerctl(hub.sock, "events", "--since", local(START + 1))
     assert out == "no events since " + local(START + 1) + "\n"
+
+
+async def test_events_leave_out_null_values(hub: SimHub) -> None:
+    rc, out, err = await lockerctl(hub.sock, "open", "A01", "--reason", "clean")
+    assert rc == 0, err
+    rc, out, err = await lockerctl(hub.sock, "events")
+    assert rc == 0, err
+    opened = next(line for line in out.splitlines() if " door_opened " in line)
+    assert opened.endswith("compartment=A01 purpose=service")  # no parcel=null
+    assert "null" not in out
+    rc, out, _ = await lockerctl(hub.sock, "--json", "events", "--type", "door_opened")
+    assert json.loads(out)[0]["data"]["parcel"] is None  # the reply as it is
 
 
 async def test_events_follow_prints_new_ones_as_ndjson(hub: SimHub) -> None:

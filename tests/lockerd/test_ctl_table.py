@@ -65,6 +65,11 @@ def test_the_new_rows_build_their_requests() -> None:
         },
         ("cancel", "P1"): {"op": "cancel", "parcel": "P1"},
         ("status", "--json"): {"op": "status"},  # a global option after the command
+        ("status", "--state", "free", "--state", "attention", "--size", "M"): {
+            "op": "status",
+            "states": ["free", "attention"],
+            "sizes": ["M"],
+        },
     }
     for argv, want in cases.items():
         args = parser.parse_args(list(argv))

@@ -496,13 +496,13 @@ async def test_a_forced_door_raises_an_alarm_and_needs_an_inspection(
     mark = await hub.mark()
     await hub.sim.open("A01")  # no command: pulled open
     await hub.until_alarm(("forced_open", "A01"))
-    assert (await hub.compartments())["A01"] == {
+    assert (await hub.compartments())["A01"].items() >= {
         "label": "A01",
         "size": "S",
         "state": "attention",
         "door_open": True,
         "parcel": None,
-    }
+    }.items()  # and where it is (bus, board, reachable: lockerctl status)
     rc, busy = await hub.ctl("inspect", "A01", "empty")
     assert (rc, busy["status"]) == (1, "refused")  # not while the door is open
 

@@ -56,6 +56,39 @@ def test_a_reservation_and_its_codes_land_together(store: Store) -> None:
     assert store.audit(1)[0]["actor"] == "cloud"
 
 
+def test_a_changes_audit_line_says_why_beside_its_events(store: Store) -> None:
+    comp = store.compartment("A01")
+    assert comp is not None
+    change = d.service_open(comp, NOW, actor="tech:ana", reason="check")
+    store.apply(
+        change,
+        now=NOW,
+        actor="tech:ana",
+        action="open",
+        target="A01",
+        detail={"reason": "check"},
+    )
+    (line,) = store.audit_log(limit=10)
+    assert (line.actor, line.action, line.target) == ("tech:ana", "open", "A01")
+    assert line.detail == {"reason": "check", "events": ["door_open_requested"]}
+
+
+def test_a_refused_action_is_one_small_audit_line_and_nothing_else(store: Store) -> None:
+    store.audit_refused(
+        now=NOW,
+        actor="tech:ana",
+        action="cancel",
+        target="P9",
+        detail={"refused": "unknown_parcel", "why": "no parcel P9", "reason": "x" * 5000},
+    )
+    (line,) = store.audit_log(limit=10)
+    assert (line.actor, line.action, line.target) == ("tech:ana", "refused:cancel", "P9")
+    assert line.detail["refused"] == "unknown_parcel"
+    assert len(line.detail["reason"]) < 300  # bounded: one small row
+    assert store.outbox() == []
+    assert store.history(limit=10) == []
+
+
 def test_a_code_already_live_elsewhere_is_refused_and_nothing_is_stored(store: Store) -> None:
     reserve(store)
     with pytest.raises(StoreConflict):

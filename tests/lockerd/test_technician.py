@@ -10,11 +10,14 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from lockerd.api.server import call
 from lockerd.hub import domain as d
 from lockerd.hub.service import Outcome
+from lockerd.hub.store import Inbox
 from tests.support.hubs import SimHub, make_hub
 from tests.support.waiting import eventually
 
@@ -132,6 +135,89 @@ async def test_refused_codes_tell_the_technician_why_and_never_the_code(hub: Sim
 def opened_channel(out: Outcome) -> int:
     assert out.compartment is not None
     return int(out.compartment[1:])
+
+
+# ======================================================================================
+# the audit says why (issue 12: `lockerctl open A05 --reason check` was audited with its
+# events only; refused technician actions were not audited at all)
+# ======================================================================================
+
+
+def audited(hub: SimHub, action: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """The audit lines of ``action``, oldest first: who, what, detail."""
+    rows = reversed(hub.store.audit_log(limit=1000))
+    return [(r.actor, r.target, r.detail) for r in rows if r.action == action]
+
+
+async def test_an_open_is_audited_with_the_technicians_reason(hub: SimHub) -> None:
+    out = await hub.service.open_compartment("A03", actor="tech:ana", reason="check")
+    assert out.status == "opened"
+    ((actor, target, detail),) = audited(hub, "open")
+    assert (actor, target) == ("tech:ana", "A03")
+    assert detail["reason"] == "check"
+    assert detail["events"] == ["door_open_requested"]
+
+
+async def test_service_changes_and_inspections_are_audited_with_what_they_set(
+    hub: SimHub,
+) -> None:
+    out = await hub.service.set_service("A04", False, actor="tech:ana", reason="loose hinge")
+    assert out.status == "ok"
+    ((_, target, detail),) = audited(hub, "service")
+    assert (target, detail["in_service"], detail["reason"]) == ("A04", False, "loose hinge")
+    out = await hub.service.inspect("A04", True, actor="tech:bo")
+    assert out.status == "ok"
+    ((actor, _, detail),) = audited(hub, "inspect")
+    assert (actor, detail["holds_parcel"]) == ("tech:bo", True)
+    assert "reason" not in detail  # none given
+
+
+async def test_refused_technician_actions_are_audited_with_the_refusal(hub: SimHub) -> None:
+    assert (await hub.service.open_compartment("A01", actor="tech:ana", reason="clean")).status == (
+        "opened"
+    )
+    second = await hub.service.open_compartment("A01", actor="tech:bo", reason="look")
+    assert second.status == "refused"
+    ((actor, target, detail),) = audited(hub, "refused:open")
+    assert (actor, target, detail["refused"], detail["reason"]) == (
+        "tech:bo",
+        "A01",
+        "busy",
+        "look",
+    )
+    assert detail["why"] == second.detail
+    assert "already open" in detail["why"]
+    unknown = await hub.service.cancel("NO-SUCH", actor="tech:ana")
+    assert unknown.status == "refused"
+    ((actor, target, detail),) = audited(hub, "refused:cancel")
+    assert (actor, target, detail["refused"]) == ("tech:ana", "NO-SUCH", "unknown_parcel")
+    nowhere = await hub.service.set_service("Z99", False, actor="tech:ana")
+    assert nowhere.status == "refused"
+    ((_, target, detail),) = audited(hub, "refused:service")
+    assert (target, detail["refused"]) == ("Z99", "unknown_compartment")
+    # one small line each: nothing else was written for them
+    assert [r.type for r in hub.store.outbox(limit=100)].count("door_open_requested") == 1
+
+
+async def test_a_cloud_commands_refusal_is_in_its_reply_not_the_audit(hub: SimHub) -> None:
+    inbox = Inbox("c-1", {"id": "c-1", "ok": True}, remember=False)
+    out = await hub.service.cancel("NO-SUCH", actor="cloud:c-1", command=inbox)
+    assert out.status == "refused"
+    assert audited(hub, "refused:cancel") == []
+
+
+async def test_a_keypads_forbidden_requests_and_wrong_codes_write_no_audit_line(
+    hub: SimHub,
+) -> None:
+    before = hub.store.audit_log(limit=1000)
+    for _ in range(3):
+        reply = await call(hub.keypad, {"op": "open", "label": "A01", "reason": "let me in"})
+        assert reply["error"]["type"] == "forbidden", reply
+        reply = await call(hub.keypad, {"op": "cancel", "parcel": "P1"})
+        assert reply["error"]["type"] == "forbidden", reply
+    wrong = await call(hub.keypad, {"op": "enter_code", "code": "98765432"})
+    assert wrong["result"]["status"] == "refused"
+    assert hub.store.audit_log(limit=1000) == before
 
 
 # ======================================================================================

@@ -5,6 +5,8 @@ line and the cloud command that asked for it, all in one transaction.
 
 from __future__ import annotations
 
+from typing import Any
+
 from lockerd.hub import domain as d
 from lockerd.hub.store.compartments import CompartmentsMixin
 from lockerd.hub.store.inbox import Inbox
@@ -28,9 +30,11 @@ class ChangesMixin(ParcelsMixin, CompartmentsMixin):
         intent: tuple[str, d.Purpose, str | None] | None = None,
         resolve: tuple[int, IntentOutcome] | None = None,
         command: Inbox | None = None,
+        detail: dict[str, Any] | None = None,
     ) -> int | None:
-        """Commit a domain change with its events (outbox), an audit line, and the
-        intent it opens or the intent outcome it records. Returns the new intent's id."""
+        """Commit a domain change with its events (outbox), an audit line (with
+        ``detail``: why, beside the events), and the intent it opens or the intent
+        outcome it records. Returns the new intent's id."""
         if change.refused:
             raise ValueError("a refused change is not applied")
         with self.transaction() as db:
@@ -55,7 +59,15 @@ class ChangesMixin(ParcelsMixin, CompartmentsMixin):
                 )
                 if cur.rowcount:
                     self._tx_outcomes.append(resolve[1])
-            self._record(db, change.events, now=now, actor=actor, action=action, target=target)
+            self._record(
+                db,
+                change.events,
+                now=now,
+                actor=actor,
+                action=action,
+                target=target,
+                detail=detail,
+            )
             return intent_id
 
     def open_intents(self, label: str | None = None) -> list[Intent]:

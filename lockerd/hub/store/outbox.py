@@ -86,10 +86,12 @@ class OutboxMixin(HistoryMixin):
         actor: str,
         action: str,
         target: str,
+        detail: dict[str, Any] | None = None,
     ) -> None:
         """A change's events (queued for the cloud within the quota, alarms opened and
         cleared, all of them in the history) and its audit line, in the change's
-        transaction ``db``."""
+        transaction ``db``. ``detail``: what the audit line says besides the events
+        (why: a technician's reason, the state a service change or inspection set)."""
         # what came from outside (a command's type, a terminal's name) is in some
         # events: stored (and compared) only as text any JSON encoder can send
         evts = [d.Event(e.type, clean(e.data)) for e in events]
@@ -100,7 +102,11 @@ class OutboxMixin(HistoryMixin):
             actor=actor,
             action=action,
             target=target,
-            detail={"events": [e.type for e in evts], **({"dropped": dropped} if dropped else {})},
+            detail={
+                **clean(detail or {}),
+                "events": [e.type for e in evts],
+                **({"dropped": dropped} if dropped else {}),
+            },
         )
 
     def _queue(
@@ -277,6 +283,25 @@ class OutboxMixin(HistoryMixin):
             "INSERT INTO audit(at, actor, action, target, detail) VALUES(?,?,?,?,?)",
             (now, actor, action, target, json.dumps(detail, sort_keys=True)),
         )
+
+    def audit_refused(
+        self, *, now: float, actor: str, action: str, target: str, detail: dict[str, Any]
+    ) -> None:
+        """One audit line for an action the hub refused (a technician's open of a door
+        already busy, a cancel of a parcel it does not know): action ``refused:ACTION``,
+        ``detail`` the refusal (``refused``: its word; ``why``: the technician's
+        reason for it), and nothing else written. Only for actors that are rate-limited
+        and authenticated (the technician socket): a terminal's forbidden requests are
+        logged, never audited, so a keypad cannot fill the disk."""
+        with self.transaction() as db:
+            self._audit(
+                db,
+                now=now,
+                actor=actor,
+                action=f"refused:{action}",
+                target=target,
+                detail=clean(detail),
+            )
 
     def outbox_size(self) -> tuple[int, int]:
         """Events waiting for the cloud, and the bytes they take (roughly, on disk)."""
