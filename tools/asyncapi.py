@@ -450,6 +450,7 @@ def _event_data() -> dict[EventType, dict[str, Any]]:
         "parcel_reserved": {"parcel": "P-1001", "kind": "delivery", "size": "M"},
         "parcel_codes_changed": {"parcel": "P-1001", "purposes": ["collect"]},
         "parcel_cancelled": {"parcel": "P-1001"},
+        "reservation_expired": {"parcel": "P-1001"},
         "parcel_expired": {"parcel": "P-1001", "compartment": "A05"},
         "deposited": {"compartment": "A05", "parcel": "P-1001", "collect_until": t + 262_800.0},
         "return_deposited": {

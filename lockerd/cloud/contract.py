@@ -346,6 +346,11 @@ class ParcelCancelledData(_ParcelData):
     dead. Not sent again for a cancel of a cancelled parcel."""
 
 
+class ReservationExpiredData(_ParcelData):
+    """A reservation passed its `deposit_until` without a deposit: it ended (the parcel
+    is cancelled, its codes are dead, its id may be pruned). Sent once."""
+
+
 class ParcelExpiredData(_ParcelInCompartment):
     """A stored parcel passed its pickup window: its pickup code no longer opens; only a
     recall (a recall code, or a technician's `empty-expired`) does."""
@@ -571,6 +576,7 @@ EVENT_DATA: dict[EventType, type[BaseModel]] = {
     "parcel_reserved": ParcelReservedData,
     "parcel_codes_changed": ParcelCodesChangedData,
     "parcel_cancelled": ParcelCancelledData,
+    "reservation_expired": ReservationExpiredData,
     "parcel_expired": ParcelExpiredData,
     "deposited": DepositedData,
     "return_deposited": ReturnDepositedData,

@@ -336,7 +336,17 @@ def cancel(parcel: Parcel) -> Change:
 
 
 def expire(parcel: Parcel, now: float) -> Change:
-    """A stored parcel past its collect window: the collect code is dead."""
+    """Time ends a parcel's window. A stored parcel past its collect window: its
+    collect code is dead (only a recall opens). A reservation past ``deposit_until``
+    without a deposit: it ends (cancelled, its codes tombstoned, the parcel id free to
+    prune), so a reservation the cloud forgot does not hold codes and ids for good."""
+    if parcel.state is ParcelState.RESERVED:
+        if now <= parcel.deposit_until:
+            return Change()
+        return Change(
+            parcel=replace(parcel, state=ParcelState.CANCELLED),
+            events=(Event("reservation_expired", {"parcel": parcel.id}),),
+        )
     if parcel.state is not ParcelState.STORED or parcel.collect_until is None:
         return Change()
     if now <= parcel.collect_until:

@@ -31,6 +31,7 @@ ParcelEventType: TypeAlias = Literal[
     "parcel_reserved",
     "parcel_codes_changed",
     "parcel_cancelled",
+    "reservation_expired",
     "parcel_expired",
 ]
 # a parcel's way through a compartment (the door shut ends each step)

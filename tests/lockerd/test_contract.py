@@ -897,6 +897,8 @@ def test_every_domain_event_matches_its_data_model() -> None:
     changes += [collect, opened, d.door_shut(opened.compartment, collect.parcel, t)]
     expired = d.expire(stored, (stored.collect_until or t) + 1)
     changes.append(expired)
+    lapsing = d.Parcel("P9", d.Kind.DELIVERY, d.Size.S, deposit_from=t, deposit_until=t + 1)
+    changes.append(d.expire(lapsing, t + 2))  # reservation_expired
     assert expired.parcel is not None
     recall = d.technician_recall(expired.parcel, full, t, actor="tech")
     assert recall.compartment is not None

@@ -1,5 +1,5 @@
 """What docs/cloud-guide.md says the hub does where a cloud team would otherwise guess:
-a reservation past its deposit window ("When `deposit_until` passes"), a command id
+a reservation past its deposit window ("When `deposit_until` passes": it ends), a command id
 used again with another body ("Idempotency"), a reservation with no compartment free
 for it and accessible compartments ("Which compartment a parcel gets"). Each test is
 the guide's sentences, run against the hub built by the one wiring (tests.support.hubs)."""
@@ -53,39 +53,34 @@ async def _reserve(hub: SimHub, parcel: d.Parcel, deposit: str, pickup: str) -> 
 # ------------------------------------------------------------------ deposit_until
 
 
-async def test_a_reservation_past_its_deposit_window_stays_reserved_until_cancelled(
+async def test_a_reservation_past_its_deposit_window_ends_once_with_an_event(
     hub: SimHub,
 ) -> None:
     hub.reserve("P1", d.Size.M, "11112222", "33334444")  # deposit_until: now + 1 day
     deposit = hub.hasher.hash("11112222")
+    await hub.service.tick()
+    assert hub.parcel("P1") is d.ParcelState.RESERVED  # within its window: nothing
     hub.now[0] += DAY + 1
     await hub.service.tick()
-    # no event, no end: reserved as it was, its codes live (no tombstone)
-    assert hub.events() == []
-    assert hub.parcel("P1") is d.ParcelState.RESERVED
-    assert hub.store.code(deposit) is not None
-    assert not hub.store.spent(deposit)
+    await hub.service.tick()  # once: the second tick finds nothing to end
+    assert hub.events() == ["reservation_expired"]
+    assert hub.parcel("P1") is d.ParcelState.CANCELLED
+    # its codes are tombstones: never accepted again at this hub
+    assert hub.store.code(deposit) is None
+    assert hub.store.spent(deposit)
+    assert hub.store.spent(hub.hasher.hash("33334444"))
     # the keypad: the same words as a wrong code, counted as one
     out = await hub.service.enter_code("11112222", "keypad:1")
     assert (out.status, out.message) == ("refused", d.terminal_message(d.Refusal.UNKNOWN_CODE))
     assert hub.service.wrong_codes["keypad:1"] == 1
-    # its hashes are still in use: a new reservation carrying one is refused as such
+    # a new reservation carrying one of its hashes is refused as a code used before
     again = await hub.service.reserve(
         _parcel(hub, "P2", d.Size.M),
         {d.Purpose.DEPOSIT: deposit, d.Purpose.COLLECT: hub.hasher.hash("55556666")},
         actor="cloud",
     )
-    assert (again.status, again.message) == ("refused", "a code of this parcel is already in use")
-    # never pruned: only parcels that ended are
-    hub.now[0] += 1000 * DAY
-    await hub.service.prune(Retention())
-    assert hub.parcel("P1") is d.ParcelState.RESERVED
-    # parcel.cancel ends it: an event, and its codes become tombstones
-    assert (await hub.service.cancel("P1", actor="cloud")).status == "ok"
-    assert hub.events() == ["parcel_cancelled"]
-    assert hub.store.spent(deposit)
-    assert hub.store.spent(hub.hasher.hash("33334444"))
-    # and its id stays taken while the cancelled parcel is kept
+    assert again.status == "refused", again
+    # its id stays taken while the ended parcel is kept, then it is pruned
     taken = await hub.service.reserve(
         _parcel(hub, "P1", d.Size.M),
         {
@@ -95,6 +90,19 @@ async def test_a_reservation_past_its_deposit_window_stays_reserved_until_cancel
         actor="cloud",
     )
     assert (taken.status, taken.message) == ("refused", "parcel P1 is already reserved")
+    hub.now[0] += 1000 * DAY
+    await hub.service.prune(Retention())
+    assert hub.store.parcel("P1") is None
+
+
+async def test_a_deposit_begun_in_its_window_is_not_ended_by_it(hub: SimHub) -> None:
+    hub.reserve("P1", d.Size.M, "11112222", "33334444")
+    opened = await hub.service.enter_code("11112222", "keypad:1")
+    assert opened.status == "opened", opened
+    hub.now[0] += DAY + 1  # the carrier is slow to shut the door
+    await hub.service.tick()
+    assert "reservation_expired" not in hub.events()
+    assert hub.parcel("P1") is d.ParcelState.DEPOSITING
 
 
 # ------------------------------------------------------------------ a command id used again

@@ -70,9 +70,12 @@ class ParcelsMixin(InboxMixin):
         return [to_parcel(r) for r in rows]
 
     def parcels_due(self, now: float) -> list[d.Parcel]:
-        """Stored parcels past their collect window (index ``parcels_due``)."""
+        """Stored parcels past their collect window, and reservations past their
+        deposit window (indexes ``parcels_due``, ``parcels_lapsing``)."""
         rows = self._db.execute(
-            "SELECT * FROM parcels WHERE state='stored' AND collect_until < ?", (now,)
+            "SELECT * FROM parcels WHERE state='stored' AND collect_until < ? "
+            "UNION ALL SELECT * FROM parcels WHERE state='reserved' AND deposit_until < ?",
+            (now, now),
         )
         return [to_parcel(r) for r in rows]
 
