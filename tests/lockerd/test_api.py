@@ -24,7 +24,6 @@ import socket
 import sqlite3
 import stat
 import struct
-import sys
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from structlog.testing import capture_logs
 from lockerd.api.server import OPS, AcceptErrors, ActionLimiter, ApiServer, call
 from lockerd.config import Api
 from lockerd.hub import domain as d
-from tests.support.daemon import api_up, hub_config, run_daemon
+from tests.support.daemon import api_up, hub_config, lockerctl, run_daemon
 from tests.support.hubs import SimHub, make_hub
 from tests.support.waiting import until_result
 
@@ -134,22 +133,6 @@ async def test_an_idle_connection_is_closed(serve: ServeFactory) -> None:
     reader, writer = await asyncio.open_unix_connection(str(served.keypad))
     assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the daemon
     writer.close()
-
-
-async def lockerctl(sock: Path, *args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        "from lockerd.cli.ctl import main; raise SystemExit(main())",
-        "--socket",
-        str(sock),
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def test_lockerctl_as_a_technician_uses_it(served: Served) -> None:

@@ -4,9 +4,7 @@ data that came from outside is stored as text any encoder can send. Real SQLite 
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,7 @@ from lockerd.config import Retention
 from lockerd.hub import domain as d
 from lockerd.hub import jsonsafe
 from lockerd.hub.store import Inbox, Store
-from tests.support.hubs import SimHub, make_hub
+from tests.support.hubs import SimHub
 
 NOW = 10_000_000.0
 DAY = 86_400.0
@@ -28,12 +26,6 @@ def store(tmp_path: Path) -> Store:
     s = Store(tmp_path / "hub.db")
     s.sync_compartments([d.Compartment("A01", d.Size.S), d.Compartment("A02", d.Size.M)])
     return s
-
-
-@pytest.fixture
-async def hub(tmp_path: Path) -> AsyncIterator[SimHub]:
-    async with contextlib.AsyncExitStack() as stack:
-        yield await make_hub(stack, tmp_path)
 
 
 def full(store: Store) -> bool:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import pwd
@@ -37,35 +36,12 @@ from lockerd.hub import domain as d
 from lockerd.hub.codes import create_key
 from lockerd.hub.service import Outcome
 from tests.support.buses import FAST_BUS
-from tests.support.hubs import START, SimHub, make_hub
+from tests.support.daemon import LOCKERCTL, lockerctl
+from tests.support.hubs import START, SimHub
 from tests.support.waiting import until_result
 
 ME = pwd.getpwuid(os.getuid()).pw_name
 PARCEL = re.compile(r"^parcel (\S+) size (\S+) deposit (\d+) pickup (\d+)$", re.M)
-LOCKERCTL = "from lockerd.cli.ctl import main; raise SystemExit(main())"
-
-
-@pytest.fixture
-async def hub(tmp_path: Path) -> AsyncIterator[SimHub]:
-    async with contextlib.AsyncExitStack() as stack:
-        yield await make_hub(stack, tmp_path)
-
-
-async def lockerctl(sock: Path, *args: str) -> tuple[int, str, str]:
-    """``lockerctl --socket SOCK ARGS...`` in its own process: exit code, stdout, stderr."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        LOCKERCTL,
-        "--socket",
-        str(sock),
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 def local(t: float) -> str:

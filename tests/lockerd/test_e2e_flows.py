@@ -19,7 +19,6 @@ import json
 import shutil
 import signal
 import sqlite3
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -34,12 +33,11 @@ from lockerd.api.server import call
 from lockerd.hub import domain as d
 from lockerd.hub.codes import CodeHasher, create_key, load_key, new_code
 from lockerd.hub.store import Store
-from tests.support.daemon import api_up, spawn
+from tests.support.daemon import api_up, lockerctl, spawn
 from tests.support.e2e import THROTTLE, SimProcess, e2e_config, keypad_sockets, stop_process
 from tests.support.waiting import until_result
 
 LOCKERD = "from lockerd.cli.main import main; raise SystemExit(main())"
-LOCKERCTL = "from lockerd.cli.ctl import main; raise SystemExit(main())"
 
 TIMERS: dict[str, float] = {
     "open_confirm_s": 2.0,  # generous: the same tests run on a loaded machine
@@ -277,23 +275,6 @@ class Hub:
         for code in codes:
             assert code not in logs, "a code in the daemon's log"
             assert code.encode() not in stored, "a code in the store's files"
-
-
-async def lockerctl(sock: Path, *args: str) -> tuple[int, str, str]:
-    """``lockerctl --socket SOCK ARGS...``: exit code, stdout, stderr."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        LOCKERCTL,
-        "--socket",
-        str(sock),
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 def _seed(store: Store, hasher: CodeHasher, reservations: list[Reservation]) -> None:

@@ -6,27 +6,17 @@ the guide's sentences, run against the hub built by the one wiring (tests.suppor
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from lockerd.cloud.link import CloudLink
 from lockerd.config import Cloud, Retention
 from lockerd.hub import domain as d
-from tests.support.hubs import SIZES, SimHub, make_hub
+from tests.support.hubs import SIZES, SimHub
 
 DAY = 86_400.0
-
-
-@pytest.fixture
-async def hub(tmp_path: Path) -> AsyncIterator[SimHub]:
-    async with contextlib.AsyncExitStack() as stack:
-        yield await make_hub(stack, tmp_path)
 
 
 def _parcel(hub: SimHub, pid: str, size: d.Size, *, accessible: bool = False) -> d.Parcel:

@@ -6,11 +6,9 @@ simulated boards (tests.support.hubs)."""
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,7 @@ from lockerd.cloud import contract as c
 from lockerd.config import Retention
 from lockerd.hub import domain as d
 from lockerd.hub.store import AuditRow, HistoryRow, Store
-from tests.support.hubs import SimHub, make_hub
+from tests.support.hubs import SimHub
 
 NOW = 10_000_000.0
 DAY = 86_400.0
@@ -31,12 +29,6 @@ def store(tmp_path: Path) -> Store:
     s = Store(tmp_path / "hub.db")
     s.sync_compartments([d.Compartment("A01", d.Size.S), d.Compartment("A02", d.Size.M)])
     return s
-
-
-@pytest.fixture
-async def hub(tmp_path: Path) -> AsyncIterator[SimHub]:
-    async with contextlib.AsyncExitStack() as stack:
-        yield await make_hub(stack, tmp_path)
 
 
 def record(

@@ -10,35 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from lockerd.daemon.wiring import Hub
 from lockerd.demo.ports import simulators
 from lockerd.hub import domain as d
-from lockerd.hub.codes import CodeHasher
-from lockerd.hub.service import HubService
-from lockerd.hub.store import Store
 from lockerd.simulator.boards import SimCu16
-from tests.support.hubs import BUS, open_sim_hub, sim_hub_config, socket_dir
+from tests.support.hubs import BUS, HubView, open_sim_hub, sim_hub_config, socket_dir
 from tests.support.waiting import eventually
 
 LABELS = ["D01", "D02", "D03"]
 
 
 @dataclass
-class Cu16Hub:
-    hub: Hub  # as open_hub made it
-
-    @property
-    def service(self) -> HubService:
-        return self.hub.service
-
-    @property
-    def store(self) -> Store:
-        return self.hub.store
-
-    @property
-    def hasher(self) -> CodeHasher:
-        return self.hub.service.hasher
-
+class Cu16Hub(HubView):
     @property
     def board(self) -> SimCu16:
         b = simulators(self.hub)[BUS].board(0)
@@ -46,17 +28,7 @@ class Cu16Hub:
         return b
 
     def content(self, label: str) -> d.CompartmentState:
-        comp = self.store.compartment(label)
-        assert comp is not None
-        return comp.state
-
-    def parcel(self, pid: str) -> d.ParcelState:
-        p = self.store.parcel(pid)
-        assert p is not None
-        return p.state
-
-    def events(self) -> list[str]:
-        return [r.type for r in self.store.outbox(limit=10_000)]
+        return self.state(label)
 
     def parcel_for(self, pid: str) -> d.Parcel:
         return d.Parcel(pid, d.Kind.DELIVERY, d.Size.M, deposit_until=2e9, collect_window_s=3600)

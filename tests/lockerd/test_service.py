@@ -4,23 +4,13 @@ built by the one wiring, open_hub (tests.support.hubs)."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
 
 from lockerd.hub import domain as d
 from lockerd.hub.codes import CodeHasher
 from lockerd.hub.store import Store
 from tests.support.hubs import KEY, SimHub, make_hub
 from tests.support.waiting import eventually
-
-
-@pytest.fixture
-async def hub(tmp_path: Path) -> AsyncIterator[SimHub]:
-    async with contextlib.AsyncExitStack() as stack:
-        hub = await make_hub(stack, tmp_path)
-        yield hub
 
 
 async def test_carrier_deposit_then_resident_pickup(hub: SimHub) -> None:

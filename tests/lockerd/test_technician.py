@@ -6,28 +6,17 @@ pty, real bus, real SQLite file: tests.support.hubs)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from lockerd.api.server import call
 from lockerd.hub import domain as d
 from lockerd.hub.service import Outcome
 from lockerd.hub.store import Inbox
-from tests.support.hubs import SimHub, make_hub
+from tests.support.hubs import SimHub
 from tests.support.waiting import eventually
 
 DEPOSIT, PICKUP = "11112222", "33334444"
-
-
-@pytest.fixture
-async def hub(tmp_path: Path) -> AsyncIterator[SimHub]:
-    async with contextlib.AsyncExitStack() as stack:
-        yield await make_hub(stack, tmp_path)
 
 
 def door_open(hub: SimHub, label: str) -> bool:

@@ -105,3 +105,23 @@ async def api_up(
         if time.monotonic() > deadline:
             raise RuntimeError(f"lockerd did not answer on {sock} within {within:.0f} s")
         await asyncio.sleep(0.05)
+
+
+LOCKERCTL = "from lockerd.cli.ctl import main; raise SystemExit(main())"
+
+
+async def lockerctl(sock: Path, *args: str) -> tuple[int, str, str]:
+    """``lockerctl --socket SOCK ARGS...`` in its own process: exit code, stdout, stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        LOCKERCTL,
+        "--socket",
+        str(sock),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()

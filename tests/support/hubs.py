@@ -144,11 +144,11 @@ async def open_sim_hub(
 
 
 @dataclass
-class SimHub:
-    """The four-door hub of :func:`make_hub`, and what a test plays it with."""
+class HubView:
+    """An opened hub as a test reads it: the service, the store, and what a door, a
+    parcel and the outbox say."""
 
     hub: Hub  # as open_hub made it
-    now: list[float]  # the service's clock: now[0]
 
     @property
     def service(self) -> HubService:
@@ -161,6 +161,26 @@ class SimHub:
     @property
     def hasher(self) -> CodeHasher:
         return self.hub.service.hasher
+
+    def state(self, label: str) -> d.CompartmentState:
+        comp = self.store.compartment(label)
+        assert comp is not None
+        return comp.state
+
+    def parcel(self, pid: str) -> d.ParcelState:
+        p = self.store.parcel(pid)
+        assert p is not None
+        return p.state
+
+    def events(self) -> list[str]:
+        return [r.type for r in self.store.outbox(limit=10_000)]
+
+
+@dataclass
+class SimHub(HubView):
+    """The four-door hub of :func:`make_hub`, and what a test plays it with."""
+
+    now: list[float]  # the service's clock: now[0]
 
     @property
     def bus(self) -> Bus:
@@ -208,19 +228,6 @@ class SimHub:
             now=self.now[0],
             actor="cloud",
         )
-
-    def state(self, label: str) -> d.CompartmentState:
-        comp = self.store.compartment(label)
-        assert comp is not None
-        return comp.state
-
-    def parcel(self, pid: str) -> d.ParcelState:
-        p = self.store.parcel(pid)
-        assert p is not None
-        return p.state
-
-    def events(self) -> list[str]:
-        return [r.type for r in self.store.outbox(limit=10_000)]
 
 
 async def make_hub(
